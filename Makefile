@@ -1,0 +1,24 @@
+# The README's two commands. Both create .venv/ on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+OUT ?= outputs/quickstart
+
+.PHONY: demo test clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(OUT)
+	$(VENV)/bin/papermill notebooks/quickstart.ipynb $(OUT)/quickstart.ipynb --cwd . -p output_dir $(OUT)
+	@echo "Executed notebook, tables and figures: $(OUT)/"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,160 @@
+"""fastai callback that turns a plain `Learner(dls, student, loss_func=CrossEntropy)` into (SD-)KD,
+(SD-)DKD or (SD-)NKD distillation.
+
+During `fit` the student's forward is switched to its scale-decoupled forward (`ScaleDecoupled`),
+so one student pass yields both its logits and its region logits; the plain forward is restored
+afterwards, so the student's state dict, `learn.save/load` and `learn.validate()` are untouched.
+Validation always scores the student's plain logits, so fastai metrics work unchanged.
+"""
+from __future__ import annotations
+
+import types
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from fastai.callback.core import Callback
+
+from .losses import BASE_LOSSES, region_masks, sdd_loss
+from .regions import ScaleDecoupled, _model_parts, parse_scales, region_scales
+
+__all__ = ["METHOD_DEFAULTS", "CATEGORIES", "DistillationCallback", "warmup_factor"]
+
+# The authors' defaults per method (their distiller classes + mdistiller's default config).
+# SD-NKD reads T and gamma from the DKD section of their config: T=4, gamma=DKD.BETA (8 by default).
+METHOD_DEFAULTS = {
+    "kd": dict(ce_weight=0.1, kd_weight=0.9, warmup_epochs=0, loss=dict(T=4.0)),
+    "dkd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, loss=dict(alpha=1.0, beta=8.0, T=4.0)),
+    "nkd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, loss=dict(T=4.0, gamma=8.0)),
+}
+# Names of the four teacher-defined region categories, in `RegionMasks` order.
+CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "complementary_gw_lr")
+
+
+def warmup_factor(epoch: int, warmup_epochs: float) -> float:
+    """min(epoch / warm-up, 1) with epochs counted from 1, as the authors' trainer does."""
+    return 1.0 if not warmup_epochs else min(epoch / warmup_epochs, 1.0)
+
+
+def _num_outputs(model: nn.Module):
+    head = _model_parts(model)[1]
+    linear = head if isinstance(head, nn.Linear) else next(
+        (m for m in reversed(list(head.modules())) if isinstance(m, nn.Linear)), None)
+    return None if linear is None else linear.out_features
+
+
+class DistillationCallback(Callback):
+    """Distil `teacher` into the Learner's model with `method` ("kd", "dkd", "nkd") at `scales`.
+
+    scales=(1,) is the plain method; (1, 2) and (1, 2, 4) the scale-decoupled ones. Loss weights,
+    warm-up and loss hyper-parameters default to the authors' values for `method`; pass any of
+    `ce_weight`, `kd_weight`, `warmup_epochs`, `complementary_weight` or the base loss's keyword
+    arguments (`T`, `alpha`, `beta`, `gamma`, `exclude_target`) to override them.
+
+    After every training epoch `history` gets one row: mean CE and distillation loss, the warm-up
+    factor, and the share of regions in each teacher category per scale (`stats_frame()`).
+    `region_counts` keeps the last epoch's counts per category and region position (4 x N).
+    """
+    order = 5  # before fastai's metrics and recorder see `pred`
+
+    def __init__(self, teacher: nn.Module, method: str = "kd", scales=(1, 2, 4), *,
+                 ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=2.0,
+                 **loss_kwargs):
+        if method not in METHOD_DEFAULTS:
+            raise ValueError(f"method {method!r} is unknown; use one of {sorted(METHOD_DEFAULTS)}.")
+        defaults = METHOD_DEFAULTS[method]
+        self.method, self.scales = method, parse_scales(scales)
+        self.ce_weight = defaults["ce_weight"] if ce_weight is None else ce_weight
+        self.kd_weight = defaults["kd_weight"] if kd_weight is None else kd_weight
+        self.warmup_epochs = defaults["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+        self.complementary_weight = complementary_weight
+        self.loss_kwargs = {**defaults["loss"], **loss_kwargs}
+        self.teacher = teacher.eval().requires_grad_(False)
+        self._sd_teacher = ScaleDecoupled(self.teacher, self.scales)
+        self.history: list[dict] = []
+        self.region_counts: torch.Tensor | None = None
+
+    @property
+    def decoupled(self) -> bool:
+        return self.scales != (1,)
+
+    # --- fit set-up and tear-down -------------------------------------------------------------
+    @property
+    def student(self) -> nn.Module:
+        model = self.learn.model
+        return getattr(model, "module", model)   # unwrap DistributedDataParallel
+
+    def before_fit(self):
+        n_s, n_t = _num_outputs(self.student), _num_outputs(self.teacher)
+        if n_s is not None and n_t is not None and n_s != n_t:
+            raise ValueError(f"the teacher predicts {n_t} classes but the student {n_s}; "
+                             "distil between models built for the same classes.")
+        self.teacher.to(next(self.student.parameters()).device)
+        sd_student = ScaleDecoupled(self.student, self.scales)
+        self.student.forward = types.MethodType(lambda _, x: sd_student(x), self.student)
+
+    def after_fit(self):
+        self.student.__dict__.pop("forward", None)
+
+    def before_train(self):
+        self.teacher.eval()
+        self._totals = {"ce": 0.0, "distill": 0.0, "batches": 0}
+        self._counts = torch.zeros(len(CATEGORIES), sum(s * s for s in self.scales))
+
+    # --- per batch ----------------------------------------------------------------------------
+    def after_pred(self):
+        if not isinstance(self.learn.pred, tuple):
+            return
+        self.learn.pred, self._student_regions = self.learn.pred
+        if not self.training:
+            return
+        with torch.inference_mode():
+            teacher_logits, teacher_regions = self._sd_teacher(*self.learn.xb)
+        # clones made outside inference mode can be saved for the student's backward pass
+        self._teacher_logits, self._teacher_regions = teacher_logits.clone(), teacher_regions.clone()
+        if self._teacher_regions.shape != self._student_regions.shape:
+            raise ValueError(f"teacher region logits {tuple(self._teacher_regions.shape)} and student region "
+                             f"logits {tuple(self._student_regions.shape)} differ; the teacher and student "
+                             "must predict the same classes.")
+
+    def after_loss(self):
+        if not self.training or not hasattr(self, "_teacher_regions"):
+            return
+        target = self.learn.yb[0]
+        masks = region_masks(self._teacher_regions, target)
+        if self.decoupled:
+            distill = sdd_loss(self._student_regions, self._teacher_regions, target, base=self.method,
+                               complementary_weight=self.complementary_weight, masks=masks,
+                               **self.loss_kwargs)
+        else:
+            extra = {} if self.method == "kd" else {"target": target}
+            distill = BASE_LOSSES[self.method](self.learn.pred, self._teacher_logits, **extra,
+                                               **self.loss_kwargs)
+        ce = self.learn.loss_grad
+        factor = warmup_factor(self.epoch + 1, self.warmup_epochs)
+        total = self.ce_weight * ce + factor * self.kd_weight * distill
+        self.learn.loss_grad = total
+        self.learn.loss = total.detach().clone()
+        self._totals["ce"] += float(ce.detach())
+        self._totals["distill"] += float(distill.detach())
+        self._totals["batches"] += 1
+        self._counts += torch.stack([m.sum(0) for m in masks]).float().cpu()
+        del self._teacher_logits, self._teacher_regions, self._student_regions
+
+    # --- per epoch ----------------------------------------------------------------------------
+    def after_train(self):
+        n = max(self._totals["batches"], 1)
+        row = {"epoch": self.epoch + 1, "ce": self._totals["ce"] / n,
+               "distill": self._totals["distill"] / n,
+               "warmup_factor": warmup_factor(self.epoch + 1, self.warmup_epochs)}
+        scale_of = torch.tensor(region_scales(self.scales))
+        for s in self.scales:
+            counts = self._counts[:, scale_of == s].sum(1)
+            shares = counts / counts.sum().clamp(min=1)
+            row.update({f"{name}@{s}": float(v) for name, v in zip(CATEGORIES, shares)})
+        self.history.append(row)
+        self.region_counts = self._counts.clone()
+
+    def stats_frame(self) -> pd.DataFrame:
+        """Per-epoch loss components and region-category shares as a DataFrame."""
+        return pd.DataFrame(self.history)

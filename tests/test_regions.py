@@ -1,0 +1,110 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sddlib.regions import ScaleDecoupled, num_regions, parse_scales, pool_regions, region_scales
+
+
+class TinyNet(nn.Module):
+    """Minimal model with timm's interface, used to test the wrapper independently of the zoo."""
+
+    def __init__(self, num_classes=7, width=6):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward_features(self, x):
+        return F.relu(self.conv(x))
+
+    def forward_head(self, fmap):
+        return self.fc(fmap.mean((2, 3)))
+
+    def get_classifier(self):
+        return self.fc
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+@pytest.mark.parametrize("given,expected", [((1, 2, 4), (1, 2, 4)), ([1, 2], (1, 2)), ("[1,2,4]", (1, 2, 4)),
+                                            ("[1,2]", (1, 2)), ("[1]", (1,)), (" [1, 2] ", (1, 2))])
+def test_parse_scales_accepts_the_documented_forms(given, expected):
+    assert parse_scales(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["[1,3]", "[]", "1,2,4x", "(1,2)", [1, 3], [2, 4], (), [1.0, 2.0], 4, None])
+def test_parse_scales_rejects_with_one_sentence(bad):
+    with pytest.raises(ValueError, match=r"scales .* use one of \[1\], \[1,2\], \[1,2,4\]"):
+        parse_scales(bad)
+
+
+def test_region_order_and_counts():
+    assert num_regions("[1,2,4]") == 21 and num_regions((1, 2)) == 5
+    assert region_scales((1, 2)) == [1, 2, 2, 2, 2]
+    fmap = torch.arange(16.0).view(1, 1, 4, 4)
+    regions = pool_regions(fmap, (1, 2, 4))[0, 0]
+    assert regions[0] == fmap.mean()
+    assert regions[1:5].tolist() == [2.5, 4.5, 10.5, 12.5]            # row-major 2x2 cells
+    assert regions[5:].tolist() == list(range(16))                     # the 4x4 cells themselves
+
+
+def test_coarse_scales_are_pooled_from_the_finest_grid_on_7x7_maps():
+    fmap = torch.randn(2, 3, 7, 7)
+    regions = pool_regions(fmap, (1, 2, 4))
+    finest = F.adaptive_avg_pool2d(fmap, 4)
+    assert torch.allclose(regions[..., 0], finest.mean((2, 3)))
+    assert torch.allclose(regions[..., 1:5], F.adaptive_avg_pool2d(finest, 2).flatten(2))
+    # ... which is not the direct 2x2 pooling of the 7x7 map (overlapping bins): the reference's behaviour
+    assert not torch.allclose(regions[..., 1:5], F.adaptive_avg_pool2d(fmap, 2).flatten(2))
+
+
+@pytest.mark.parametrize("scales", [(1,), (1, 2), (1, 2, 4)])
+def test_wrapper_shapes_and_scale_one_equals_logits(scales):
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.randn(3, 3, 8, 8)
+    logits, regions = ScaleDecoupled(model, scales)(x)
+    assert regions.shape == (3, 7, num_regions(scales))
+    assert torch.equal(logits, model(x))
+    assert torch.allclose(regions[..., 0], logits, atol=1e-6)
+
+
+def test_wrapper_computes_the_feature_map_once():
+    model = TinyNet()
+    calls = []
+    model.conv.register_forward_hook(lambda *a: calls.append(1))
+    ScaleDecoupled(model)(torch.randn(1, 3, 8, 8))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("builder", ["resnet18", "mobilenet_v2"])
+def test_wrapper_on_torchvision_models(builder):
+    import torchvision
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, builder)(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)                       # 2x2 final map: pooling exact for scales (1, 2)
+    with torch.no_grad():
+        logits, regions = ScaleDecoupled(model, (1, 2))(x)
+        expected = model(x)
+    assert regions.shape == (2, 10, 5)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(regions[..., 0], expected, atol=1e-5)
+
+
+def test_wrapper_on_a_timm_model():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=5, pretrained=False).eval()
+    x = torch.randn(2, 3, 128, 128)                     # 4x4 final map
+    with torch.no_grad():
+        logits, regions = ScaleDecoupled(model, "[1,2,4]")(x)
+        expected = model(x)
+    assert regions.shape == (2, 5, 21)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(regions[..., 0], expected, atol=1e-4)
+
+
+def test_wrapper_rejects_models_without_the_interface():
+    with pytest.raises(TypeError, match="has no forward_features"):
+        ScaleDecoupled(nn.Linear(3, 3))
