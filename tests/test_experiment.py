@@ -1,0 +1,144 @@
+import json
+import urllib.error
+
+import pytest
+import torch
+
+from sddlib import experiment, teachers
+from sddlib.models import create_model
+
+TINY = dict(dataset="digit_mosaic", teacher="resnet8", student="resnet8", method="kd", M="[1,2]", epochs=2,
+            teacher_epochs=1, subset=96, batch_size=32, lr_decay_stages=[1], progress=False, figures=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    params = {**TINY, "output_dir": str(out), "data_dir": str(out / "data")}
+    return params, experiment.run(params)
+
+
+def test_resolve_params_fills_the_authors_defaults():
+    p = experiment.resolve_params({"dataset": "cifar100", "method": "kd", "M": [1, 2]})
+    assert p["M"] == "[1,2]" and p["epochs"] == 240 and p["lr_decay_stages"] == [150, 180, 210]
+    assert (p["ce_weight"], p["kd_weight"], p["warmup_epochs"], p["T"]) == (0.1, 0.9, 0, 4.0)
+    q = experiment.resolve_params({"dataset": "cub200", "method": "nkd"})
+    assert (q["ce_weight"], q["warmup_epochs"], q["T"], q["gamma"]) == (1.0, 20, 4.0, 8.0)
+    assert experiment.resolve_params({"dataset": "imagenet"})["weight_decay"] == 1e-4
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"methd": "kd"}, r"unknown parameter\(s\) \['methd'\]"),
+    ({"method": "fitnet"}, "method 'fitnet' is unknown"),
+    ({"dataset": "mnist"}, "dataset 'mnist' is unknown"),
+    ({"M": "[1,3]"}, r"scales '\[1,3\]' is not supported"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"lr": -1}, "lr must be a positive number"),
+    ({"subset": -2}, "subset must be 0"),
+    ({"device": "tpu"}, "device 'tpu' is not understood"),
+])
+def test_bad_parameters_stop_with_one_sentence(bad, message):
+    with pytest.raises(ValueError, match=message):
+        experiment.resolve_params(bad)
+
+
+def test_run_names_mark_sd_and_plain_runs():
+    assert experiment.run_name({"method": "dkd"}) == "resnet32x4-ShuffleV1-sd_dkd-M124-seed0"
+    assert experiment.run_name({"method": "kd", "M": "[1]", "seed": 2}) == "resnet32x4-ShuffleV1-kd-M1-seed2"
+
+
+def test_step_schedule_counts_epochs_from_one():
+    sched = experiment.StepLR(0.05, [150, 180, 210], 0.1)
+    assert sched.lr_at(150) == 0.05
+    assert sched.lr_at(151) == pytest.approx(0.005)
+    assert sched.lr_at(181) == pytest.approx(0.0005)
+    assert sched.lr_at(240) == pytest.approx(0.00005)
+
+
+def test_optimizer_is_plain_sgd_with_l2_on_every_parameter():
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from torch.utils.data import TensorDataset
+
+    ds = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    dls = DataLoaders(DataLoader(ds, bs=4), DataLoader(ds, bs=4), device="cpu")
+    p = experiment.resolve_params({"dataset": "digit_mosaic"})
+    model = create_model("resnet8", num_classes=10)
+    learn = experiment.build_learner(dls, model, p)
+    learn.create_opt()
+    sgd = learn.opt.opt
+    assert isinstance(sgd, torch.optim.SGD)
+    for group in sgd.param_groups:
+        assert (group["momentum"], group["dampening"], group["nesterov"]) == (0.9, 0, False)
+        assert group["weight_decay"] == 5e-4
+    # with zero gradients, one step shrinks every parameter (BN and biases included) by lr * wd
+    before = {n: q.detach().clone() for n, q in model.named_parameters()}
+    for q in model.parameters():
+        q.grad = torch.zeros_like(q)
+    learn.opt.step()
+    for n, q in model.named_parameters():
+        assert torch.allclose(q, before[n] * (1 - 0.05 * 5e-4)), n
+
+
+def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
+    params, metrics = tiny_run
+    out = experiment.run_dir(params)
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["status"] == "complete" and on_disk["variant"] == "sd_kd" and on_disk["scales"] == [1, 2]
+    assert [row["epoch"] for row in on_disk["history"]] == [1, 2]
+    assert on_disk["history"][0]["lr"] == pytest.approx(0.05) and on_disk["history"][1]["lr"] == pytest.approx(0.005)
+    assert on_disk["best_top1"] == max(r["top1"] for r in on_disk["history"])
+    assert on_disk["last_top1"] == on_disk["history"][-1]["top1"]
+    assert 0 <= on_disk["best_top1"] <= 100 and 0 <= on_disk["teacher_top1"] <= 100
+    assert "consistent_right@2" in on_disk["history"][0]
+    assert on_disk["versions"]["torch"] == torch.__version__ and on_disk["params"]["seed"] == 0
+    assert (out / "student.pth").is_file() and (out / "student_best.pth").is_file()
+    cached = teachers.teacher_cache_path(params["output_dir"], "digit_mosaic", "resnet8")
+    teachers.load_checkpoint(create_model("resnet8", num_classes=10), cached)
+    assert experiment.load_metrics(experiment.vanilla_dir(params, "resnet8") / "metrics.json")["variant"] == "alone"
+
+
+def test_complete_runs_are_skipped_and_forced_runs_repeat_exactly(tiny_run, capsys):
+    params, metrics = tiny_run
+    again = experiment.run(params)
+    assert "is complete" in capsys.readouterr().out
+    assert again["wall_time_s"] == metrics["wall_time_s"]
+    forced = experiment.run(params, force=True)
+    assert [r["top1"] for r in forced["history"]] == [r["top1"] for r in metrics["history"]]
+    assert [r["train_loss"] for r in forced["history"]] == pytest.approx([r["train_loss"] for r in metrics["history"]])
+
+
+def test_checkpoint_formats_and_clear_errors(tmp_path):
+    model = create_model("resnet8", num_classes=10)
+    plain, wrapped = tmp_path / "plain.pth", tmp_path / "wrapped.pth"
+    torch.save(model.state_dict(), plain)
+    teachers.save_checkpoint(model, wrapped)
+    for path in (plain, wrapped):
+        loaded = teachers.load_checkpoint(create_model("resnet8", num_classes=10), path)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(teachers.CheckpointError, match="does not exist"):
+        teachers.load_checkpoint(model, tmp_path / "missing.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(wrapped.read_bytes()[:500])
+    with pytest.raises(teachers.CheckpointError, match="could not be read .* corrupt"):
+        teachers.load_checkpoint(model, truncated)
+    with pytest.raises(teachers.CheckpointError, match="is not a resnet20: .* missing"):
+        teachers.load_checkpoint(create_model("resnet20", num_classes=10), wrapped, arch="resnet20")
+    with pytest.raises(teachers.CheckpointError, match=r"fc.weight has shape \(10, 64\), expected \(100, 64\)"):
+        teachers.load_checkpoint(create_model("resnet8", num_classes=100), wrapped, arch="resnet8")
+
+
+def test_fetching_teachers_offline_says_what_to_do(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(teachers.urllib.request, "urlopen", offline)
+    with pytest.raises(teachers.CheckpointError, match="download cifar_teachers.tar by hand"):
+        teachers.fetch_cifar100_teachers(tmp_path)
+    assert not list(tmp_path.iterdir())                       # nothing half-written left behind
+
+
+def test_published_teacher_layout_is_found(tmp_path):
+    model = create_model("resnet8", num_classes=10)
+    target = teachers.cifar100_teacher_path(tmp_path, "resnet8")
+    teachers.save_checkpoint(model, target)
+    assert teachers.fetch_cifar100_teachers(tmp_path) == tmp_path / "cifar_teachers"   # present: no download
