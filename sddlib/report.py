@@ -1,0 +1,251 @@
+"""Tables of our runs beside the paper's: mean ± std over seeds, best and last epoch, deltas, SD gains.
+
+Reads what `sddlib.experiment.run` writes (`outputs/<dataset>/<run>/metrics.json`) and the paper's
+numbers shipped as package data (`sddlib/reference/`). Accuracies are top-1 in percent.
+
+    runs = load_runs("outputs")
+    table = results_table(runs, "cifar100")   # numbers, one row per teacher/student pair and method
+    format_table(table)                        # strings: "76.31 ± 0.20 (n=2)"
+    write_tables("outputs")                    # outputs/tables/<dataset>.csv and .md
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+__all__ = ["PAPER_DATASETS", "METHODS", "SkippedRunWarning", "paper_results", "authors_experiments",
+           "authors_logged_runs", "load_runs", "table_datasets", "results_table", "run_summary", "format_table",
+           "to_markdown", "write_tables"]
+
+PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
+METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
+ROWS = ("teacher", "student", *METHODS)  # per pair, as the paper lists them
+TITLES = {"cifar100": "CIFAR-100", "imagenet": "ImageNet", "cub200": "CUB-200", "digit_mosaic": "Digit mosaic"}
+METHOD_NAMES = {"teacher": "Teacher", "student": "Student alone", "kd": "KD", "sd_kd": "SD-KD", "dkd": "DKD",
+                "sd_dkd": "SD-DKD", "nkd": "NKD", "sd_nkd": "SD-NKD"}
+RUN_COLUMNS = ["dataset", "teacher", "student", "method", "variant", "sd", "scales", "seed", "best_top1",
+               "last_top1", "best_top5", "last_top5", "best_epoch", "epochs", "subset", "teacher_top1",
+               "wall_time_s", "run_name", "path"]
+
+
+class SkippedRunWarning(UserWarning):
+    """A metrics.json that is partial, unreadable or not a complete run."""
+
+
+# --- the paper's and the authors' numbers ----------------------------------------------------------
+def _reference(name: str):
+    return resources.files("sddlib.reference").joinpath(name)
+
+
+def paper_results() -> pd.DataFrame:
+    """Every accuracy of the paper's tables: dataset, teacher, student, method, top1, top5, source."""
+    with _reference("paper_results.csv").open("r") as f:
+        return pd.read_csv(f)
+
+
+def authors_experiments() -> list[dict]:
+    """The authors' effective hyper-parameters of every published SDD config (experiments.yaml)."""
+    return yaml.safe_load(_reference("experiments.yaml").read_text())
+
+
+def authors_logged_runs() -> pd.DataFrame:
+    """Top-1 accuracies the authors noted beside their run commands: config, scales, top1."""
+    with _reference("authors_logged_runs.csv").open("r") as f:
+        return pd.read_csv(f)
+
+
+# --- our runs --------------------------------------------------------------------------------------
+def load_runs(outputs_dir) -> pd.DataFrame:
+    """One row per complete run found under `outputs_dir` (any depth); others are skipped with a warning."""
+    rows = []
+    for path in sorted(Path(outputs_dir).glob("**/metrics.json")):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            warnings.warn(f"skipping {path}: unreadable ({type(err).__name__})", SkippedRunWarning, stacklevel=2)
+            continue
+        if not isinstance(m, dict) or m.get("status") != "complete":
+            status = m.get("status") if isinstance(m, dict) else None
+            warnings.warn(f"skipping {path}: status {status!r}, not 'complete'", SkippedRunWarning, stacklevel=2)
+            continue
+        try:
+            params = m.get("params") or {}
+            scales = m["scales"]           # None for a model trained alone (variant "alone")
+            rows.append({
+                "dataset": m["dataset"], "teacher": m["teacher"], "student": m["student"], "method": m["method"],
+                "variant": m["variant"], "sd": bool(m["sd"]),
+                "scales": "" if scales is None else "[" + ",".join(str(s) for s in scales) + "]", "seed": m["seed"],
+                "best_top1": float(m["best_top1"]), "last_top1": float(m["last_top1"]),
+                "best_top5": m.get("best_top5"), "last_top5": m.get("last_top5"),
+                "best_epoch": m.get("best_epoch"), "epochs": params.get("epochs"), "subset": params.get("subset"),
+                "teacher_top1": m.get("teacher_top1"), "wall_time_s": m.get("wall_time_s"),
+                "run_name": m.get("run_name"), "path": str(path)})
+        except (KeyError, TypeError, ValueError) as err:
+            warnings.warn(f"skipping {path}: missing or bad field ({err})", SkippedRunWarning, stacklevel=2)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def table_datasets(runs: pd.DataFrame) -> list[str]:
+    """The paper's three datasets, then any other dataset we have runs of."""
+    extra = sorted(set(runs["dataset"]) - set(PAPER_DATASETS)) if len(runs) else []
+    return [*PAPER_DATASETS, *extra]
+
+
+# --- tables ----------------------------------------------------------------------------------------
+def _stats(values: pd.Series) -> tuple[float, float]:
+    values = values.dropna().astype(float)
+    if values.empty:
+        return np.nan, np.nan
+    return values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan
+
+
+def _paper_value(paper: pd.DataFrame, teacher, student, method, column="top1") -> float:
+    """The paper's number; teacher and student-alone rows may be stored without the other model."""
+    hit = paper[paper.method == method]
+    if method == "teacher":
+        hit = hit[(hit.teacher == teacher) & ((hit.student == student) | hit.student.isna())]
+    elif method == "student":
+        hit = hit[(hit.student == student) & ((hit.teacher == teacher) | hit.teacher.isna())]
+    else:
+        hit = hit[(hit.teacher == teacher) & (hit.student == student)]
+    return float(hit[column].iloc[0]) if len(hit) else np.nan
+
+
+def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paper's table for `dataset` in long form: one row per (teacher, student) pair and method.
+
+    Pairs come in the paper's order, then pairs only we ran. Per row: our best-epoch and last-epoch
+    top-1 as mean and (sample) std over the runs (seeds), `n_runs`, the scales M we ran, the paper's
+    value, `delta_vs_paper` (ours best - paper) and, on SD rows, the SD gain over the plain method
+    (sd_x - x) for ours and for the paper. `teacher` rows hold the teacher's accuracy as evaluated in
+    our runs; `student` rows the student trained alone (`experiment.run_vanilla`), ours and the paper's.
+    Rows empty on both sides are dropped.
+    ImageNet tables also carry top-5.
+    """
+    paper = paper_results() if paper is None else paper
+    paper = paper[paper.dataset == dataset]
+    runs = runs[runs["dataset"] == dataset] if len(runs) else pd.DataFrame(columns=RUN_COLUMNS)
+    with_top5 = paper["top5"].notna().any()
+    pairs = list(dict.fromkeys(
+        (t, s) for t, s, m in zip(paper.teacher, paper.student, paper.method) if m in METHODS))
+    distilled = runs[runs["variant"] != "alone"]
+    pairs += sorted(set(zip(distilled["teacher"], distilled["student"])) - set(pairs))
+    rows = []
+    for teacher, student in pairs:
+        ours = distilled[(distilled["teacher"] == teacher) & (distilled["student"] == student)]
+        alone = runs[(runs["variant"] == "alone") & (runs["student"] == student)]
+        by_method = {}
+        for method in ROWS:
+            sel = {"teacher": ours, "student": alone}.get(method, ours[ours["variant"] == method])
+            best = _stats(sel["teacher_top1"] if method == "teacher" else sel["best_top1"])
+            last = (np.nan, np.nan) if method == "teacher" else _stats(sel["last_top1"])
+            row = {"teacher": teacher, "student": student, "method": method,
+                   "M": "" if method == "teacher" else "; ".join(sorted(set(sel["scales"]))),
+                   "n_runs": len(sel), "ours_best": best[0], "ours_best_std": best[1],
+                   "ours_last": last[0], "ours_last_std": last[1],
+                   "paper": _paper_value(paper, teacher, student, method)}
+            row["delta_vs_paper"] = row["ours_best"] - row["paper"]
+            if with_top5:
+                top5 = (np.nan, np.nan) if method == "teacher" else _stats(sel["best_top5"])
+                row.update(ours_best_top5=top5[0], ours_best_top5_std=top5[1],
+                           paper_top5=_paper_value(paper, teacher, student, method, "top5"))
+            by_method[method] = row
+        for method, row in by_method.items():
+            base = by_method.get(method[3:]) if method.startswith("sd_") else None
+            row["sd_gain_ours"] = row["ours_best"] - base["ours_best"] if base else np.nan
+            row["sd_gain_paper"] = row["paper"] - base["paper"] if base else np.nan
+            if row["n_runs"] or not np.isnan(row["paper"]) or not np.isnan(row["ours_best"]):
+                rows.append(row)
+    columns = ["teacher", "student", "method", "M", "n_runs", "ours_best", "ours_best_std", "ours_last",
+               "ours_last_std", "paper", "delta_vs_paper", "sd_gain_ours", "sd_gain_paper"]
+    if with_top5:
+        columns += ["ours_best_top5", "ours_best_top5_std", "paper_top5"]
+    return pd.DataFrame(rows, columns=columns).astype({"n_runs": int})
+
+
+def run_summary(metrics: dict, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One run at a glance: best and last epoch, the teacher, and the paper's numbers for the same
+    configuration and for its plain (or SD) counterpart."""
+    paper = paper_results() if paper is None else paper
+    paper = paper[paper.dataset == metrics["dataset"]]
+    variant = metrics["variant"]
+    other = variant[3:] if variant.startswith("sd_") else f"sd_{variant}"
+    teacher, student = metrics["teacher"], metrics["student"]
+    row = {"run": metrics["run_name"], "M": "[" + ",".join(map(str, metrics["scales"])) + "]",
+           "best top-1": metrics["best_top1"], "best epoch": metrics["best_epoch"],
+           "last top-1": metrics["last_top1"], "best top-5": metrics["best_top5"],
+           "last top-5": metrics["last_top5"], "teacher top-1": metrics["teacher_top1"],
+           f"paper {METHOD_NAMES[variant]}": _paper_value(paper, teacher, student, variant),
+           f"paper {METHOD_NAMES[other]}": _paper_value(paper, teacher, student, other)}
+    return pd.DataFrame([row]).set_index("run").round(2)
+
+
+def _num(x, signed=False) -> str:
+    return "" if x is None or pd.isna(x) else (f"{x:+.2f}" if signed else f"{x:.2f}")
+
+
+def _mean_std(mean, std, n=None) -> str:
+    if pd.isna(mean):
+        return ""
+    text = f"{mean:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}")
+    return text + ("" if n is None else f" (n={n})")
+
+
+def format_table(df: pd.DataFrame) -> pd.DataFrame:
+    """`results_table` as strings for reading: "76.31 ± 0.20 (n=2)", signed deltas, blanks where empty."""
+    out = pd.DataFrame({
+        "Teacher": df["teacher"], "Student": df["student"], "Method": df["method"].map(METHOD_NAMES),
+        "M": df["M"],
+        "Ours best top-1": [_mean_std(m, s, n) for m, s, n in zip(df.ours_best, df.ours_best_std, df.n_runs)],
+        "Ours last top-1": [_mean_std(m, s) for m, s in zip(df.ours_last, df.ours_last_std)],
+        "Paper top-1": df["paper"].map(_num),
+        "Δ best − paper": df["delta_vs_paper"].map(lambda x: _num(x, True)),
+        "SD gain (ours)": df["sd_gain_ours"].map(lambda x: _num(x, True)),
+        "SD gain (paper)": df["sd_gain_paper"].map(lambda x: _num(x, True)),
+    })
+    if "paper_top5" in df:
+        out["Ours best top-5"] = [_mean_std(m, s) for m, s in zip(df.ours_best_top5, df.ours_best_top5_std)]
+        out["Paper top-5"] = df["paper_top5"].map(_num)
+    return out.fillna("").reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub pipe table of a DataFrame of strings (no dependency on `tabulate`)."""
+    def cell(x):
+        return str(x).replace("|", "\\|").replace("\n", " ")
+    left = {"Teacher", "Student", "Method", "M"}
+    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
+             "|" + "|".join(":---" if c in left else "---:" for c in table.columns) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+_LEGEND = ("Top-1 accuracy (%) on the test set. Ours: mean ± std over runs (seeds), n = number of runs; "
+           "'best' is the best test epoch (what the paper and mdistiller report), 'last' the final epoch. "
+           "Δ = ours best − paper. SD gain = SD-X − X (best epoch). Teacher row: the teacher as evaluated "
+           "in our runs.")
+
+
+def write_tables(outputs_dir, out_dir=None) -> list[Path]:
+    """Write `<dataset>.csv` (numbers, 2 decimals) and `<dataset>.md` for the paper's three datasets and
+    any other dataset with runs, plus `runs.csv` (every complete run), under `outputs_dir/tables/`."""
+    runs = load_runs(outputs_dir)
+    out = Path(out_dir) if out_dir is not None else Path(outputs_dir) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for dataset in table_datasets(runs):
+        table = results_table(runs, dataset)
+        csv, md = out / f"{dataset}.csv", out / f"{dataset}.md"
+        table.to_csv(csv, index=False, float_format="%.2f")
+        title = f"## {TITLES.get(dataset, dataset)}: our runs vs the SDD paper\n\n{_LEGEND}\n\n"
+        md.write_text(title + to_markdown(format_table(table)))
+        paths += [csv, md]
+    runs_csv = out / "runs.csv"
+    runs.to_csv(runs_csv, index=False, float_format="%.2f")
+    return paths + [runs_csv]

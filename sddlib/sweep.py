@@ -1,0 +1,137 @@
+"""Run many params files through their dataset's notebook with papermill.
+
+    python -m sddlib.sweep params/cifar100/*.yaml --jobs 2              # the SD runs
+    python -m sddlib.sweep params/cifar100/*.yaml --jobs 2 -p M "[1]"   # their plain baselines
+    python -m sddlib.sweep params/cifar100/*.yaml -p seed 1 -p subset 200 -p epochs 2 --dry-run
+
+Each file runs `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the `-p`
+overrides (values parsed as YAML; text parameters such as M stay text), writing the executed notebook to
+`run_dir(params)/notebook.ipynb`. Runs whose metrics.json is complete are skipped unless `--force` (which
+moves the old metrics.json aside to metrics.previous.json). A failed run does not stop the others; all
+failures are listed at the end and the exit status is 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root: notebooks run there to import sddlib
+PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt")
+
+
+def parse_overrides(pairs) -> dict:
+    """`[("seed", "1"), ("M", "[1]")]` -> `{"seed": 1, "M": "[1]"}`: YAML values, text where the default is text."""
+    from .experiment import DEFAULTS
+    out = {}
+    for key, text in pairs or ():
+        value = yaml.safe_load(text)
+        out[key] = text if isinstance(DEFAULTS.get(key), str) and not isinstance(value, str) else value
+    return out
+
+
+def plan(path, overrides: dict, notebook=None) -> dict:
+    """What one params file would run: parameters, notebook, output notebook, and whether it is complete."""
+    from .experiment import DEFAULTS, load_metrics, run_dir
+    params = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{path} is not a flat YAML mapping of parameters.")
+    params.update(overrides)
+    params.setdefault("output_dir", str(ROOT / DEFAULTS["output_dir"]))  # what the notebook would use
+    for key in PATH_KEYS:  # relative paths mean "from where the sweep was started"
+        if params.get(key):
+            params[key] = str(Path(params[key]).expanduser().absolute())
+    nb = Path(notebook) if notebook else ROOT / "notebooks" / f"{params.get('dataset', DEFAULTS['dataset'])}.ipynb"
+    if not nb.is_file():
+        raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
+    out = run_dir(params)
+    return {"file": str(path), "params": params, "notebook": str(nb), "out": str(out / "notebook.ipynb"),
+            "complete": load_metrics(out / "metrics.json") is not None}
+
+
+def execute(job: dict, kernel=None) -> str | None:
+    """Run one planned job; return None on success or a one-line reason."""
+    import papermill
+    out = Path(job["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if job["complete"]:  # --force: let the notebook's run() start afresh, keep the old result beside it
+        (out.parent / "metrics.json").replace(out.parent / "metrics.previous.json")
+    try:
+        papermill.execute_notebook(job["notebook"], str(out), parameters=job["params"], cwd=str(ROOT),
+                                   kernel_name=kernel, progress_bar=False)
+    except Exception as err:  # noqa: BLE001 - any failure is reported, the sweep goes on
+        text = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
+        return f"{(text.strip().splitlines() or [''])[0][:300]} (see {out})"
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sddlib.sweep", description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+", help="params/<dataset>/*.yaml files")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
+                    help="override a parameter in every file, e.g. -p M \"[1]\" -p seed 1")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    ap.add_argument("--notebook", help="run this notebook instead of notebooks/<dataset>.ipynb")
+    ap.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
+    ap.add_argument("--force", action="store_true", help="re-run runs whose metrics.json is complete")
+    ap.add_argument("--dry-run", action="store_true", help="list what would run and exit")
+    args = ap.parse_args(argv)
+
+    failures, jobs, seen, skipped = [], [], {}, 0
+    overrides = parse_overrides(args.parameter)
+    for path in args.files:
+        try:
+            job = plan(path, overrides, args.notebook)
+        except Exception as err:  # noqa: BLE001 - a bad file is a failure of that file only
+            failures.append((path, f"{type(err).__name__}: {err}"))
+            continue
+        if job["out"] in seen:
+            failures.append((path, f"same run directory as {seen[job['out']]}; change its seed or run_name"))
+            continue
+        seen[job["out"]] = path
+        if job["complete"] and not args.force:
+            skipped += 1
+            print(f"skip (complete)  {path} -> {Path(job['out']).parent}")
+        else:
+            print(f"{'would run' if args.dry_run else 'run'}  {path} -> {job['out']}  [{job['notebook']}]")
+            jobs.append(job)
+
+    start, done = time.time(), 0
+    if not args.dry_run and jobs:
+        if args.jobs > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
+                futures = {pool.submit(execute, job, args.kernel): job for job in jobs}
+                results = ((futures[f], _outcome(f)) for f in as_completed(futures))
+                done = _report(results, failures)
+        else:
+            done = _report(((job, execute(job, args.kernel)) for job in jobs), failures)
+        print(f"{done} done, {skipped} skipped, {len(failures)} failed in {time.time() - start:.0f} s")
+    for path, reason in failures:
+        print(f"FAILED  {path}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _outcome(future) -> str | None:
+    try:
+        return future.result()
+    except Exception as err:  # noqa: BLE001 - e.g. a worker killed for memory
+        return f"{type(err).__name__}: {err}"
+
+
+def _report(results, failures) -> int:
+    done = 0
+    for job, reason in results:
+        print(f"{'failed' if reason else 'done'}  {job['file']}" + (f": {reason}" if reason else ""), flush=True)
+        if reason:
+            failures.append((job["file"], reason))
+        else:
+            done += 1
+    return done
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""sddlib.report and notebooks/results.ipynb on fake-but-schema-true metrics.json files."""
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sddlib import report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def metrics(dataset="cifar100", teacher="resnet32x4", student="ShuffleV1", method="dkd", scales=(1, 2, 4),
+            seed=0, best=77.0, last=76.5, teacher_top1=79.42, status="complete"):
+    """A metrics.json as `sddlib.experiment.run` writes it."""
+    scales = list(scales)
+    variant = method if scales == [1] else f"sd_{method}"
+    name = f"{teacher}-{student}-{variant}-M{''.join(map(str, scales))}-seed{seed}"
+    return {"status": status, "run_name": name, "dataset": dataset, "teacher": teacher, "student": student,
+            "method": method, "scales": scales, "sd": scales != [1], "variant": variant, "seed": seed,
+            "best_top1": best, "best_top5": 95.0, "best_epoch": 230, "last_top1": last, "last_top5": 94.0,
+            "teacher_top1": teacher_top1, "teacher_top5": 95.5,
+            "params": {"dataset": dataset, "epochs": 240, "subset": 0, "seed": seed, "M": str(scales)},
+            "history": [{"epoch": 1, "top1": last}], "wall_time_s": 12.5, "hardware": {}, "versions": {},
+            "git_commit": None, "figures": []}
+
+
+def write(root: Path, m: dict | str, name=None) -> Path:
+    path = root / (m["dataset"] if isinstance(m, dict) else "cifar100") / (name or m["run_name"]) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(m if isinstance(m, str) else json.dumps(m))
+    return path
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    root = tmp_path / "outputs"
+    write(root, metrics(method="dkd", scales=[1, 2, 4], seed=0, best=77.5, last=77.2))
+    write(root, metrics(method="dkd", scales=[1, 2, 4], seed=1, best=77.9, last=77.6))
+    write(root, metrics(method="dkd", scales=[1], seed=0, best=76.0, last=75.5))
+    write(root, metrics(method="kd", scales=[1], seed=0, best=74.0, last=73.0, status="running"), "partial")
+    write(root, '{"status": "complete", "best_top1": ', "corrupt")
+    write(root, metrics(dataset="digit_mosaic", teacher="resnet20", student="resnet8", method="kd",
+                        best=90.0, last=89.0, teacher_top1=95.0))
+    return root
+
+
+def test_load_runs_skips_partial_and_corrupt(outputs):
+    with pytest.warns(report.SkippedRunWarning) as caught:
+        runs = report.load_runs(outputs)
+    assert len(runs) == 4
+    assert {str(w.message).split(":")[0] for w in caught} == {
+        f"skipping {outputs / 'cifar100' / 'partial' / 'metrics.json'}",
+        f"skipping {outputs / 'cifar100' / 'corrupt' / 'metrics.json'}"}
+    assert set(runs.variant) == {"sd_dkd", "dkd", "sd_kd"}
+    assert set(runs.columns) >= {"dataset", "teacher", "student", "method", "variant", "sd", "scales", "seed",
+                                 "best_top1", "last_top1", "best_top5", "last_top5", "teacher_top1",
+                                 "wall_time_s", "path"}
+    assert runs[runs.variant == "dkd"].scales.item() == "[1]"
+
+
+def test_results_table_values(outputs):
+    with pytest.warns(report.SkippedRunWarning):
+        runs = report.load_runs(outputs)
+    table = report.results_table(runs, "cifar100")
+    assert list(dict.fromkeys(zip(table.teacher, table.student)))[:2] == [("resnet32x4", "ShuffleV1"),
+                                                                         ("wrn_40_2", "ShuffleV1")]
+    row = table.set_index(["teacher", "student", "method"]).loc
+    sd = row["resnet32x4", "ShuffleV1", "sd_dkd"]
+    assert sd.n_runs == 2 and sd.M == "[1,2,4]"
+    assert sd.ours_best == pytest.approx(77.7) and sd.ours_best_std == pytest.approx(math.sqrt(0.08))
+    assert sd.ours_last == pytest.approx(77.4)
+    assert sd.paper == pytest.approx(77.30)
+    assert sd.delta_vs_paper == pytest.approx(0.40)
+    assert sd.sd_gain_ours == pytest.approx(1.70) and sd.sd_gain_paper == pytest.approx(77.30 - 76.45)
+    base = row["resnet32x4", "ShuffleV1", "dkd"]
+    assert base.n_runs == 1 and math.isnan(base.ours_best_std) and math.isnan(base.sd_gain_ours)
+    teacher = row["resnet32x4", "ShuffleV1", "teacher"]
+    assert teacher.paper == pytest.approx(79.42) and teacher.delta_vs_paper == pytest.approx(0.0)
+    assert row["resnet32x4", "ShuffleV1", "student"].paper == pytest.approx(70.50)
+    # no runs: the paper's value, ours empty
+    empty = row["ResNet50", "vgg8", "sd_nkd"]
+    assert empty.n_runs == 0 and math.isnan(empty.ours_best) and empty.paper == pytest.approx(74.62)
+    assert empty.sd_gain_paper == pytest.approx(74.62 - 74.01)
+    assert len(table[table.method.isin(report.METHODS)]) == 6 * 6
+
+    text = report.format_table(table).set_index(["Teacher", "Student", "Method"]).loc
+    assert text["resnet32x4", "ShuffleV1", "SD-DKD"]["Ours best top-1"] == "77.70 ± 0.28 (n=2)"
+    assert text["resnet32x4", "ShuffleV1", "SD-DKD"]["Ours last top-1"] == "77.40 ± 0.28"
+    assert text["resnet32x4", "ShuffleV1", "SD-DKD"]["Δ best − paper"] == "+0.40"
+    assert text["resnet32x4", "ShuffleV1", "SD-DKD"]["SD gain (ours)"] == "+1.70"
+    assert text["resnet32x4", "ShuffleV1", "DKD"]["Ours best top-1"] == "76.00 (n=1)"
+    assert text["ResNet50", "vgg8", "SD-NKD"]["Ours best top-1"] == ""
+    assert text["ResNet50", "vgg8", "SD-NKD"]["Paper top-1"] == "74.62"
+
+    # a dataset the paper does not have: our rows only; ImageNet carries top-5
+    mosaic = report.results_table(runs, "digit_mosaic")
+    assert list(mosaic.method) == ["teacher", "sd_kd"] and mosaic.paper.isna().all()
+    imagenet = report.results_table(runs, "imagenet")
+    assert imagenet.set_index("method").loc["sd_dkd", "paper_top5"] == pytest.approx(91.09)
+    assert report.results_table(runs.iloc[0:0], "cub200").shape[0] == 5 * 6
+
+
+def check_tables(tables: Path):
+    names = {p.name for p in tables.iterdir()}
+    assert names == {f"{d}.{ext}" for d in ("cifar100", "imagenet", "cub200", "digit_mosaic")
+                     for ext in ("csv", "md")} | {"runs.csv"}
+    csv = pd.read_csv(tables / "cifar100.csv")
+    sd = csv[(csv.teacher == "resnet32x4") & (csv.student == "ShuffleV1") & (csv.method == "sd_dkd")].iloc[0]
+    assert (sd.n_runs, sd.ours_best, sd.ours_best_std, sd.paper, sd.delta_vs_paper, sd.sd_gain_ours) == (
+        2, 77.70, 0.28, 77.30, 0.40, 1.70)
+    md = (tables / "cifar100.md").read_text()
+    assert "| resnet32x4 | ShuffleV1 | SD-DKD | [1,2,4] | 77.70 ± 0.28 (n=2) | 77.40 ± 0.28 | 77.30 | +0.40 |" in md
+    assert "| ResNet50 | vgg8 | SD-NKD |  |  |  | 74.62 |  |  | +0.61 |" in md
+    assert "| resnet20 | resnet8 | SD-KD |" in (tables / "digit_mosaic.md").read_text()
+    assert len(pd.read_csv(tables / "runs.csv")) == 4
+
+
+def test_write_tables(outputs):
+    with pytest.warns(report.SkippedRunWarning):
+        paths = report.write_tables(outputs)
+    assert all(p.parent == outputs / "tables" for p in paths)
+    check_tables(outputs / "tables")
+
+
+def test_results_notebook(outputs, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    papermill.execute_notebook(str(REPO / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),
+                               parameters={"output_dir": str(outputs)}, cwd=str(REPO), kernel_name="python3",
+                               progress_bar=False)
+    check_tables(outputs / "tables")
+
+
+def test_results_notebook_is_committed_clean():
+    nb = json.loads((REPO / "notebooks" / "results.ipynb").read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    (params,) = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert "".join(params["source"]).startswith('output_dir = "outputs"')
+
+
+def test_reference_data():
+    assert len(report.paper_results()) == 82
+    assert report.paper_results().query("dataset == 'cifar100' and teacher == 'resnet32x4' and "
+                                        "student == 'ShuffleV1' and method == 'sd_dkd'").top1.item() == 77.30
+    assert len(report.authors_experiments()) == 72
+    assert set(report.authors_logged_runs().columns) == {"config", "scales", "top1"}
+
+
+def test_models_trained_alone_fill_the_student_row(tmp_path):
+    root = tmp_path / "outputs"
+    write(root, metrics(dataset="digit_mosaic", teacher="resnet20", student="resnet8", method="kd", best=90.0))
+    alone = metrics(dataset="digit_mosaic", student="resnet8", best=85.0, last=84.0)
+    alone.update(run_name="resnet8-alone-seed0", teacher=None, method=None, scales=None, sd=False, variant="alone",
+                 teacher_top1=None)
+    write(root, alone)
+    table = report.results_table(report.load_runs(root), "digit_mosaic")
+    student = table[table.method == "student"]
+    assert student.ours_best.item() == 85.0 and student.ours_last.item() == 84.0 and student.teacher.item() == "resnet20"
+    assert set(table.method) == {"teacher", "student", "sd_kd"}
+
+
+def test_run_summary_sets_one_run_beside_the_paper():
+    summary = report.run_summary(metrics(method="dkd", scales=[1, 2, 4], best=77.5, last=77.2))
+    row = summary.iloc[0]
+    assert row["best top-1"] == 77.5 and row["last top-1"] == 77.2 and row["M"] == "[1,2,4]"
+    assert row["paper SD-DKD"] == 77.30 and row["paper DKD"] == 76.45

@@ -1,0 +1,103 @@
+"""sddlib.sweep on a tiny throwaway notebook (not the dataset notebooks): skip, failures, --jobs, -p, --dry-run."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from sddlib import sweep
+from sddlib.experiment import load_metrics
+
+pytest.importorskip("papermill")
+
+PARAMETERS = 'dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
+WORK = """\
+if student == "fail":
+    raise RuntimeError("asked to fail")
+import json
+from sddlib import experiment
+p = experiment.resolve_params({k: v for k, v in dict(globals()).items() if k in experiment.DEFAULTS})
+out = experiment.run_dir(p)
+out.mkdir(parents=True, exist_ok=True)
+scales = [int(s) for s in p["M"].strip("[]").split(",")]
+(out / "metrics.json").write_text(json.dumps({
+    "status": "complete", "run_name": experiment.run_name(p), "dataset": p["dataset"], "teacher": p["teacher"],
+    "student": p["student"], "method": p["method"], "scales": scales, "sd": scales != [1],
+    "variant": p["method"] if scales == [1] else "sd_" + p["method"], "seed": p["seed"], "best_top1": 50.0,
+    "best_top5": 80.0, "best_epoch": 1, "last_top1": 49.0, "last_top5": 79.0, "teacher_top1": 60.0,
+    "params": p, "history": [], "wall_time_s": 0.0, "hardware": {}, "versions": {}, "git_commit": None,
+    "figures": []}))
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell(WORK)],
+                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    (tmp_path / "ok.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: ShuffleV1\nmethod: dkd\n"
+                                      'M: "[1,2,4]"\nepochs: 240\nT: 4.0\n')
+    (tmp_path / "fail.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: fail\nmethod: kd\n")
+    out = tmp_path / "out"
+    args = ["--notebook", str(tmp_path / "tiny.ipynb"), "-p", "output_dir", str(out), "-p", "seed", "1",
+            "-p", "M", "[1]", "-p", "epochs", "2", "-p", "subset", "200", "-p", "data_dir", str(tmp_path / "d")]
+    return tmp_path, out, args
+
+
+def test_dry_run(setup, capsys):
+    tmp, out, args = setup
+    assert sweep.main([str(tmp / "ok.yaml"), str(tmp / "fail.yaml"), "--dry-run", *args]) == 0
+    text = capsys.readouterr().out
+    assert text.count("would run") == 2 and str(out / "cifar100" / "resnet32x4-ShuffleV1-dkd-M1-seed1") in text
+    assert not out.exists()
+
+
+def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
+    tmp, out, args = setup
+    run = out / "cifar100" / "resnet32x4-ShuffleV1-dkd-M1-seed1"
+    assert sweep.main([str(tmp / "ok.yaml"), str(tmp / "fail.yaml"), "--jobs", "2", *args]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp / 'fail.yaml'}: RuntimeError: asked to fail" in captured.err  # listed, one line
+    assert str(tmp / "ok.yaml") not in captured.err
+    metrics = load_metrics(run / "metrics.json")  # the other run completed
+    assert metrics is not None and (run / "notebook.ipynb").is_file()
+    # -p overrides reached the notebook (values parsed as YAML; M stays text), the file's own values too
+    p = metrics["params"]
+    assert (p["seed"], p["epochs"], p["subset"], p["M"], p["T"]) == (1, 2, 200, "[1]", 4.0)
+    assert p["data_dir"] == str(tmp / "d") and metrics["variant"] == "dkd"
+    executed = json.loads((run / "notebook.ipynb").read_text())
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+
+    # a complete run is skipped...
+    assert sweep.main([str(tmp / "ok.yaml"), *args]) == 0
+    assert "skip (complete)" in capsys.readouterr().out
+    assert (run / "metrics.json").read_text() == json.dumps(metrics)
+    # ... unless --force, which re-runs it (in the repo root) and keeps the previous result beside the new one
+    calls = []
+
+    def fake_execute(nb, out_nb, parameters, cwd, **kwargs):
+        calls.append((parameters, cwd))
+        (Path(out_nb).parent / "metrics.json").write_text(json.dumps(metrics))
+
+    monkeypatch.setattr("papermill.execute_notebook", fake_execute)
+    assert sweep.main([str(tmp / "ok.yaml"), "--force", *args]) == 0
+    assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert calls == [({**yaml.safe_load((tmp / "ok.yaml").read_text()), "output_dir": str(out), "seed": 1,
+                       "M": "[1]", "epochs": 2, "subset": 200, "data_dir": str(tmp / "d")}, str(sweep.ROOT))]
+    assert load_metrics(run / "metrics.previous.json") == metrics and load_metrics(run / "metrics.json")
+
+
+def test_bad_file_is_a_failure_not_a_crash(setup, capsys):
+    tmp, out, args = setup
+    (tmp / "typo.yaml").write_text("dataset: cifar100\nlearning_rate: 0.1\n")
+    assert sweep.main([str(tmp / "typo.yaml"), "--dry-run", *args]) == 1
+    assert "typo.yaml: ValueError: unknown parameter(s) ['learning_rate']" in capsys.readouterr().err
+
+
+def test_parse_overrides():
+    assert sweep.parse_overrides([("seed", "1"), ("M", "[1]"), ("lr_decay_stages", "[1, 2]"),
+                                  ("figures", "false"), ("device", "cpu")]) == {
+        "seed": 1, "M": "[1]", "lr_decay_stages": [1, 2], "figures": False, "device": "cpu"}
