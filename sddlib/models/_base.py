@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TimmInterface", "global_pool", "stem_conv"]
+__all__ = ["TimmInterface", "global_pool", "stem_conv", "init_like_reference"]
 
 
 def global_pool(fmap: torch.Tensor) -> torch.Tensor:
@@ -58,3 +58,21 @@ def stem_conv(out_channels: int, stem: str, *, kernel_size: int = 3, stride: int
         return nn.Conv2d(3, out_channels, kernel_size=kernel_size, stride=stride,
                          padding=kernel_size // 2, bias=bias)
     raise ValueError(f"unknown stem {stem!r}; use 'cifar' or 'cub'.")
+
+
+def init_like_reference(model: nn.Module, linear_std: float | None = None, zero_linear_bias: bool = False) -> None:
+    """The reference families' initialisation: He (fan-out) normal convs with zero biases, unit/zero
+    BatchNorm; they differ only in the classifier, N(0, linear_std) weights and/or zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(m.weight, 0.0, linear_std)
+            if zero_linear_bias or linear_std is not None:
+                nn.init.zeros_(m.bias)

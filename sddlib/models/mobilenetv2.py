@@ -7,12 +7,11 @@ feature map (ReLU after the 1x1 conv to 1280 channels) is only 2x2.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 
-from ._base import TimmInterface, stem_conv
+from ._base import TimmInterface, init_like_reference, stem_conv
 from ._registry import register
 
 __all__ = ["CifarMobileNetV2", "InvertedResidual"]
@@ -80,16 +79,7 @@ class CifarMobileNetV2(TimmInterface):
         self.num_classes = num_classes
         # A one-element Sequential, as in the reference (key `classifier.0`).
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
-        for m in self.modules():  # the reference's init
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_like_reference(self, linear_std=0.01)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import TimmInterface, stem_conv
+from ._base import TimmInterface, init_like_reference, stem_conv
 from ._registry import register
 
 __all__ = ["CifarResNet", "BasicBlock"]
@@ -68,16 +68,7 @@ class CifarResNet(TimmInterface):
         self.num_features = in_ch
         self.num_classes = num_classes
         self.fc = nn.Linear(in_ch, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He (fan-out) init for convs, unit/zero BN, as the reference does."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_like_reference(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

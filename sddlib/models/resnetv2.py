@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import TimmInterface, stem_conv
+from ._base import TimmInterface, init_like_reference, stem_conv
 from ._registry import register
 
 __all__ = ["CifarResNetV2", "BasicBlock", "Bottleneck"]
@@ -87,12 +87,7 @@ class CifarResNetV2(TimmInterface):
         self.num_features = in_ch
         self.num_classes = num_classes
         self.linear = nn.Linear(in_ch, num_classes)
-        for m in self.modules():  # the reference's init: He fan-out convs, unit/zero BN
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_like_reference(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

@@ -6,14 +6,13 @@ applied in `forward_features`, so the final feature map is ReLU(block4) (4x4 on 
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import TimmInterface
+from ._base import TimmInterface, init_like_reference
 from ._registry import register
 
 __all__ = ["VGG", "VGG_CONFIGS"]
@@ -55,17 +54,7 @@ class VGG(TimmInterface):
         self.num_features = in_ch
         self.num_classes = num_classes
         self.classifier = nn.Linear(in_ch, num_classes)
-        for m in self.modules():  # the reference's init
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_like_reference(self, linear_std=0.01)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Blocks 0-2 are each followed by a 2x2 max-pool; the pool before block 4 is applied

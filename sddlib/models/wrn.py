@@ -6,13 +6,12 @@ output (8x8 on 32x32 inputs), which is where the reference pools.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import TimmInterface
+from ._base import TimmInterface, init_like_reference
 from ._registry import register
 
 __all__ = ["WideResNet", "PreActBlock"]
@@ -73,15 +72,7 @@ class WideResNet(TimmInterface):
         self.num_features = widths[3]
         self.num_classes = num_classes
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():  # the reference's init
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_like_reference(self, zero_linear_bias=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
