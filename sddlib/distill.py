@@ -1,9 +1,10 @@
 """fastai callback that turns a plain `Learner(dls, student, loss_func=CrossEntropy)` into (SD-)KD,
 (SD-)DKD or (SD-)NKD distillation.
 
-During `fit` the student's forward is switched to its scale-decoupled forward (`ScaleDecoupled`),
-so one student pass yields both its logits and its region logits; the plain forward is restored
-afterwards, so the student's state dict, `learn.save/load` and `learn.validate()` are untouched.
+During `fit` the Learner's own forward call of each batch goes through the student's scale-decoupled
+forward (`ScaleDecoupled`), so one student pass yields both its logits and its region logits; any
+other call of the student (and everything after `fit`) gets its plain forward, so the student's state
+dict, `learn.save/load` and `learn.validate()` are untouched, even after an interrupted fit.
 Validation always scores the student's plain logits, so fastai metrics work unchanged.
 """
 from __future__ import annotations
@@ -90,11 +91,18 @@ class DistillationCallback(Callback):
             raise ValueError(f"the teacher predicts {n_t} classes but the student {n_s}; "
                              "distil between models built for the same classes.")
         self.teacher.to(next(self.student.parameters()).device)
-        sd_student = ScaleDecoupled(self.student, self.scales)
-        self.student.forward = types.MethodType(lambda _, x: sd_student(x), self.student)
+        sd_student, plain_forward = ScaleDecoupled(self.student, self.scales), type(self.student).forward
+        self._in_batch_forward = False
+
+        def forward(student, x):
+            return sd_student(x) if self._in_batch_forward else plain_forward(student, x)
+        self.student.forward = types.MethodType(forward, self.student)
 
     def after_fit(self):
         self.student.__dict__.pop("forward", None)
+
+    def before_batch(self):
+        self._in_batch_forward = True
 
     def before_train(self):
         self.teacher.eval()
@@ -103,6 +111,7 @@ class DistillationCallback(Callback):
 
     # --- per batch ----------------------------------------------------------------------------
     def after_pred(self):
+        self._in_batch_forward = False
         if not isinstance(self.learn.pred, tuple):
             return
         self.learn.pred, self._student_regions = self.learn.pred

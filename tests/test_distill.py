@@ -152,3 +152,17 @@ def test_rejected_inputs():
         with learn.no_bar(), learn.no_logging():
             learn.fit(1)
     assert "forward" not in learn.model.__dict__
+
+
+def test_an_interrupted_fit_leaves_a_plain_student():
+    learn, cb, _ = make_learner("kd", (1, 2, 4))
+
+    class Interrupt(DistillationCallback.__mro__[1]):
+        def after_loss(self):
+            raise KeyboardInterrupt            # a user stopping a notebook cell mid-epoch
+
+    learn.add_cb(Interrupt())
+    with pytest.raises(KeyboardInterrupt), learn.no_bar(), learn.no_logging():
+        learn.fit(1)
+    out = learn.model(torch.randn(2, 3, 16, 16))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
