@@ -157,6 +157,11 @@ class EpochLogger(Callback):
         print(f"epoch {self.epoch + 1}/{self.n_epoch} {text} lr={self.opt.hypers[-1]['lr']:.4g}", flush=True)
 
 
+def top5_accuracy(inp, targ):
+    """Top-5 accuracy (top-k for fewer than 5 classes, e.g. tiny test sets)."""
+    return top_k_accuracy(inp, targ, k=min(5, inp.shape[-1]))
+
+
 def build_learner(dls, model, p: dict, cbs=()) -> Learner:
     """The one place a Learner is made: torch SGD (no dampening, no Nesterov) with L2 on every
     parameter, the authors' step schedule, gradient clipping, top-1/top-5 metrics."""
@@ -165,9 +170,8 @@ def build_learner(dls, model, p: dict, cbs=()) -> Learner:
     callbacks = [StepLR(p["lr"], p["lr_decay_stages"], p["lr_decay_rate"]), EpochLogger(), *cbs]
     if p["clip_grad_norm"]:
         callbacks.append(GradientClip(max_norm=p["clip_grad_norm"]))
-    top5 = partial(top_k_accuracy, k=min(5, dls.num_classes))
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=p["lr"],
-                    metrics=[accuracy, top5], wd=None, wd_bn_bias=True, train_bn=True, cbs=callbacks)
+                    metrics=[accuracy, top5_accuracy], wd=None, wd_bn_bias=True, train_bn=True, cbs=callbacks)
     if not p["progress"]:
         from fastai.callback.progress import ProgressCallback
         learn.remove_cb(ProgressCallback)
@@ -186,7 +190,7 @@ def _fit(learn: Learner, epochs: int, best_path: Path | None = None) -> list[dic
             row = dict(zip(names, (float(v) for v in values)))
             rows.append({"epoch": self.epoch + 1, "train_loss": row.get("train_loss"),
                          "valid_loss": row.get("valid_loss"), "top1": 100 * row["accuracy"],
-                         "top5": 100 * row["top_k_accuracy"], "lr": self.opt.hypers[-1]["lr"]})
+                         "top5": 100 * row["top5_accuracy"], "lr": self.opt.hypers[-1]["lr"]})
             nonlocal best
             if best_path is not None and rows[-1]["top1"] > best:
                 best = rows[-1]["top1"]
