@@ -9,7 +9,7 @@ OUT ?= outputs/quickstart
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,0 +1,128 @@
+"""The real notebooks, executed headlessly with papermill on tiny datasets in the real on-disk formats."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import papermill as pm
+import pytest
+import torch
+from PIL import Image
+
+from datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
+from sddlib import viz
+from sddlib.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+FAST = dict(epochs=2, teacher_epochs=1, batch_size=8, lr_decay_stages=[1], progress=False)
+
+
+def execute(name, out_dir, **parameters):
+    output = Path(out_dir) / f"{name}.executed.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters, cwd=str(REPO),
+                        kernel_name="python3", progress_bar=False)
+    return json.loads(output.read_text())
+
+
+def only_run(output_dir, dataset):
+    metrics = [json.loads(p.read_text()) for p in (Path(output_dir) / dataset).glob("*/metrics.json")]
+    distilled = [m for m in metrics if m["variant"] != "alone"]
+    assert len(distilled) == 1, [m["run_name"] for m in metrics]
+    return distilled[0]
+
+
+def assert_figures(run_dir, expect_history=True):
+    for key, name in viz.FIGURE_FILES.items():
+        path = Path(run_dir) / "figures" / name
+        if key == "category_history" and not expect_history:
+            continue
+        assert path.is_file(), path
+        width, height = Image.open(path).size
+        assert width > 300 and height > 200
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("notebooks")
+    return {"root": root, "outputs": root / "outputs"}
+
+
+def test_cifar100_notebook_headline_run(work):
+    data = work["root"] / "cifar"
+    write_tiny_cifar100(data, n_train=32, n_test=16)
+    nb = execute("cifar100", work["root"], M="[1,2,4]", teacher="resnet8", student="resnet8", lr=0.05,
+                 data_dir=str(data), output_dir=str(work["outputs"]), subset=32, **FAST)
+    m = only_run(work["outputs"], "cifar100")
+    assert m["variant"] == "sd_dkd" and m["scales"] == [1, 2, 4] and m["params"]["beta"] == 8.0
+    assert 0 <= m["last_top1"] <= m["best_top1"] <= 100 and len(m["history"]) == 2
+    assert m["params"]["data_dir"] == str(data)
+    assert_figures(work["outputs"] / "cifar100" / m["run_name"])
+    text = json.dumps(nb)
+    assert "Figure 1" in text and "image/png" in text                  # figures shown inline
+    assert m["run_name"] in text and "epoch 2/2" in text                 # one log line per epoch
+
+
+def test_cub200_notebook(work):
+    data = work["root"] / "cub"
+    write_tiny_cub200(data, n_classes=3, per_class=4, size=64)
+    execute("cub200", work["root"], teacher="resnet8x4", student="MobileNetV2", method="nkd", M="[1,2]",
+            data_dir=str(data), output_dir=str(work["outputs"]), subset=12, **FAST)
+    m = only_run(work["outputs"], "cub200")
+    assert m["variant"] == "sd_nkd" and m["params"]["gamma"] == 8.0 and m["params"]["T"] == 4.0
+    assert_figures(work["outputs"] / "cub200" / m["run_name"])
+
+
+def test_imagenet_notebook(work):
+    data = work["root"] / "imagenet"
+    write_tiny_imagenet(data, n_classes=3, per_class=2, size=64)
+    execute("imagenet", work["root"], method="kd", M="[1]", teacher_weights="", data_dir=str(data),
+            output_dir=str(work["outputs"]), subset=6, **FAST)
+    m = only_run(work["outputs"], "imagenet")
+    assert m["variant"] == "kd" and m["teacher"] == "ResNet34" and m["student"] == "ResNet18"
+    assert_figures(work["outputs"] / "imagenet" / m["run_name"])
+
+
+def test_quickstart_notebook(work):
+    out = work["outputs"] / "quickstart"
+    execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["kd", "dkd"],
+            output_dir=str(out), data_dir=str(work["root"] / "mosaics"), teacher="resnet14")
+    variants = sorted(json.loads(p.read_text())["variant"] for p in out.glob("digit_mosaic/*/metrics.json"))
+    assert variants == ["alone", "alone", "dkd", "kd", "sd_dkd", "sd_kd"]
+    sd_kd = next(out.glob("digit_mosaic/*-sd_kd-*"))
+    assert_figures(sd_kd)
+
+
+def test_results_notebook_renders_the_tables(work):
+    execute("results", work["root"], output_dir=str(work["outputs"]))
+    tables = work["outputs"] / "tables"
+    cifar = pd.read_csv(tables / "cifar100.csv")
+    ours = cifar[(cifar.teacher == "resnet8") & (cifar.method == "sd_dkd")]
+    assert len(ours) == 1 and ours.n_runs.iloc[0] == 1
+    paper = cifar[(cifar.teacher == "resnet32x4") & (cifar.student == "ShuffleV1") & (cifar.method == "sd_dkd")]
+    assert paper.paper.iloc[0] == pytest.approx(77.30)
+    assert (tables / "cub200.md").is_file() and (tables / "imagenet.md").is_file()
+    digits = pd.read_csv(tables / "digit_mosaic.csv")
+    assert set(digits.method) >= {"teacher", "student", "kd", "sd_kd", "dkd", "sd_dkd"}
+
+
+@pytest.mark.parametrize("parameters,message", [
+    (dict(M="[1,3]"), r"scales '\[1,3\]' is not supported"),
+    (dict(method="fitnet"), "method 'fitnet' is unknown"),
+    (dict(data_dir="EMPTY"), "CIFAR-100"),
+    (dict(teacher_ckpt="WRONG"), "is not a resnet8"),
+])
+def test_bad_input_stops_with_one_sentence(work, tmp_path, parameters, message):
+    if parameters.get("data_dir") == "EMPTY":
+        parameters["data_dir"] = str(tmp_path / "empty")
+    else:
+        data = tmp_path / "cifar"
+        write_tiny_cifar100(data, n_train=8, n_test=8)
+        parameters.setdefault("data_dir", str(data))
+    if parameters.get("teacher_ckpt") == "WRONG":
+        wrong = tmp_path / "resnet20.pth"
+        torch.save({"model": create_model("resnet20").state_dict()}, wrong)
+        parameters["teacher_ckpt"] = str(wrong)
+    with pytest.raises(pm.PapermillExecutionError, match=message):
+        execute("cifar100", tmp_path, teacher="resnet8", student="resnet8", subset=8,
+                output_dir=str(tmp_path / "outputs"), **{**FAST, **parameters})
+    assert not list((tmp_path / "outputs").glob("**/metrics.json"))   # nothing half-written
