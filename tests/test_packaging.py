@@ -35,3 +35,16 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_readme_own_pair_example_runs(tmp_path):
+    """The README's ~10-line example stays true (shortened: a small subset, one epoch)."""
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"## Your own teacher and student\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert "dls = digit_mosaic(bs=64)" in code and "learn.fit(5, lr=0.05)" in code
+    code = code.replace("dls = digit_mosaic(bs=64)", f"dls = digit_mosaic({str(tmp_path)!r}, bs=64, subset=128)")
+    code = code.replace("learn.fit(5, lr=0.05)", "learn.fit(1, lr=0.05)")
+    code = code.replace("sd.stats_frame()", "frame = sd.stats_frame()")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert len(namespace["frame"]) == 1 and "complementary_gr_lw@4" in namespace["frame"].columns

@@ -79,7 +79,8 @@ def test_imagenet_batch_size_quirk_is_recorded():
     assert yaml.safe_load(text)["batch_size"] == 256 and "debugging leftover" in text
 
 
-@pytest.mark.parametrize("name", ["paper_results.csv", "experiments.yaml", "authors_logged_runs.csv"])
+@pytest.mark.parametrize("name", ["paper_results.csv", "experiments.yaml", "authors_logged_runs.csv",
+                                  "cifar_state_dicts.json"])
 def test_package_reference_equals_shared(name):
     if not SHARED_REFERENCE.is_dir():
         pytest.skip(f"{SHARED_REFERENCE} is not here")
