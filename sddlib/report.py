@@ -124,8 +124,8 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     top-1 as mean and (sample) std over the runs (seeds), `n_runs`, the scales M we ran, the paper's
     value, `delta_vs_paper` (ours best - paper) and, on SD rows, the SD gain over the plain method
     (sd_x - x) for ours and for the paper. `teacher` rows hold the teacher's accuracy as evaluated in
-    our runs; `student` rows the student trained alone (`experiment.run_vanilla`), ours and the paper's.
-    Rows empty on both sides are dropped.
+    our runs (each distinct value once); `student` rows the student trained alone
+    (`experiment.run_vanilla`), ours and the paper's. Rows empty on both sides are dropped.
     ImageNet tables also carry top-5.
     """
     paper = paper_results() if paper is None else paper
@@ -142,7 +142,9 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
         alone = runs[(runs["variant"] == "alone") & (runs["student"] == student)]
         by_method = {}
         for method in ROWS:
-            sel = {"teacher": ours, "student": alone}.get(method, ours[ours["variant"] == method])
+            # runs sharing one teacher checkpoint report it once (n counts distinct teacher accuracies)
+            teachers = ours.drop_duplicates("teacher_top1")
+            sel = {"teacher": teachers, "student": alone}.get(method, ours[ours["variant"] == method])
             best = _stats(sel["teacher_top1"] if method == "teacher" else sel["best_top1"])
             last = (np.nan, np.nan) if method == "teacher" else _stats(sel["last_top1"])
             row = {"teacher": teacher, "student": student, "method": method,

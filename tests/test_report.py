@@ -167,3 +167,12 @@ def test_run_summary_sets_one_run_beside_the_paper():
     row = summary.iloc[0]
     assert row["best top-1"] == 77.5 and row["last top-1"] == 77.2 and row["M"] == "[1,2,4]"
     assert row["paper SD-DKD"] == 77.30 and row["paper DKD"] == 76.45
+
+
+def test_a_teacher_shared_by_several_runs_counts_once(tmp_path):
+    root = tmp_path / "outputs"
+    for method, scales in [("kd", [1]), ("kd", [1, 2, 4]), ("dkd", [1])]:
+        write(root, metrics(method=method, scales=scales, teacher_top1=79.42))
+    table = report.results_table(report.load_runs(root), "cifar100")
+    teacher = table[(table.method == "teacher") & (table.teacher == "resnet32x4") & (table.student == "ShuffleV1")]
+    assert teacher.n_runs.item() == 1 and teacher.ours_best.item() == 79.42
