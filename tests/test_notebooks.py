@@ -93,6 +93,8 @@ def test_quickstart_notebook(work):
 
 
 def test_results_notebook_renders_the_tables(work):
+    if not list(work["outputs"].glob("*/*/metrics.json")):
+        pytest.skip("needs the runs of the notebook tests above (run the whole file)")
     execute("results", work["root"], output_dir=str(work["outputs"]))
     tables = work["outputs"] / "tables"
     cifar = pd.read_csv(tables / "cifar100.csv")
