@@ -49,13 +49,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from .data import unnormalize
 from .distill import CATEGORIES
 from .losses import RegionMasks, region_masks
 from .regions import ScaleDecoupled, parse_scales
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "RegionPredictions", "region_labels",
            "collect_region_predictions", "plot_region_map", "plot_region_logits", "plot_category_shares",
-           "plot_category_history", "plot_per_class", "plot_agreement", "save_run_figures", "FIGURE_FILES"]
+           "plot_category_history", "plot_per_class", "plot_agreement", "save_run_figures", "FIGURE_FILES",
+           "show_run_figure"]
 
 DPI = 120
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies, fixed per category.
@@ -249,7 +251,7 @@ def _unnormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
         if m.numel() not in (1, c) or s.numel() not in (1, c):
             raise ValueError(f"mean and std must have 1 or {c} values (one per channel), got "
                              f"{m.numel()} and {s.numel()}.")
-        return (x * s.view(1, -1, 1, 1) + m.view(1, -1, 1, 1)).clamp(0, 1)
+        return unnormalize(x, m, s)
     if float(x.min()) >= 0 and float(x.max()) <= 1:
         return x
     lo = x.amin(dim=(1, 2, 3), keepdim=True)   # no statistics known: stretch each image to [0, 1]
@@ -906,3 +908,13 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
     save("per_class", lambda p: plot_per_class(preds, path=p))
     save("agreement", lambda p: plot_agreement(plain, preds, path=p))
     return written
+
+
+def show_run_figure(run_dir, key: str) -> None:
+    """Display one figure that `save_run_figures` wrote for a run (in a notebook), or say it is missing."""
+    from IPython.display import Image, display
+
+    if key not in FIGURE_FILES:
+        raise ValueError(f"figure {key!r} is unknown; use one of {sorted(FIGURE_FILES)}.")
+    path = Path(run_dir) / "figures" / FIGURE_FILES[key]
+    display(Image(filename=str(path)) if path.exists() else f"(no {path.name}: this run did not draw it)")

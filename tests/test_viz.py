@@ -328,3 +328,17 @@ def test_digit_layouts_are_drawn_when_the_loader_keeps_dataset_order():
     assert [b.get_linestyle() for b in boxes] == ["-", "--"]
     shuffled = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True)
     assert collect_region_predictions(teacher, None, shuffled, (1, 2)).layouts is None
+
+
+def test_show_run_figure_displays_a_saved_png_or_says_it_is_missing(tmp_path, capsys):
+    from sddlib.viz import FIGURE_FILES, show_run_figure
+    (tmp_path / "figures").mkdir()
+    fig = plot_category_history([{"epoch": 1, **{f"{c}@1": 0.25 for c in CATEGORIES}}], (1,),
+                                path=tmp_path / "figures" / FIGURE_FILES["category_history"])
+    assert fig is not None
+    show_run_figure(tmp_path, "category_history")
+    show_run_figure(tmp_path, "region_map")
+    out = capsys.readouterr().out
+    assert "IPython.core.display.Image" in out and "no fig1_region_map.png" in out
+    with pytest.raises(ValueError, match="figure 'fig9' is unknown"):
+        show_run_figure(tmp_path, "fig9")
