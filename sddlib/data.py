@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["DATASETS", "DatasetNotFoundError", "MosaicLayout", "cifar100", "cub200", "denormalize",
+__all__ = ["DATASETS", "DatasetNotFoundError", "MosaicLayout", "cifar100", "cub200", "denormalize", "unnormalize",
            "digit_mosaic", "get_dataloaders", "imagenet", "make_digit_mosaics"]
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,14 @@ def _need_dir(data_dir, name):
 
 
 def denormalize(x: torch.Tensor, dls) -> torch.Tensor:
-    """Undo the loaders' normalisation: (B x) 3 x H x W normalised -> images in [0, 1] (for figures)."""
-    mean = torch.as_tensor(dls.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.as_tensor(dls.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    """Undo the loaders' normalisation: (B x) C x H x W normalised -> images in [0, 1] (for figures)."""
+    return unnormalize(x, dls.mean, dls.std)
+
+
+def unnormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """x * std + mean per channel (C x H x W or B x C x H x W), clamped to [0, 1]."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x.as_subclass(torch.Tensor) * std + mean).clamp(0, 1)
 
 

@@ -35,8 +35,9 @@ from .regions import parse_scales
 from .teachers import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                        save_checkpoint, teacher_cache_path)
 
-__all__ = ["PROTOCOLS", "DEFAULTS", "resolve_params", "notebook_params", "run_name", "run_dir", "run", "train_teacher",
-           "build_learner", "evaluate", "StepLR", "EpochLogger", "load_metrics", "run_vanilla", "vanilla_dir", "get_teacher"]
+__all__ = ["PROTOCOLS", "DEFAULTS", "resolve_params", "notebook_params", "run_name", "run_dir", "vanilla_dir",
+           "load_metrics", "run", "run_vanilla", "train_teacher", "get_teacher", "build_learner", "evaluate",
+           "StepLR", "EpochLogger", "top5_accuracy"]
 
 # Solver of each dataset as the authors ran it (their configs merged with mdistiller's defaults).
 # Student-specific learning rates (0.01 for ShuffleNet/MobileNet students) live in params/ files.
