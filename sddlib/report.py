@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["PAPER_DATASETS", "METHODS", "SkippedRunWarning", "paper_results", "authors_experiments",
-           "authors_logged_runs", "load_runs", "table_datasets", "results_table", "run_summary", "format_table",
-           "to_markdown", "write_tables"]
+__all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
+           "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table", "run_summary",
+           "format_table", "to_markdown", "write_tables"]
 
 PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
@@ -29,13 +29,16 @@ ROWS = ("teacher", "student", *METHODS)  # per pair, as the paper lists them
 TITLES = {"cifar100": "CIFAR-100", "imagenet": "ImageNet", "cub200": "CUB-200", "digit_mosaic": "Digit mosaic"}
 METHOD_NAMES = {"teacher": "Teacher", "student": "Student alone", "kd": "KD", "sd_kd": "SD-KD", "dkd": "DKD",
                 "sd_dkd": "SD-DKD", "nkd": "NKD", "sd_nkd": "SD-NKD"}
+# The loss values a run records (its `params`): what tells an ImageNet baseline config from an SD config at M=[1].
+LOSS_VALUES = ("ce_weight", "kd_weight", "warmup_epochs", "T", "alpha", "beta", "gamma")
 RUN_COLUMNS = ["dataset", "teacher", "student", "method", "variant", "sd", "scales", "seed", "best_top1",
-               "last_top1", "best_top5", "last_top5", "best_epoch", "epochs", "subset", "teacher_top1",
-               "wall_time_s", "run_name", "path"]
+               "last_top1", "best_top5", "last_top5", "best_epoch", "epochs", "subset", "batch_size", *LOSS_VALUES,
+               "teacher_top1", "wall_time_s", "run_name", "path"]
 
 
 class SkippedRunWarning(UserWarning):
-    """A metrics.json that is partial, unreadable or not a complete run."""
+    """A run left out: a metrics.json that is partial, unreadable or not a complete run, or an ImageNet
+    plain-method run whose values are not the authors' baseline config of its row."""
 
 
 # --- the paper's and the authors' numbers ----------------------------------------------------------
@@ -52,6 +55,12 @@ def paper_results() -> pd.DataFrame:
 def authors_experiments() -> list[dict]:
     """The authors' effective hyper-parameters of every published SDD config (experiments.yaml)."""
     return yaml.safe_load(_reference("experiments.yaml").read_text())
+
+
+def imagenet_baselines() -> list[dict]:
+    """The authors' plain KD/DKD/NKD ImageNet configs (imagenet_baselines.yaml): the paper's ImageNet baseline
+    rows come from these, not from the SD configs run with M=[1]."""
+    return yaml.safe_load(_reference("imagenet_baselines.yaml").read_text())
 
 
 def authors_logged_runs() -> pd.DataFrame:
@@ -84,6 +93,7 @@ def load_runs(outputs_dir) -> pd.DataFrame:
                 "best_top1": float(m["best_top1"]), "last_top1": float(m["last_top1"]),
                 "best_top5": m.get("best_top5"), "last_top5": m.get("last_top5"),
                 "best_epoch": m.get("best_epoch"), "epochs": params.get("epochs"), "subset": params.get("subset"),
+                "batch_size": params.get("batch_size"), **{k: params.get(k) for k in LOSS_VALUES},
                 "teacher_top1": m.get("teacher_top1"), "wall_time_s": m.get("wall_time_s"),
                 "run_name": m.get("run_name"), "path": str(path)})
         except (KeyError, TypeError, ValueError) as err:
@@ -103,6 +113,38 @@ def _stats(values: pd.Series) -> tuple[float, float]:
     if values.empty:
         return np.nan, np.nan
     return values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan
+
+
+def _separate_baselines(dataset: str) -> dict:
+    """(teacher, student, method) -> the authors' plain config, for a dataset whose baseline rows are their own
+    experiments (ImageNet); empty where a baseline is the SD config run with M=[1] (CIFAR-100, CUB-200)."""
+    if dataset != "imagenet":
+        return {}
+    return {(b["teacher"], b["student"], b["method"]): b for b in imagenet_baselines()}
+
+
+def _same(ours, theirs) -> bool:
+    return ours is not None and not pd.isna(ours) and float(ours) == float(theirs)
+
+
+def _keep_authors_baselines(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Leave out (with a warning) each plain-method run of a pair with a separate baseline config whose loss
+    values are not that config's: e.g. an ImageNet SD params file run with M=[1], which takes the baseline's
+    run name but trains something the paper's baseline row is not."""
+    configs = _separate_baselines(dataset)
+    keep = []
+    for run in runs.itertuples(index=False):
+        config = configs.get((run.teacher, run.student, run.variant))
+        wrong = sorted(k for k, v in (config or {}).get("loss", {}).items() if not _same(getattr(run, k), v))
+        if wrong:
+            ours = ", ".join(f"{k}={getattr(run, k)}" for k in wrong)
+            theirs = ", ".join(f"{k}={config['loss'][k]}" for k in wrong)
+            warnings.warn(f"leaving {run.path} out of the {METHOD_NAMES[run.variant]} row: its {ours} are not the "
+                          f"authors' baseline config {config['source']} ({theirs}); run "
+                          f"params/{dataset}/{run.teacher}-{run.student}-{run.variant}.yaml with force=True "
+                          f"(sweep --force) to replace it.", SkippedRunWarning, stacklevel=3)
+        keep.append(not wrong)
+    return runs[keep] if len(runs) else runs
 
 
 def _paper_value(paper: pd.DataFrame, teacher, student, method, column="top1") -> float:
@@ -125,8 +167,13 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     value, `delta_vs_paper` (ours best - paper) and, on SD rows, the SD gain over the plain method
     (sd_x - x) for ours and for the paper. `teacher` rows hold the teacher's accuracy as evaluated in
     our runs (each distinct value once); `student` rows the student trained alone
-    (`experiment.run_vanilla`), ours and the paper's. Rows empty on both sides are dropped.
+    (`experiment.run_vanilla`), ours and the paper's. Rows empty on both sides are dropped; a pair
+    the paper has no numbers for (ImageNet ResNet34 -> ResNet18) has an empty paper column.
     ImageNet tables also carry top-5.
+
+    Each SD row is set beside its plain row: on CIFAR-100 and CUB-200 the same config run with M=[1];
+    on ImageNet the authors' separate baseline config (`imagenet_baselines`), so an ImageNet plain run
+    counts only when its loss values are that config's (others are left out with a SkippedRunWarning).
     """
     paper = paper_results() if paper is None else paper
     paper = paper[paper.dataset == dataset]
@@ -134,7 +181,7 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     with_top5 = paper["top5"].notna().any()
     pairs = list(dict.fromkeys(
         (t, s) for t, s, m in zip(paper.teacher, paper.student, paper.method) if m in METHODS))
-    distilled = runs[runs["variant"] != "alone"]
+    distilled = _keep_authors_baselines(runs[runs["variant"] != "alone"], dataset)
     pairs += sorted(set(zip(distilled["teacher"], distilled["student"])) - set(pairs))
     rows = []
     for teacher, student in pairs:
@@ -232,6 +279,13 @@ _LEGEND = ("Top-1 accuracy (%) on the test set. Ours: mean ± std over runs (see
            "'best' is the best test epoch (what the paper and mdistiller report), 'last' the final epoch. "
            "Δ = ours best − paper. SD gain = SD-X − X (best epoch). Teacher row: the teacher as evaluated "
            "in our runs.")
+# Where each dataset's plain (X) rows come from, under the legend.
+_BASELINES = {
+    "imagenet": "KD, DKD and NKD rows are the authors' plain configs "
+                "(params/imagenet/<teacher>-<student>-<method>.yaml), not the SD configs run with M=[1]. The paper's "
+                "table is ResNet-50 → MobileNetV1; ResNet-34 → ResNet-18 has no paper numbers.",
+}
+_SAME_CONFIG = "KD, DKD and NKD rows are the SD configs run with M=[1]."
 
 
 def write_tables(outputs_dir, out_dir=None) -> list[Path]:
@@ -245,7 +299,8 @@ def write_tables(outputs_dir, out_dir=None) -> list[Path]:
         table = results_table(runs, dataset)
         csv, md = out / f"{dataset}.csv", out / f"{dataset}.md"
         table.to_csv(csv, index=False, float_format="%.2f")
-        title = f"## {TITLES.get(dataset, dataset)}: our runs vs the SDD paper\n\n{_LEGEND}\n\n"
+        legend = f"{_LEGEND} {_BASELINES.get(dataset, _SAME_CONFIG)}"
+        title = f"## {TITLES.get(dataset, dataset)}: our runs vs the SDD paper\n\n{legend}\n\n"
         md.write_text(title + to_markdown(format_table(table)))
         paths += [csv, md]
     runs_csv = out / "runs.csv"

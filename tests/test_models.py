@@ -98,9 +98,9 @@ def images(n=2, size=32, seed=0):
 
 
 def test_list_models():
-    assert sorted(list_models()) == sorted(CIFAR_NAMES + ["ResNet34"])
+    assert sorted(list_models()) == sorted(CIFAR_NAMES + ["ResNet34", "MobileNetV1"])
     assert sorted(list_models("cifar")) == sorted(CIFAR_NAMES)
-    assert sorted(list_models("torchvision")) == sorted(TORCHVISION)
+    assert sorted(list_models("torchvision")) == sorted([*TORCHVISION, "MobileNetV1"])
     assert set(CUB) <= set(list_models("cub"))
     assert set(list_models("cub")) <= set(CIFAR_NAMES)
 
@@ -485,6 +485,91 @@ def test_torchvision_bad_weights_arguments():
         create_model("ResNet34", num_classes=1000, stem="torchvision", weights="IMAGENET9K")
     with pytest.raises(ValueError, match="num_classes must be 1000"):
         create_model("ResNet34", num_classes=100, stem="torchvision", weights="IMAGENET1K_V1")
+
+
+# --------------------------------------------------------------------------- MobileNetV1 (ImageNet)
+# The authors' layout, restated: conv_bn(3, 32, stride 2), then 13 depthwise-separable blocks
+# (output width, stride); every conv without bias; fc 1024 -> classes.
+MOBILENETV1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
+                      (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
+
+
+def mobilenetv1_layout(num_classes=1000) -> dict:
+    """state-dict key -> shape of the authors' `mdistiller/models/imagenet/mobilenetv2.py` (a MobileNetV1)."""
+    def bn(key, c):
+        return {f"{key}.weight": (c,), f"{key}.bias": (c,), f"{key}.running_mean": (c,),
+                f"{key}.running_var": (c,), f"{key}.num_batches_tracked": ()}
+    layout = {"model.0.0.weight": (32, 3, 3, 3), **bn("model.0.1", 32)}
+    in_ch = 32
+    for i, (out_ch, _) in enumerate(MOBILENETV1_BLOCKS, start=1):
+        layout.update({f"model.{i}.0.weight": (in_ch, 1, 3, 3), **bn(f"model.{i}.1", in_ch),
+                       f"model.{i}.3.weight": (out_ch, in_ch, 1, 1), **bn(f"model.{i}.4", out_ch)})
+        in_ch = out_ch
+    return {**layout, "fc.weight": (num_classes, 1024), "fc.bias": (num_classes,)}
+
+
+def ref_mobilenetv1(sd, x):
+    """Their forward: conv-BN-ReLU blocks, AvgPool2d(7) (224x224 inputs only), fc."""
+    x = F.relu(_bn(_conv(x, sd, "model.0.0", 2), sd, "model.0.1"))
+    for i, (_, stride) in enumerate(MOBILENETV1_BLOCKS, start=1):
+        x = F.relu(_bn(_conv(x, sd, f"model.{i}.0", stride), sd, f"model.{i}.1"))
+        x = F.relu(_bn(_conv(x, sd, f"model.{i}.3"), sd, f"model.{i}.4"))
+    return x, _linear(F.avg_pool2d(x, 7).flatten(1), sd, "fc")
+
+
+def test_mobilenetv1_has_the_authors_layout():
+    model = _cached("MobileNetV1", "torchvision", 1000)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == mobilenetv1_layout()
+    assert sum(p.numel() for p in model.parameters()) == 4_231_976
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 27 and all(c.bias is None for c in convs)
+    assert [c.stride[0] for c in convs[1::2]] == [s for _, s in MOBILENETV1_BLOCKS]  # on the depthwise convs
+    assert model.get_classifier() is model.fc and model.num_features == 1024
+    assert create_model("MobileNetV1", num_classes=200, stem="torchvision").fc.out_features == 200
+
+
+def test_mobilenetv1_loads_an_authors_checkpoint_and_computes_their_forward():
+    g = torch.Generator().manual_seed(3)
+    checkpoint = {k: torch.tensor(9) if not shape else torch.rand(shape, generator=g) + 0.5
+                  for k, shape in mobilenetv1_layout().items()}
+    for k in checkpoint:  # keep activations in range through 14 blocks
+        if k.endswith(".weight") and checkpoint[k].dim() == 4:
+            checkpoint[k] = (checkpoint[k] - 0.5) * 2 / checkpoint[k][0].numel() ** 0.5
+    model = fresh("MobileNetV1", "torchvision", 1000)
+    model.load_state_dict(checkpoint, strict=True)
+    assert all(torch.equal(v, checkpoint[k]) for k, v in model.state_dict().items())
+    x = images(n=1, size=224)
+    with torch.no_grad():
+        fmap, logits = model.forward_features(x), model(x)
+        ref_fmap, ref_logits = ref_mobilenetv1(checkpoint, x)
+        assert torch.equal(logits, model.forward_head(fmap))
+    assert tuple(fmap.shape) == (1, 1024, 7, 7) and logits.shape == (1, 1000)
+    torch.testing.assert_close(fmap, ref_fmap)
+    torch.testing.assert_close(logits, ref_logits)
+
+
+def test_mobilenetv1_with_scale_decoupled():
+    model = _cached("MobileNetV1", "torchvision", 1000)
+    x = images(n=1, size=224)
+    with torch.no_grad():
+        logits, regions = ScaleDecoupled(model, scales=(1, 2, 4))(x)
+        torch.testing.assert_close(logits, model(x))
+    assert regions.shape == (1, 1000, 21)
+    torch.testing.assert_close(regions[:, :, 0], logits)
+    with torch.no_grad():  # on other input sizes the head still pools the whole map
+        fmap = model.forward_features(images(n=1, size=160))
+    assert tuple(fmap.shape) == (1, 1024, 5, 5)
+    torch.testing.assert_close(model.forward_head(fmap), model.fc(fmap.mean((2, 3))))
+
+
+@pytest.mark.parametrize("stem", ["cifar", "cub"])
+def test_mobilenetv1_is_imagenet_only(stem):
+    with pytest.raises(ValueError, match="torchvision") as err:
+        create_model("MobileNetV1", num_classes=100, stem=stem)
+    _one_sentence(err)
+    with pytest.raises(ValueError, match="weights") as err:  # no published weights to load
+        create_model("MobileNetV1", num_classes=1000, stem="torchvision", weights="IMAGENET1K_V1")
+    _one_sentence(err)
 
 
 # --------------------------------------------------------------------------- rejected input

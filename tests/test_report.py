@@ -1,6 +1,7 @@
 """sddlib.report and notebooks/results.ipynb on fake-but-schema-true metrics.json files."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def metrics(dataset="cifar100", teacher="resnet32x4", student="ShuffleV1", method="dkd", scales=(1, 2, 4),
-            seed=0, best=77.0, last=76.5, teacher_top1=79.42, status="complete"):
+            seed=0, best=77.0, last=76.5, teacher_top1=79.42, status="complete", **params):
     """A metrics.json as `sddlib.experiment.run` writes it."""
     scales = list(scales)
     variant = method if scales == [1] else f"sd_{method}"
@@ -21,7 +22,7 @@ def metrics(dataset="cifar100", teacher="resnet32x4", student="ShuffleV1", metho
             "method": method, "scales": scales, "sd": scales != [1], "variant": variant, "seed": seed,
             "best_top1": best, "best_top5": 95.0, "best_epoch": 230, "last_top1": last, "last_top5": 94.0,
             "teacher_top1": teacher_top1, "teacher_top5": 95.5,
-            "params": {"dataset": dataset, "epochs": 240, "subset": 0, "seed": seed, "M": str(scales)},
+            "params": {"dataset": dataset, "epochs": 240, "subset": 0, "seed": seed, "M": str(scales), **params},
             "history": [{"epoch": 1, "top1": last}], "wall_time_s": 12.5, "hardware": {}, "versions": {},
             "git_commit": None, "figures": []}
 
@@ -114,6 +115,8 @@ def check_tables(tables: Path):
     assert "| resnet32x4 | ShuffleV1 | SD-DKD | [1,2,4] | 77.70 ± 0.28 (n=2) | 77.40 ± 0.28 | 77.30 | +0.40 |" in md
     assert "| ResNet50 | vgg8 | SD-NKD |  |  |  | 74.62 |  |  | +0.61 |" in md
     assert "| resnet20 | resnet8 | SD-KD |" in (tables / "digit_mosaic.md").read_text()
+    assert "the SD configs run with M=[1]." in md
+    assert "params/imagenet/<teacher>-<student>-<method>.yaml" in (tables / "imagenet.md").read_text()
     assert len(pd.read_csv(tables / "runs.csv")) == 4
 
 
@@ -146,6 +149,9 @@ def test_reference_data():
     assert report.paper_results().query("dataset == 'cifar100' and teacher == 'resnet32x4' and "
                                         "student == 'ShuffleV1' and method == 'sd_dkd'").top1.item() == 77.30
     assert len(report.authors_experiments()) == 72
+    assert len(report.imagenet_baselines()) == 6
+    imagenet = report.paper_results().query("dataset == 'imagenet'")
+    assert set(zip(imagenet.teacher, imagenet.student)) == {("ResNet50", "MobileNetV1")}
     assert set(report.authors_logged_runs().columns) == {"config", "scales", "top1"}
 
 
@@ -176,3 +182,74 @@ def test_a_teacher_shared_by_several_runs_counts_once(tmp_path):
     table = report.results_table(report.load_runs(root), "cifar100")
     teacher = table[(table.method == "teacher") & (table.teacher == "resnet32x4") & (table.student == "ShuffleV1")]
     assert teacher.n_runs.item() == 1 and teacher.ours_best.item() == 79.42
+
+
+# The values of the ImageNet params files (the authors' configs): SD files and their separate baseline files.
+SD_KD = dict(T=4.0, ce_weight=0.1, kd_weight=0.9, warmup_epochs=0)
+KD_BASELINE = dict(T=1.0, ce_weight=0.5, kd_weight=0.5, warmup_epochs=0)
+SD_NKD = dict(T=1.0, gamma=2.0, ce_weight=1.0, kd_weight=1.0, warmup_epochs=1)
+NKD_BASELINE = dict(T=1.0, gamma=1.5, ce_weight=1.0, kd_weight=1.0, warmup_epochs=1)
+
+
+def imagenet_run(method, scales, seed=0, best=70.0, teacher="ResNet50", student="MobileNetV1", **values):
+    return metrics(dataset="imagenet", teacher=teacher, student=student, method=method, scales=scales, seed=seed,
+                   best=best, last=best - 0.5, teacher_top1=76.13, batch_size=512, **values)
+
+
+def test_imagenet_sd_rows_pair_with_their_own_baseline_runs(tmp_path):
+    root = tmp_path / "outputs"
+    write(root, imagenet_run("kd", [1, 2, 4], best=72.0, **SD_KD))
+    write(root, imagenet_run("kd", [1], seed=0, best=70.4, **KD_BASELINE))
+    write(root, imagenet_run("kd", [1], seed=1, best=70.6, **KD_BASELINE))
+    stray = write(root, imagenet_run("kd", [1], seed=2, best=71.9, **SD_KD))  # the SD file run with M=[1]
+    write(root, imagenet_run("nkd", [1, 2, 4], best=73.0, **SD_NKD))
+    write(root, imagenet_run("nkd", [1], best=72.5, **NKD_BASELINE))
+    runs = report.load_runs(root)
+    assert len(runs) == 6 and set(runs.columns) >= {"batch_size", *report.LOSS_VALUES}
+    with pytest.warns(report.SkippedRunWarning) as caught:
+        table = report.results_table(runs, "imagenet")
+    (message,) = [str(w.message) for w in caught]
+    assert str(stray) in message and "configs/imagenet/r50_mv2/kd.yaml" in message
+    assert "params/imagenet/ResNet50-MobileNetV1-kd.yaml" in message and "T=4.0" in message
+    row = table.set_index(["teacher", "student", "method"]).loc
+    kd, sd_kd = row["ResNet50", "MobileNetV1", "kd"], row["ResNet50", "MobileNetV1", "sd_kd"]
+    assert kd.n_runs == 2 and kd.ours_best == pytest.approx(70.5) and kd.paper == pytest.approx(70.50)
+    assert sd_kd.sd_gain_ours == pytest.approx(1.5) and sd_kd.sd_gain_paper == pytest.approx(72.24 - 70.50)
+    assert row["ResNet50", "MobileNetV1", "sd_nkd"].sd_gain_ours == pytest.approx(0.5)
+    assert row["ResNet50", "MobileNetV1", "sd_nkd"].paper_top5 == pytest.approx(91.11)
+
+
+def test_imagenet_resnet34_resnet18_rows_have_no_paper_numbers(tmp_path):
+    root = tmp_path / "outputs"
+    pair = dict(teacher="ResNet34", student="ResNet18")
+    write(root, imagenet_run("kd", [1, 2, 4], best=71.0, **pair, **SD_KD))
+    write(root, imagenet_run("kd", [1], best=70.7, **pair, **KD_BASELINE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", report.SkippedRunWarning)  # the baseline run counts
+        table = report.results_table(report.load_runs(root), "imagenet")
+    assert list(dict.fromkeys(zip(table.teacher, table.student))) == [("ResNet50", "MobileNetV1"),
+                                                                     ("ResNet34", "ResNet18")]
+    ours = table[table.teacher == "ResNet34"].set_index("method")
+    assert list(ours.index) == ["teacher", "kd", "sd_kd"]
+    assert ours.paper.isna().all() and ours.paper_top5.isna().all() and ours.sd_gain_paper.isna().all()
+    assert ours.loc["sd_kd", "sd_gain_ours"] == pytest.approx(0.3)
+    text = report.format_table(table).set_index(["Teacher", "Student", "Method"]).loc
+    assert text["ResNet34", "ResNet18", "SD-KD"]["Paper top-1"] == ""
+    assert text["ResNet34", "ResNet18", "KD"]["Paper top-5"] == ""
+    # with no runs the ImageNet table is the paper's one pair, teacher to SD-NKD
+    empty = report.results_table(report.load_runs(tmp_path / "none"), "imagenet")
+    assert set(zip(empty.teacher, empty.student)) == {("ResNet50", "MobileNetV1")} and len(empty) == 8
+
+
+def test_plain_runs_elsewhere_are_the_same_config_with_m1(tmp_path):
+    """CIFAR-100/CUB-200 baselines are the SD file run with M=[1]: its values are the SD config's, and count."""
+    root = tmp_path / "outputs"
+    write(root, metrics(method="kd", scales=[1], best=74.0, **SD_KD))
+    write(root, metrics(dataset="cub200", teacher="vgg13", student="vgg8", method="kd", scales=[1], best=60.0,
+                        **SD_KD))
+    runs = report.load_runs(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", report.SkippedRunWarning)  # whatever their values, they count
+        cifar, cub = report.results_table(runs, "cifar100"), report.results_table(runs, "cub200")
+    assert cifar.set_index(["teacher", "student", "method"]).loc[("resnet32x4", "ShuffleV1", "kd"), "n_runs"] == 1
+    assert cub.set_index(["teacher", "student", "method"]).loc[("vgg13", "vgg8", "kd"), "n_runs"] == 1

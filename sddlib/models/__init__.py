@@ -13,10 +13,12 @@ Which network a (name, stem) pair gives:
   ShuffleV1, ShuffleV2 and MobileNetV2 get a 7x7 stride-2 first conv (MobileNetV2 also a 2x2
   max-pool after its stem); vgg8 ... vgg19 are unchanged, as in the reference. Other names
   raise ValueError.
-* ``stem="torchvision"``: torchvision's ImageNet ResNet18, ResNet34, ResNet50 and MobileNetV2
-  (timm interface added, keys unchanged); extra keywords (``weights=``, ``progress=``, ...) go
-  to torchvision's builder, e.g.
+* ``stem="torchvision"``: ImageNet networks for 224x224 inputs. torchvision's ResNet18, ResNet34,
+  ResNet50 and MobileNetV2 (timm interface added, keys unchanged); extra keywords (``weights=``,
+  ``progress=``, ...) go to torchvision's builder, e.g.
   ``create_model("ResNet34", num_classes=1000, stem="torchvision", weights="IMAGENET1K_V1")``.
+  And MobileNetV1, the student of the paper's ImageNet table, in the authors' layout (their
+  checkpoint keys; no pretrained weights).
 
 Every model has ``forward(x) -> logits``, ``forward_features(x) -> B x C x H x W`` (the map the
 global pool consumes), ``forward_head(fmap) -> logits`` and ``get_classifier()``.
@@ -28,7 +30,7 @@ import inspect
 
 import torch.nn as nn
 
-from . import mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
+from . import mobilenetv1, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
 from . import torchvision_models  # noqa: F401  (imported last: it only adds the stem)
 from ._registry import STEMS, builders, register
 
@@ -38,8 +40,8 @@ __all__ = ["create_model", "list_models", "register", "STEMS"]
 def list_models(stem: str | None = None) -> list[str]:
     """Sorted model names, for one stem or (default) for any stem.
 
-    With no argument this is the 23 CIFAR names plus ``ResNet34``, which exists only with
-    ``stem="torchvision"`` (the other torchvision names coincide with CIFAR ones).
+    With no argument this is the 23 CIFAR names plus ``ResNet34`` and ``MobileNetV1``, which exist
+    only with ``stem="torchvision"`` (the other torchvision names coincide with CIFAR ones).
     """
     if stem is not None:
         _check_stem(stem)

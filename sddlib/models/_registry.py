@@ -13,7 +13,8 @@ __all__ = ["STEMS", "register", "builders"]
 STEMS = {
     "cifar": "CIFAR networks of the reference code, for 32x32 inputs",
     "cub": "CUB-200 variants of the CIFAR networks (strided 7x7 stem), for 224x224 inputs",
-    "torchvision": "torchvision's ImageNet networks with the timm interface added",
+    "torchvision": "ImageNet networks for 224x224 inputs: torchvision's with the timm interface added, "
+                   "and the authors' MobileNetV1",
 }
 
 # name -> {stem -> builder(num_classes, stem, **kw)}

@@ -1,8 +1,9 @@
 """torchvision's ImageNet ResNet18/34/50 and MobileNetV2, given timm's interface.
 
-The paper's ImageNet pairs (ResNet34 -> ResNet18, ResNet50 -> MobileNetV2) use the standard
-ImageNet networks; we build them with torchvision's own builders, so `weights=` and the
-checkpoint keys are torchvision's, then swap in a subclass that only adds methods.
+The authors' ImageNet teachers and the ResNet18 student are the standard ImageNet networks (their
+ResNet-50 -> "MobileNetV2" student is a MobileNetV1, see `mobilenetv1.py`); we build them with
+torchvision's own builders, so `weights=` and the checkpoint keys are torchvision's, then swap in a
+subclass that only adds methods.
 """
 from __future__ import annotations
 
