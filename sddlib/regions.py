@@ -220,8 +220,8 @@ class ScaleDecoupled(nn.Module):
     def forward(self, x: torch.Tensor):
         _check_input_size(self.model, x)
         features = self._features(x)
-        logits = self._head(features)
         grid, as_head_input = self._grid(features, x)
+        logits = self._head(features)
         regions = pool_regions(grid, self.scales)                               # B x C x N
         B, C, N = regions.shape
         region_logits = self._head(as_head_input(regions.transpose(1, 2).reshape(B * N, C)))

@@ -125,7 +125,7 @@ def test_swin_channels_last_map():
 
 def _patch_grid(model, x):
     tokens = model.forward_features(x)[:, model.num_prefix_tokens:]
-    h, w = x.shape[-2] // 16, x.shape[-1] // 16
+    h, w = model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
     return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
 
@@ -163,6 +163,19 @@ def test_average_pooling_transformer_any_patch_grid():
         assert torch.equal(logits, own)
         assert torch.allclose(regions, expected, atol=1e-5)
     assert torch.allclose(regions[..., 0], own, atol=1e-5)           # 128 px: an 8x8 grid
+
+
+def test_hybrid_transformer_any_patch_grid():
+    """A ResNet-stem hybrid ViT (stride 32 to its tokens) at 128x192: a 4x6 grid after the class token."""
+    model = _timm("vit_tiny_r_s16_p8_224", depth=1, dynamic_img_size=True)
+    x = torch.randn(2, 3, 128, 192)
+    with torch.no_grad():
+        logits, regions = ScaleDecoupled(model, SCALES)(x)
+        grid = _patch_grid(model, x)
+        expected = _by_hand(model, grid, _linear(model.head))
+    assert grid.shape[-2:] == (4, 6) and model.num_prefix_tokens == 1
+    assert torch.equal(regions[..., 0], logits)
+    assert torch.allclose(regions[..., 1:], expected[..., 1:], atol=1e-5)
 
 
 def test_registered_vit_students():
