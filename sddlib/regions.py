@@ -194,9 +194,10 @@ class ScaleDecoupled(nn.Module):
       sequence), so the head scores it as it scores the model's own pooled token. For models that
       average their patch tokens (global_pool='avg') the global region follows the pooling rule like
       a CNN's. For models whose global logit comes from the class token (global_pool='token') a
-      region logit says what the head would conclude from that part of the image alone, and region
-      0 (the global region) is the model's own class-token logit, so the global term of SD is the
-      ordinary KD term on the model's output.
+      region logit is what the class token's head concludes from the patch tokens of that part of
+      the image (tokens that have attended to the whole image, as a CNN's late features see far
+      beyond their cell), and region 0 (the global region) is the model's own class-token logit,
+      so the global term of SD is the ordinary KD term on the model's output.
     Refused (one sentence, before any torch shape error): models without spatial features, heads
     that pool other than by averaging or the class token (max, attention pooling mix positions).
     """
