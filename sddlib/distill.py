@@ -17,7 +17,7 @@ import torch.nn as nn
 from fastai.callback.core import Callback
 
 from .losses import BASE_LOSSES, region_masks, sdd_loss
-from .regions import ScaleDecoupled, _model_parts, parse_scales, region_scales
+from .regions import ScaleDecoupled, model_num_classes, parse_scales, region_scales
 
 __all__ = ["METHOD_DEFAULTS", "CATEGORIES", "DistillationCallback", "warmup_factor"]
 
@@ -35,13 +35,6 @@ CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "co
 def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     """min(epoch / warm-up, 1) with epochs counted from 1, as the authors' trainer does."""
     return 1.0 if not warmup_epochs else min(epoch / warmup_epochs, 1.0)
-
-
-def _num_outputs(model: nn.Module):
-    head = _model_parts(model)[1]
-    linear = head if isinstance(head, nn.Linear) else next(
-        (m for m in reversed(list(head.modules())) if isinstance(m, nn.Linear)), None)
-    return None if linear is None else linear.out_features
 
 
 class DistillationCallback(Callback):
@@ -86,7 +79,7 @@ class DistillationCallback(Callback):
         return getattr(model, "module", model)   # unwrap DistributedDataParallel
 
     def before_fit(self):
-        n_s, n_t = _num_outputs(self.student), _num_outputs(self.teacher)
+        n_s, n_t = model_num_classes(self.student), model_num_classes(self.teacher)
         if n_s is not None and n_t is not None and n_s != n_t:
             raise ValueError(f"the teacher predicts {n_t} classes but the student {n_s}; "
                              "distil between models built for the same classes.")

@@ -49,14 +49,40 @@ def test_region_order_and_counts():
     assert regions[5:].tolist() == list(range(16))                     # the 4x4 cells themselves
 
 
-def test_coarse_scales_are_pooled_from_the_finest_grid_on_7x7_maps():
-    fmap = torch.randn(2, 3, 7, 7)
-    regions = pool_regions(fmap, (1, 2, 4))
-    finest = F.adaptive_avg_pool2d(fmap, 4)
-    assert torch.allclose(regions[..., 0], finest.mean((2, 3)))
-    assert torch.allclose(regions[..., 1:5], F.adaptive_avg_pool2d(finest, 2).flatten(2))
-    # ... which is not the direct 2x2 pooling of the 7x7 map (overlapping bins): the reference's behaviour
-    assert not torch.allclose(regions[..., 1:5], F.adaptive_avg_pool2d(fmap, 2).flatten(2))
+def authors_regions(fmap, scales):
+    """The authors' SPP rule, stated plainly: 16 cells of a 4x4 grid, cell (i, j) the mean of rows
+    floor(i*H/4) .. ceil((i+1)*H/4)-1 and the same for columns (adaptive pooling bins); a 2x2 cell
+    is the mean of its four 4x4 cells; the 1x1 region the mean of all sixteen. Scales ascending,
+    row-major."""
+    B, C, H, W = fmap.shape
+    rows = [(i * H // 4, -(-(i + 1) * H // 4)) for i in range(4)]
+    cols = [(j * W // 4, -(-(j + 1) * W // 4)) for j in range(4)]
+    cell = [[fmap[:, :, r0:r1, c0:c1].mean((2, 3)) for (c0, c1) in cols] for (r0, r1) in rows]
+    out = {4: [cell[i][j] for i in range(4) for j in range(4)],
+           2: [sum(cell[2 * a + u][2 * b + v] for u in (0, 1) for v in (0, 1)) / 4 for a in (0, 1) for b in (0, 1)],
+           1: [sum(cell[i][j] for i in range(4) for j in range(4)) / 16]}
+    return torch.stack([region for s in scales for region in out[s]], dim=2)
+
+
+@pytest.mark.parametrize("size", [7, 14, 8, 5])
+@pytest.mark.parametrize("scales", [(1,), (1, 2), (1, 2, 4)])
+def test_pooling_follows_the_authors_rule_for_every_m(scales, size):
+    fmap = torch.randn(2, 3, size, size, dtype=torch.float64)
+    assert torch.allclose(pool_regions(fmap, scales), authors_regions(fmap, scales), atol=1e-12)
+
+
+def test_m_1_2_on_7x7_and_14x14_maps_is_not_a_direct_2x2_pooling():
+    """The bins of the 4x4 grid overlap on a 7x7 map and are uneven on 14x14, so pooling 2x2 straight
+    from the map (the previous behaviour for M=[1,2]) gives other regions, and M=[1]'s region is
+    not the global mean there."""
+    for size in (7, 14):
+        fmap = torch.randn(2, 3, size, size)
+        regions = pool_regions(fmap, (1, 2))
+        assert not torch.allclose(regions[..., 1:], F.adaptive_avg_pool2d(fmap, 2).flatten(2))
+        assert not torch.allclose(pool_regions(fmap, (1,))[..., 0], fmap.mean((2, 3)))
+        assert torch.equal(regions, pool_regions(fmap, (1, 2, 4))[..., :5])   # the same regions for every M
+    fmap = torch.randn(2, 3, 8, 8)                                     # multiples of 4: the plain means
+    assert torch.allclose(pool_regions(fmap, (1,))[..., 0], fmap.mean((2, 3)), atol=1e-6)
 
 
 @pytest.mark.parametrize("scales", [(1,), (1, 2), (1, 2, 4)])
@@ -106,5 +132,5 @@ def test_wrapper_on_a_timm_model():
 
 
 def test_wrapper_rejects_models_without_the_interface():
-    with pytest.raises(TypeError, match="has no forward_features"):
+    with pytest.raises(TypeError, match="has no forward_features.* add those two methods"):
         ScaleDecoupled(nn.Linear(3, 3))

@@ -9,6 +9,10 @@ Which network a (name, stem) pair gives:
       ResNet18 ResNet50 wrn_16_1 wrn_16_2 wrn_40_1 wrn_40_2 vgg8 vgg11 vgg13 vgg16 vgg19
       MobileNetV2 ShuffleV1 ShuffleV2
 
+  plus two timm vision transformers for 32x32 inputs (patch 4, an 8x8 token grid), which are
+  not in the authors' code: ``DeiT_Tiny_p4`` (DeiT-Tiny's width and depth) and ``ViT_micro_p4``
+  (a CPU-sized one for the demonstration notebook); see ``sddlib/models/vit.py``.
+
 * ``stem="cub"``: CUB-200 variants for 224x224 inputs. resnet8x4, resnet32x4, ResNet50,
   ShuffleV1, ShuffleV2 and MobileNetV2 get a 7x7 stride-2 first conv (MobileNetV2 also a 2x2
   max-pool after its stem); vgg8 ... vgg19 are unchanged, as in the reference. Other names
@@ -30,7 +34,7 @@ import inspect
 
 import torch.nn as nn
 
-from . import mobilenetv1, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401
+from . import mobilenetv1, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, vit, wrn  # noqa: F401
 from . import torchvision_models  # noqa: F401  (imported last: it only adds the stem)
 from ._registry import STEMS, builders, register
 
