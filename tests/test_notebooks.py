@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
+from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
 from sddlib import viz
 from sddlib.models import create_model
 
