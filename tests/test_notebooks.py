@@ -1,4 +1,5 @@
-"""The real notebooks, executed headlessly with papermill on tiny datasets in the real on-disk formats."""
+"""The real notebooks, executed headlessly with papermill on tiny datasets in the real on-disk formats.
+They train (a few epochs each): all `slow`, left out by `make test-fast`."""
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
+pytestmark = pytest.mark.slow
 FAST = dict(epochs=2, teacher_epochs=1, batch_size=8, lr_decay_stages=[1], progress=False)
 
 
@@ -39,6 +41,7 @@ def assert_figures(run_dir, expect_history=True):
         assert path.is_file(), path
         width, height = Image.open(path).size
         assert width > 300 and height > 200
+        assert len(pd.read_csv(viz.csv_path(path))) > 0            # its data beside it
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +57,15 @@ def test_cifar100_notebook_headline_run(work):
                  data_dir=str(data), output_dir=str(work["outputs"]), subset=32, **FAST)
     m = only_run(work["outputs"], "cifar100")
     assert m["variant"] == "sd_dkd" and m["scales"] == [1, 2, 4] and m["params"]["beta"] == 8.0
-    assert 0 <= m["last_top1"] <= m["best_top1"] <= 100 and len(m["history"]) == 2
+    top1 = [row["top1"] for row in m["history"]]
+    assert len(top1) == 2 and m["best_top1"] == max(top1) and m["last_top1"] == top1[-1]
+    assert m["best_epoch"] == 1 + top1.index(max(top1))
+    assert all(100 * round(t * 16 / 100) / 16 == pytest.approx(t) for t in top1)   # k of the 16 test images
     assert m["params"]["data_dir"] == str(data)
     assert_figures(work["outputs"] / "cifar100" / m["run_name"])
     text = json.dumps(nb)
-    assert "Figure 1" in text and "image/png" in text                  # figures shown inline
+    assert "Figure 1" in text and text.count("image/png") == 6           # figures shown inline, with captions
+    assert "Best and last epoch" in text and "top-1" in text              # the results section
     assert m["run_name"] in text and "epoch 2/2" in text                 # one log line per epoch
 
 

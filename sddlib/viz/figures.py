@@ -139,7 +139,8 @@ def draw_region_logits(frame: pd.DataFrame):
     strip.tick_params(axis="y", labelsize=7, rotation=0)
     strip.set_ylabel("region (scale, row, col)", fontsize=8)
     strip.set_title("teacher\ncategory", fontsize=7)
-    xt = [("★ " if c == first.target else "") + short_name(n, 14) for c, n in zip(columns["class"], columns.class_name)]
+    xt = [("★ " if c == first.target else "") + short_name(name, 14)
+          for c, name in zip(columns["class"], columns.class_name)]
     grids = regions.region_label.str.split(" ").str[0].to_numpy()       # "1x1", "2x2", ...
     ends = np.flatnonzero(grids[1:] != grids[:-1]) + 1                  # where a scale's rows end
     for p, model in enumerate(models):
