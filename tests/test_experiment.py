@@ -81,6 +81,7 @@ def test_optimizer_is_plain_sgd_with_l2_on_every_parameter():
         assert torch.allclose(q, before[n] * (1 - 0.05 * 5e-4)), n
 
 
+@pytest.mark.slow  # trains a teacher and a student (tiny_run)
 def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
     params, metrics = tiny_run
     out = experiment.run_dir(params)
@@ -104,6 +105,7 @@ def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
     assert experiment.load_metrics(experiment.vanilla_dir(params, "resnet8") / "metrics.json")["variant"] == "alone"
 
 
+@pytest.mark.slow  # trains a teacher and a student (tiny_run)
 def test_complete_runs_are_skipped_and_forced_runs_repeat_exactly(tiny_run, capsys):
     params, metrics = tiny_run
     again = experiment.run(params)

@@ -307,6 +307,7 @@ def make_dls(n=64, num_classes=10, seed=0):
     return dls, x, y
 
 
+@pytest.mark.slow  # trains, then draws every figure
 def test_real_run_writes_every_figure_with_its_data(tmp_path):
     torch.manual_seed(0)
     dls, x, y = make_dls()
