@@ -82,9 +82,9 @@ def region_map_frame(preds: RegionPredictions, n: int = 6, *, indices=None) -> p
     cell = [(s, r, c) for s in preds.scales for r in range(s) for c in range(s)]
     names = preds.class_names
     rows = [dict(row=k, image=i, kind=kind, target=int(preds.targets[i]), target_name=names[int(preds.targets[i])],
-                 scale=s, cell_row=r, cell_col=c, category=CATEGORIES[int(cats[i, n_])], top1=int(top1[i, n_]),
-                 top1_name=names[int(top1[i, n_])], prob=float(top_p[i, n_]))
-            for k, (i, kind) in enumerate(zip(indices, kinds)) for n_, (s, r, c) in enumerate(cell)]
+                 scale=s, cell_row=r, cell_col=c, category=CATEGORIES[int(cats[i, j])], top1=int(top1[i, j]),
+                 top1_name=names[int(top1[i, j])], prob=float(top_p[i, j]))
+            for k, (i, kind) in enumerate(zip(indices, kinds)) for j, (s, r, c) in enumerate(cell)]
     return pd.DataFrame(rows)
 
 
