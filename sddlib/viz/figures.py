@@ -21,8 +21,8 @@ from matplotlib.ticker import FuncFormatter
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
 from .predictions import check_scales
-from .style import (CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, TEXT_ON, category_handles, new_figure,
-                    save_figure, scale_title, short_name)
+from .style import (CATEGORIES, CATEGORY_COLORS, TEXT_ON, category_handles, new_figure, save_figure,
+                    scale_title, short_name)
 
 __all__ = ["plot_region_map", "plot_region_logits", "plot_category_shares", "plot_category_history",
            "plot_per_class", "plot_agreement", "draw_region_map", "draw_region_logits", "draw_category_shares",

@@ -10,7 +10,8 @@ from matplotlib.patches import Patch
 
 from ..distill import CATEGORIES
 
-__all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "new_figure", "save_figure", "csv_path"]
+__all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "TEXT_ON", "category_handles", "csv_path",
+           "new_figure", "save_figure", "scale_title", "short_name"]
 
 DPI = 120
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies, fixed per category.
