@@ -1,11 +1,12 @@
-# The README's two commands. Both create .venv/ on first use and reuse it afterwards.
+# The README's two commands, and test-fast: the suite without the `slow` tests (notebooks, longer training).
+# All create .venv/ on first use and reuse it afterwards.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= outputs/quickstart
 
-.PHONY: demo test clean-venv
+.PHONY: demo test test-fast clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

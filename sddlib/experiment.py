@@ -237,7 +237,7 @@ def run_vanilla(params: dict, arch: str | None = None, force: bool = False) -> d
     set_seed(p["seed"], reproducible=True)
     device = _device(p["device"])
     dls = _dataloaders(p, device)
-    model = create_model(arch, num_classes=dls.num_classes, stem=STEMS[p["dataset"]])
+    model = create_model(arch, num_classes=dls.info.num_classes, stem=STEMS[p["dataset"]])
     out.mkdir(parents=True, exist_ok=True)
     rows = _fit(build_learner(dls, model, p), p["epochs"], best_path=out / "model_best.pth")
     save_checkpoint(model, out / "model.pth", epoch=p["epochs"])
@@ -267,8 +267,8 @@ def get_teacher(p: dict, dls) -> nn.Module:
     release > train it here (and cache it)."""
     stem = STEMS[p["dataset"]]
     if p["teacher_weights"]:
-        return create_model(p["teacher"], num_classes=dls.num_classes, stem=stem, weights=p["teacher_weights"])
-    teacher = create_model(p["teacher"], num_classes=dls.num_classes, stem=stem)
+        return create_model(p["teacher"], num_classes=dls.info.num_classes, stem=stem, weights=p["teacher_weights"])
+    teacher = create_model(p["teacher"], num_classes=dls.info.num_classes, stem=stem)
     if p["teacher_ckpt"]:
         return load_checkpoint(teacher, p["teacher_ckpt"], arch=p["teacher"])
     cached = teacher_cache_path(p["output_dir"], p["dataset"], p["teacher"])
@@ -348,7 +348,7 @@ def run(params: dict, force: bool = False) -> dict:
     teacher = get_teacher(p, dls)
     teacher_top1, teacher_top5 = evaluate(teacher, dls.valid, device)
     set_seed(p["seed"], reproducible=True)
-    student = create_model(p["student"], num_classes=dls.num_classes, stem=STEMS[p["dataset"]])
+    student = create_model(p["student"], num_classes=dls.info.num_classes, stem=STEMS[p["dataset"]])
     loss_kwargs = {k: p[k] for k in _LOSS_KEYS[p["method"]]}
     distill = DistillationCallback(teacher, p["method"], p["M"], ce_weight=p["ce_weight"],
                                    kd_weight=p["kd_weight"], warmup_epochs=p["warmup_epochs"],
@@ -364,7 +364,7 @@ def run(params: dict, force: bool = False) -> dict:
     metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5)
     if p["figures"]:
         from .viz import save_run_figures
-        baseline = _baseline_student(p, dls.num_classes)
+        baseline = _baseline_student(p, dls.info.num_classes)
         metrics["figures"] = [str(f.relative_to(out)) for f in
                               save_run_figures(teacher, student, dls, parse_scales(p["M"]), distill,
                                                out / "figures", baseline_student=baseline)]

@@ -1,4 +1,4 @@
-"""sddlib.data on tiny datasets written in the real on-disk formats (tests/datasets.py)."""
+"""sddlib.data on tiny datasets written in the real on-disk formats (tests/fake_datasets.py)."""
 import os
 import pickle
 import time
@@ -10,22 +10,25 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from datasets import (CIFAR100_FINE, write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet)
+from fake_datasets import (CIFAR100_FINE, write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet)
 from sddlib import data
-from sddlib.data import (DATASETS, DatasetNotFoundError, MosaicLayout, cifar100, cub200, denormalize,
-                         digit_mosaic, get_dataloaders, imagenet)
+from sddlib.data import (DATASETS, DatasetInfo, DatasetNotFoundError, MosaicLayout, cifar100, cub200, dataset_info,
+                         denormalize, digit_mosaic, get_dataloaders, imagenet, mosaics)
 
 
 def batches(dl):
     return [(x.clone(), y.clone()) for x, y in dl]
 
 
-def check_attrs(dls, name, num_classes, image_size, mean, std):
-    assert dls.dataset == name and dls.num_classes == num_classes == len(dls.class_names) == dls.c
-    assert dls.image_size == image_size
-    assert dls.mean == pytest.approx(mean) and dls.std == pytest.approx(std)
-    assert isinstance(dls.mean, tuple) and isinstance(dls.std, tuple)
+def check_info(dls, name, num_classes, image_size, mean, std):
+    info = dls.info
+    assert isinstance(info, DatasetInfo) and dataset_info(dls) is info
+    assert info.name == name and info.num_classes == num_classes == len(info.class_names) == dls.c
+    assert info.image_size == image_size
+    assert info.mean == pytest.approx(mean) and info.std == pytest.approx(std)
+    assert all(isinstance(v, tuple) for v in (info.class_names, info.mean, info.std))
     assert dls.train.shuffle and not dls.valid.shuffle and not dls.valid.drop_last
+    assert not any(hasattr(dls, a) for a in ("class_names", "num_classes", "mean", "std", "image_size"))
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +57,8 @@ def read_pickle(path):
 
 def test_cifar100_batches_and_attributes(tiny_cifar):
     dls = cifar100(tiny_cifar, bs=8, num_workers=0, download=False)
-    check_attrs(dls, "cifar100", 100, 32, data.CIFAR100_MEAN, data.CIFAR100_STD)
-    assert dls.class_names == CIFAR100_FINE
+    check_info(dls, "cifar100", 100, 32, data.CIFAR100_MEAN, data.CIFAR100_STD)
+    assert list(dls.info.class_names) == CIFAR100_FINE
     assert len(dls.train_ds) == 20 and len(dls.valid_ds) == 10
     assert len(dls.train) == 3 and not dls.train.drop_last  # reference: shuffle=True, no drop_last
     x, y = dls.train.one_batch()
@@ -67,7 +70,7 @@ def test_cifar100_batches_and_attributes(tiny_cifar):
     xs, ys = torch.cat([b[0] for b in vb]), torch.cat([b[1] for b in vb])
     assert ys.tolist() == raw["fine_labels"]
     pixels = torch.from_numpy(raw["data"]).view(10, 3, 32, 32).float() / 255
-    mean, std = torch.tensor(dls.mean).view(3, 1, 1), torch.tensor(dls.std).view(3, 1, 1)
+    mean, std = torch.tensor(dls.info.mean).view(3, 1, 1), torch.tensor(dls.info.std).view(3, 1, 1)
     torch.testing.assert_close(xs, (pixels - mean) / std)
     torch.testing.assert_close(denormalize(xs, dls), pixels)  # denormalize inverts the normalisation
     torch.testing.assert_close(torch.cat([b[0] for b in batches(dls.valid)]), xs, rtol=0, atol=0)  # deterministic
@@ -126,8 +129,8 @@ def test_cifar100_corrupt_folder(tmp_path):
 def test_cub200_official_split(tmp_path):
     base = write_tiny_cub200(tmp_path, n_classes=3, per_class=4, size=64)
     dls = cub200(tmp_path, bs=4, num_workers=0, download=False)
-    check_attrs(dls, "cub200", 200, 224, data.IMAGENET_MEAN, data.IMAGENET_STD)
-    assert dls.class_names[:3] == ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross"]
+    check_info(dls, "cub200", 200, 224, data.IMAGENET_MEAN, data.IMAGENET_STD)
+    assert dls.info.class_names[:3] == ("Black footed Albatross", "Laysan Albatross", "Sooty Albatross")
     ids = dict(line.split() for line in (base / "images.txt").read_text().splitlines())
     is_train = dict(line.split() for line in (base / "train_test_split.txt").read_text().splitlines())
     label = dict(line.split() for line in (base / "image_class_labels.txt").read_text().splitlines())
@@ -142,7 +145,11 @@ def test_cub200_official_split(tmp_path):
     assert all(torch.equal(a[0], b[0]) for a, b in zip(v1, v2))
     assert torch.cat([b[1] for b in v1]).tolist() == [t for _, t in want["0"]]
     assert not torch.equal(dls.train_ds[0][0], dls.train_ds[0][0])
-    assert denormalize(v1[0][0], dls).min() >= 0 and denormalize(v1[0][0], dls).max() <= 1
+    # un-normalised, the first test image is the reference test pipeline's pixels: Resize + CenterCrop + ToTensor
+    from PIL import Image
+    with Image.open(want["0"][0][0]) as img:
+        pixels = T.Compose([T.Resize((256, 256)), T.CenterCrop(224), T.ToTensor()])(img.convert("RGB"))
+    torch.testing.assert_close(denormalize(v1[0][0][0], dls), pixels, rtol=0, atol=1e-6)
     sub = cub200(tmp_path, bs=2, subset=3, num_workers=0, download=False)
     assert sub.train_ds.samples == want["1"][:3] and sub.valid_ds.samples == want["0"][:3]
 
@@ -161,8 +168,8 @@ def test_cub200_missing(tmp_path):
 def test_imagenet_folders_and_class_names(tmp_path):
     write_tiny_imagenet(tmp_path, n_classes=3, per_class=4, size=64)
     dls = imagenet(tmp_path, bs=4, num_workers=0, download=False)
-    check_attrs(dls, "imagenet", 3, 224, data.IMAGENET_MEAN, data.IMAGENET_STD)
-    assert dls.class_names == ["tench", "goldfish", "great white shark"]
+    check_info(dls, "imagenet", 3, 224, data.IMAGENET_MEAN, data.IMAGENET_STD)
+    assert dls.info.class_names == ("tench", "goldfish", "great white shark")
     assert len(dls.train_ds) == 12 and len(dls.valid_ds) == 12 and len(dls.train) == 3
     x, y = dls.valid.one_batch()
     assert x.shape == (4, 3, 224, 224) and y.dtype == torch.long and y.tolist() == [0, 0, 0, 0]
@@ -172,9 +179,9 @@ def test_imagenet_folders_and_class_names(tmp_path):
     # torchvision's meta.bin, then the folder names
     (tmp_path / "LOC_synset_mapping.txt").unlink()
     torch.save(({"n01440764": ("tench", "Tinca tinca"), "n01443537": ("goldfish",)}, []), tmp_path / "meta.bin")
-    assert imagenet(tmp_path, num_workers=0).class_names == ["tench", "goldfish", "n01484850"]
+    assert imagenet(tmp_path, num_workers=0).info.class_names == ("tench", "goldfish", "n01484850")
     (tmp_path / "meta.bin").unlink()
-    assert imagenet(tmp_path, num_workers=0).class_names == ["n01440764", "n01443537", "n01484850"]
+    assert imagenet(tmp_path, num_workers=0).info.class_names == ("n01440764", "n01443537", "n01484850")
 
 
 def test_imagenet_missing(tmp_path):
@@ -193,7 +200,7 @@ def test_get_dataloaders(tiny_cifar):
     with pytest.raises(ValueError, match="data_dir"):
         get_dataloaders("cifar100")
     dls = get_dataloaders("CIFAR-100", tiny_cifar, bs=5, num_workers=0, download=False)
-    assert dls.dataset == "cifar100" and dls.train.bs == 5
+    assert dls.info.name == "cifar100" and dls.train.bs == 5
     assert get_dataloaders("cifar100", tiny_cifar, num_workers=0).train.bs == 64
 
 
@@ -202,15 +209,15 @@ def test_get_dataloaders(tiny_cifar):
 def test_mosaic_generation_deterministic_and_disjoint():
     from sklearn.datasets import load_digits
     digit = load_digits().target
-    a, b = data.make_digit_mosaics(300, 100, seed=3), data.make_digit_mosaics(300, 100, seed=3)
+    a, b = mosaics.make_digit_mosaics(300, 100, seed=3), mosaics.make_digit_mosaics(300, 100, seed=3)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    c = data.make_digit_mosaics(300, 100, seed=4)
+    c = mosaics.make_digit_mosaics(300, 100, seed=4)
     assert not np.array_equal(a["x_train"], c["x_train"])
-    assert np.array_equal(data.make_digit_mosaics(50, 100, seed=3)["x_test"], a["x_test"])  # test set: own stream
+    assert np.array_equal(mosaics.make_digit_mosaics(50, 100, seed=3)["x_test"], a["x_test"])  # test set: own stream
     tr, te = set(a["train_scan_pool"].tolist()), set(a["test_scan_pool"].tolist())
     assert not tr & te and len(tr | te) == len(digit) and 0.7 < len(tr) / len(digit) < 0.8
     for split, pool in (("train", tr), ("test", te)):
-        lay = MosaicLayout(scan_pool=a[f"{split}_scan_pool"], **{k: a[f"{split}_{k}"] for k in data._LAYOUT_KEYS})
+        lay = MosaicLayout(scan_pool=a[f"{split}_scan_pool"], **{k: a[f"{split}_{k}"] for k in mosaics._LAYOUT_KEYS})
         used = lay.distractor_labels >= 0
         assert set(lay.target_scan.tolist()) <= pool and set(lay.distractor_scans[used].tolist()) <= pool
         assert np.array_equal(lay.labels, a[f"y_{split}"])
@@ -234,7 +241,7 @@ def test_mosaic_generation_deterministic_and_disjoint():
 
 def test_mosaic_default_size_generation():
     t = time.perf_counter()
-    d = data.make_digit_mosaics()  # the defaults the quickstart uses
+    d = mosaics.make_digit_mosaics()  # the defaults the quickstart uses
     dt = time.perf_counter() - t
     print(f"\n[digit_mosaic] generated {len(d['x_train'])} + {len(d['x_test'])} mosaics in {dt:.2f} s")
     assert d["x_train"].shape == (8000, 3, 32, 32) and d["x_test"].shape == (2000, 3, 32, 32)
@@ -242,32 +249,32 @@ def test_mosaic_default_size_generation():
 
 def test_mosaic_cache_reuse_and_corrupt_regeneration(tmp_path):
     kw = dict(n_train=300, n_test=100, seed=1, num_workers=0)
-    n0 = data._generation_count
+    n0 = mosaics._generation_count
     dls = digit_mosaic(tmp_path, **kw)
-    path = data.mosaic_cache_path(tmp_path, 300, 100, 1)
-    assert path.is_file() and data._generation_count == n0 + 1 and f"v{data.MOSAIC_VERSION}_" in path.name
+    path = mosaics.mosaic_cache_path(tmp_path, 300, 100, 1)
+    assert path.is_file() and mosaics._generation_count == n0 + 1 and f"v{mosaics.MOSAIC_VERSION}_" in path.name
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
     mtime = path.stat().st_mtime_ns
     again = digit_mosaic(tmp_path, **kw)
-    assert data._generation_count == n0 + 1 and path.stat().st_mtime_ns == mtime  # reused
+    assert mosaics._generation_count == n0 + 1 and path.stat().st_mtime_ns == mtime  # reused
     assert torch.equal(again.valid_ds.images, dls.valid_ds.images)
     for garbage in (b"garbage", path.read_bytes()[:1000]):  # not a zip; a truncated zip
         path.write_bytes(garbage)
         with pytest.warns(UserWarning, match="regenerating"):
             regen = digit_mosaic(tmp_path, **kw)
         assert torch.equal(regen.train_ds.images, dls.train_ds.images)
-    assert data._generation_count == n0 + 3
+    assert mosaics._generation_count == n0 + 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         digit_mosaic(tmp_path, **kw)  # the regenerated file is valid again
-    assert data._generation_count == n0 + 3
+    assert mosaics._generation_count == n0 + 3
 
 
 def test_mosaic_dataloaders(tmp_path):
     dls = digit_mosaic(tmp_path, bs=32, n_train=300, n_test=100, seed=0, num_workers=0)
-    z = np.load(data.mosaic_cache_path(tmp_path, 300, 100, 0))
-    check_attrs(dls, "digit_mosaic", 10, 32, tuple(z["mean"]), tuple(z["std"]))
-    assert dls.class_names == [str(i) for i in range(10)]
+    z = np.load(mosaics.mosaic_cache_path(tmp_path, 300, 100, 0))
+    check_info(dls, "digit_mosaic", 10, 32, tuple(z["mean"]), tuple(z["std"]))
+    assert dls.info.class_names == tuple(str(i) for i in range(10))
     x, y = dls.train.one_batch()
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long
     xs = torch.cat([b[0] for b in dls.valid])
@@ -318,5 +325,5 @@ def test_mosaic_trains_with_a_plain_learner(tmp_path):
 
 def test_digit_mosaic_default_cache_dir_name():
     # the default location, without writing there
-    assert str(data.mosaic_cache_path(os.path.expanduser("~/.cache/sddlib/digit_mosaic"), 8000, 2000, 0)).endswith(
-        f"digit_mosaic/digit_mosaic_v{data.MOSAIC_VERSION}_train8000_test2000_seed0.npz")
+    assert str(mosaics.mosaic_cache_path(os.path.expanduser("~/.cache/sddlib/digit_mosaic"), 8000, 2000, 0)).endswith(
+        f"digit_mosaic/digit_mosaic_v{mosaics.MOSAIC_VERSION}_train8000_test2000_seed0.npz")

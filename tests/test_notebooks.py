@@ -1,4 +1,5 @@
-"""The real notebooks, executed headlessly with papermill on tiny datasets in the real on-disk formats."""
+"""The real notebooks, executed headlessly with papermill on tiny datasets in the real on-disk formats.
+They train (a few epochs each): all `slow`, left out by `make test-fast`."""
 import json
 from pathlib import Path
 
@@ -8,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
+from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
 from sddlib import viz
 from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
+pytestmark = pytest.mark.slow
 FAST = dict(epochs=2, teacher_epochs=1, batch_size=8, lr_decay_stages=[1], progress=False)
 
 
@@ -39,6 +41,8 @@ def assert_figures(run_dir, expect_history=True):
         assert path.is_file(), path
         width, height = Image.open(path).size
         assert width > 300 and height > 200
+        frame = pd.read_csv(viz.csv_path(path))                      # its data beside it
+        assert len(frame.columns) >= 4 and (len(frame) > 0 or key == "per_class")   # M=[1]: nothing complementary
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +58,15 @@ def test_cifar100_notebook_headline_run(work):
                  data_dir=str(data), output_dir=str(work["outputs"]), subset=32, **FAST)
     m = only_run(work["outputs"], "cifar100")
     assert m["variant"] == "sd_dkd" and m["scales"] == [1, 2, 4] and m["params"]["beta"] == 8.0
-    assert 0 <= m["last_top1"] <= m["best_top1"] <= 100 and len(m["history"]) == 2
+    top1 = [row["top1"] for row in m["history"]]
+    assert len(top1) == 2 and m["best_top1"] == max(top1) and m["last_top1"] == top1[-1]
+    assert m["best_epoch"] == 1 + top1.index(max(top1))
+    assert all(100 * round(t * 16 / 100) / 16 == pytest.approx(t) for t in top1)   # k of the 16 test images
     assert m["params"]["data_dir"] == str(data)
     assert_figures(work["outputs"] / "cifar100" / m["run_name"])
     text = json.dumps(nb)
-    assert "Figure 1" in text and "image/png" in text                  # figures shown inline
+    assert "Figure 1" in text and text.count("image/png") == 6           # figures shown inline, with captions
+    assert "Best and last epoch" in text and "top-1" in text              # the results section
     assert m["run_name"] in text and "epoch 2/2" in text                 # one log line per epoch
 
 

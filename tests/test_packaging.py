@@ -37,6 +37,7 @@ def test_ci_runs_the_readme_test_command():
     assert "make demo" in readme and "make test" in readme
 
 
+@pytest.mark.slow  # generates the mosaics and trains
 def test_readme_own_pair_example_runs(tmp_path):
     """The README's ~10-line example stays true (shortened: a small subset, one epoch)."""
     readme = (REPO / "README.md").read_text()

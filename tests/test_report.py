@@ -127,6 +127,7 @@ def test_write_tables(outputs):
     check_tables(outputs / "tables")
 
 
+@pytest.mark.slow  # executes a notebook
 def test_results_notebook(outputs, tmp_path):
     papermill = pytest.importorskip("papermill")
     papermill.execute_notebook(str(REPO / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),

@@ -55,6 +55,7 @@ def test_dry_run(setup, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow  # executes notebooks
 def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
     tmp, out, args = setup
     run = out / "cifar100" / "resnet32x4-ShuffleV1-dkd-M1-seed1"

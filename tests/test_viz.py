@@ -1,5 +1,6 @@
-"""Figures of sddlib.viz: what is drawn (fig.sdd_data and the artists) for hand-made region logits
-with known categories, the PNGs written, a small real distillation run, and rejected inputs."""
+"""Figures of sddlib.viz: the tidy frame behind each figure for hand-made region logits with known
+categories, the PNG and its CSV written beside it, re-plotting from the CSV, a small real distillation
+run, and rejected inputs."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,6 +8,7 @@ matplotlib.use("Agg")
 import fastai.callback.progress  # noqa: F401,E402  (adds Learner.no_bar)
 import matplotlib.image as mpimg  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -14,15 +16,16 @@ from fastai.data.core import DataLoaders  # noqa: E402
 from fastai.data.load import DataLoader  # noqa: E402
 from fastai.learner import Learner  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 from sddlib import viz  # noqa: E402
+from sddlib.data import DatasetInfo, digit_mosaic  # noqa: E402
 from sddlib.distill import CATEGORIES, DistillationCallback  # noqa: E402
 from sddlib.models import create_model  # noqa: E402
-from sddlib.viz import (RegionPredictions, collect_region_predictions, plot_agreement,  # noqa: E402
+from sddlib.viz import (RegionPredictions, agreement_frame, category_history_frame,  # noqa: E402
+                        category_shares_frame, collect_region_predictions, per_class_frame, plot_agreement,
                         plot_category_history, plot_category_shares, plot_per_class, plot_region_logits,
-                        plot_region_map, region_labels, save_run_figures)
+                        plot_region_map, region_labels, region_logits_frame, region_map_frame, save_run_figures)
 
 SCALES = (1, 2, 4)
 K = 4
@@ -84,137 +87,162 @@ def category_table(top1, targets):
     return out
 
 
-def assert_png(path, fig):
+def assert_saved(path, fig, frame):
+    """The PNG has the figure's size, and the CSV beside it holds exactly the figure's frame."""
     assert path.is_file()
     h, w = mpimg.imread(path).shape[:2]
     fw, fh = fig.get_size_inches() * viz.DPI
     assert (h, w) == (round(fh), round(fw))
+    saved = pd.read_csv(path.with_suffix(".csv"), keep_default_na=False)
+    pd.testing.assert_frame_equal(saved, frame, check_dtype=False)
+
+
+def counts(frame, **where):
+    """The frame's `count` column in CATEGORIES order for one (model, scale)."""
+    sel = frame.loc[(frame[list(where)] == pd.Series(where)).all(axis=1)]
+    return sel.set_index("category").loc[list(CATEGORIES), "count"].tolist()
 
 
 # --- hand-made predictions with known categories ---------------------------------------------------
 
-def test_category_shares_counts_and_bars(tmp_path):
+def test_category_shares_frame_and_bars(tmp_path):
     preds = make_preds()
+    frame = category_shares_frame(preds)
+    assert list(frame.columns) == ["model", "scale", "category", "count", "share"]
+    assert {s: counts(frame, model="teacher", scale=s) for s in SCALES} == EXPECTED_TEACHER
+    cats = category_table(preds.student_regions.argmax(1), preds.targets)
+    for s, sl in ((1, slice(0, 1)), (2, slice(1, 5)), (4, slice(5, 21))):
+        assert counts(frame, model="student", scale=s) == [int((cats[:, sl] == j).sum()) for j in range(4)]
+    teacher_4 = frame[(frame.model == "teacher") & (frame.scale == 4)]
+    assert teacher_4.share.tolist() == pytest.approx([28 / 64, 26 / 64, 4 / 64, 6 / 64])
     fig = plot_category_shares(preds, path=tmp_path / "sub" / "shares.png")
-    assert_png(tmp_path / "sub" / "shares.png", fig)
-    assert fig.sdd_data["counts"]["teacher"] == EXPECTED_TEACHER
-    s_top1 = preds.student_regions.argmax(1)
-    cats = category_table(s_top1, preds.targets)
-    expected_student = {1: [int((cats[:, :1] == j).sum()) for j in range(4)],
-                        2: [int((cats[:, 1:5] == j).sum()) for j in range(4)],
-                        4: [int((cats[:, 5:] == j).sum()) for j in range(4)]}
-    assert fig.sdd_data["counts"]["student"] == expected_student
-    assert fig.sdd_data["shares"]["teacher"][4] == pytest.approx([28 / 64, 26 / 64, 4 / 64, 6 / 64])
-    # the bars drawn: heights per category colour, teacher's 4x4 bar is the 5th of 6 bars
-    ax = fig.axes[0]
-    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
-    assert len(bars) == 3 * 2 * 4
-    teacher_4x4 = bars[4 * 4: 5 * 4]
-    for bar, cat, count in zip(teacher_4x4, CATEGORIES, EXPECTED_TEACHER[4]):
-        assert bar.get_height() == pytest.approx(count / 64)
-        assert bar.get_facecolor() == pytest.approx(to_rgba(viz.CATEGORY_COLORS[cat]))
+    assert_saved(tmp_path / "sub" / "shares.png", fig, frame)
+    # the 4x4 panel: one bar per (model, category), height = share, in the category's fixed colour
+    bars = {(round(p.get_x() + p.get_width() / 2), to_rgba(p.get_facecolor())): p.get_height()
+            for p in fig.axes[2].patches}
+    for cat, count in zip(CATEGORIES, EXPECTED_TEACHER[4]):
+        assert bars[(0, to_rgba(viz.CATEGORY_COLORS[cat]))] == pytest.approx(count / 64)
 
 
-def test_region_map_picks_complementary_images_and_colours_cells(tmp_path):
+def test_region_map_frame_picks_complementary_images(tmp_path):
     preds = make_preds()
+    frame = region_map_frame(preds, n=4)
+    shown = frame.drop_duplicates("row")
+    assert shown.image.tolist()[:2] == [0, 1] and set(shown.image) == {0, 1, 2, 3}
+    assert shown.kind.tolist()[:2] == ["global right, local wrong", "global wrong, local right"]
+    assert "consistent" in shown.kind.tolist() and len(frame) == 4 * 21
+    cell = frame.set_index(["image", "scale", "cell_row", "cell_col"])
+    assert [cell.loc[(0, 2, r, c), "category"] for r in (0, 1) for c in (0, 1)] == \
+        [CATEGORIES[i] for i in (CR, CR, GRLW, GRLW)]
+    assert frame[(frame.image == 1) & (frame.scale == 4)].category.tolist() == \
+        [CATEGORIES[GWLR]] * 6 + [CATEGORIES[CW]] * 10
+    assert [cell.loc[(0, 2, r, c), "top1"] for r in (0, 1) for c in (0, 1)] == [0, 0, 1, 2]
+    assert cell.loc[(0, 2, 1, 0), "top1_name"] == "one" and cell.loc[(1, 1, 0, 0), "target_name"] == "one"
+    assert cell.loc[(0, 1, 0, 0), "prob"] == pytest.approx(
+        torch.softmax(preds.teacher_regions[0, :, 0], 0).max().item())
     fig = plot_region_map(preds, n=4, path=tmp_path / "map.png")
-    assert_png(tmp_path / "map.png", fig)
-    d = fig.sdd_data
-    assert d["indices"][:2] == [0, 1] and set(d["indices"]) <= {0, 1, 2, 3} and len(d["indices"]) == 4
-    assert d["kinds"][:2] == ["global right, local wrong", "global wrong, local right"]
-    assert "consistent" in d["kinds"]
-    np.testing.assert_array_equal(d["categories"][2][0], [[CR, CR], [GRLW, GRLW]])
-    np.testing.assert_array_equal(d["categories"][4][1].reshape(-1), [GWLR] * 6 + [CW] * 10)
-    np.testing.assert_array_equal(d["top1"][2][0], [[0, 0], [1, 2]])
-    assert d["prob"][1][0, 0, 0] == pytest.approx(torch.softmax(preds.teacher_regions[0, :, 0], 0).max().item())
-    # the 2x2 panel of row 0 (axes: 4 per row) carries four cells coloured by category
-    ax = fig.axes[2]
-    cells = [p for p in ax.patches if isinstance(p, Rectangle)]
-    colours = [viz.CATEGORY_COLORS[CATEGORIES[c]] for c in (CR, CR, GRLW, GRLW)]
-    assert [tuple(round(v, 3) for v in p.get_facecolor()[:3]) for p in cells] == \
-        [tuple(round(v, 3) for v in to_rgba(c)[:3]) for c in colours]
-    texts = [t.get_text() for t in ax.texts]
-    assert texts[2].startswith("one\n") and texts[2].endswith("%")
+    assert_saved(tmp_path / "map.png", fig, frame)
 
 
 def test_region_map_explicit_indices():
-    fig = plot_region_map(make_preds(), indices=[3, 2])
-    assert fig.sdd_data["indices"] == [3, 2]
-    assert (fig.sdd_data["categories"][4][0] == CW).all() and (fig.sdd_data["categories"][4][1] == CR).all()
+    frame = region_map_frame(make_preds(), indices=[3, 2])
+    assert frame.drop_duplicates("row").image.tolist() == [3, 2] and set(frame.kind) == {"chosen"}
+    fine = frame[frame.scale == 4]
+    assert set(fine[fine.image == 3].category) == {CATEGORIES[CW]}
+    assert set(fine[fine.image == 2].category) == {CATEGORIES[CR]}
 
 
-def test_region_logits_default_image_and_values(tmp_path):
+def test_region_logits_frame_default_image_and_values(tmp_path):
     preds = make_preds()
+    frame = region_logits_frame(preds, k=2)
+    assert set(frame.image) == {1} and set(frame.target) == {1}   # image 1 has 7 complementary regions, image 0 has 6
+    teacher = frame[frame.model == "teacher"]
+    assert teacher.drop_duplicates("column")["class"].tolist() == [1, 2, 3]   # target, most regions' top-1, best logit
+    assert teacher.drop_duplicates("region").region_label.tolist() == region_labels(SCALES)
+    for model, regions in (("teacher", preds.teacher_regions), ("student", preds.student_regions)):
+        grid = frame[frame.model == model].pivot(index="region", columns="column", values="logit").to_numpy()
+        np.testing.assert_allclose(grid, regions[1][[1, 2, 3]].T.numpy())
+        top = frame[(frame.model == model) & frame.is_top1]
+        assert len(top) == 21 and (top["class"].to_numpy() == regions[1].argmax(0).numpy()).all()
+    assert teacher.drop_duplicates("region").category.tolist()[:2] == [CATEGORIES[CW], CATEGORIES[GWLR]]
     fig = plot_region_logits(preds, k=2, path=tmp_path / "logits.png")
-    assert_png(tmp_path / "logits.png", fig)
-    d = fig.sdd_data
-    assert d["index"] == 1 and d["target"] == 1          # image 1 has 7 complementary regions, image 0 has 6
-    assert d["classes"] == [1, 2, 3]        # target, most regions' top-1, then the highest logit
-    assert d["row_labels"] == region_labels(SCALES) and d["row_labels"][:2] == ["1x1", "2x2 (0,0)"]
-    np.testing.assert_allclose(d["teacher"], preds.teacher_regions[1][d["classes"]].T.numpy())
-    np.testing.assert_allclose(d["student"], preds.student_regions[1][d["classes"]].T.numpy())
-    assert d["categories"][:2] == [CW, GWLR]
-    assert fig.axes[1].get_xticklabels()[0].get_text().startswith("★ one")
+    assert_saved(tmp_path / "logits.png", fig, frame)
 
 
-def test_per_class_counts(tmp_path):
+def test_per_class_frame(tmp_path):
+    frame = per_class_frame(make_preds())
+    wide = frame.pivot(index="class", columns="category", values="regions")
+    assert frame.drop_duplicates("rank")["class"].tolist() == [1, 0]
+    assert frame.drop_duplicates("rank").class_name.tolist() == ["one", "zero"]
+    assert wide.loc[1].tolist() == [0, 7] and wide.loc[0].tolist() == [6, 0] and set(frame.images) == {1}
     fig = plot_per_class(make_preds(), path=tmp_path / "per_class.png")
-    assert_png(tmp_path / "per_class.png", fig)
-    d = fig.sdd_data
-    assert d["classes"] == [1, 0] and d["class_names"] == ["one", "zero"]
-    assert d["gr_lw"] == [0, 6] and d["gw_lr"] == [7, 0] and d["images"] == [1, 1]
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["one", "zero"]
-    widths = sorted(round(p.get_width()) for p in ax.patches)
-    assert widths == [0, 0, 6, 7]
+    assert_saved(tmp_path / "per_class.png", fig, frame)
+    assert sorted(round(p.get_width()) for p in fig.axes[0].patches) == [0, 0, 6, 7]
 
 
-def test_agreement_matrices(tmp_path):
+def test_agreement_frame(tmp_path):
     sd = make_preds()
     t, _ = known_top1()
     plain_top1 = t.clone()
-    plain_top1[:2, 5:] = 3 - plain_top1[:2, 5:].clamp(max=3)   # images 0, 1 disagree on every 4x4 region
-    plain_top1[:2, 5:] = torch.where(plain_top1[:2, 5:] == t[:2, 5:], (t[:2, 5:] + 1) % K, plain_top1[:2, 5:])
+    plain_top1[:2, 5:] = torch.where(t[:2, 5:] == 3, 0, 3)   # images 0, 1 disagree on every 4x4 region
     plain = make_preds(student_top1=plain_top1)
-    fig = plot_agreement(plain, sd, path=tmp_path / "agree.png")
-    assert_png(tmp_path / "agree.png", fig)
-    d = fig.sdd_data
+    frame = agreement_frame(plain, sd)
+    assert set(frame.images) == {4}
+
+    def grid(student, scale):
+        return frame[(frame.student == student) & (frame.scale == scale)].pivot(
+            index="row", columns="col", values="agreement").to_numpy()
     expected_sd = np.ones((4, 4))
     expected_sd[0, 0] = 0.75
-    np.testing.assert_allclose(d["sd"], expected_sd)
-    np.testing.assert_allclose(d["plain"], np.full((4, 4), 0.5))
-    assert d["scale"] == 4 and d["sd_global"] == 1.0 and d["plain_global"] == 1.0
-    assert "75%" in [t.get_text() for t in fig.axes[1].texts]
-    single = plot_agreement(None, sd)
-    assert single.sdd_data["plain"] is None and len([a for a in single.axes if a.images]) == 1
+    np.testing.assert_allclose(grid("sd", 4), expected_sd)
+    np.testing.assert_allclose(grid("plain", 4), np.full((4, 4), 0.5))
+    assert grid("sd", 1).tolist() == [[1.0]] and grid("plain", 1).tolist() == [[1.0]]
+    assert set(frame.scale) == {1, 4}                                # the global and the finest grid only
+    fig = plot_agreement(plain, sd, path=tmp_path / "agree.png")
+    assert_saved(tmp_path / "agree.png", fig, frame)
+    single = agreement_frame(None, sd)
+    assert set(single.student) == {"sd"} and len(single) == 1 + 16
 
 
 def test_agreement_uses_finest_available_scale():
     t, targets = known_top1()
     preds = RegionPredictions(torch.rand(4, 3, 8, 8), targets, logits_from_top1(t[:, :5]),
                               logits_from_top1(t[:, :5]), (1, 2), ["a", "b", "c", "d"])
-    fig = plot_agreement(None, preds)
-    assert fig.sdd_data["scale"] == 2 and fig.sdd_data["sd"].shape == (2, 2)
+    frame = agreement_frame(None, preds)
+    assert set(frame.scale) == {1, 2} and len(frame) == 1 + 4 and (frame.agreement == 1.0).all()
 
 
 def test_category_history_from_list_and_frame(tmp_path):
-    import pandas as pd
     rows = [{"epoch": e, "ce": 1.0, "distill": 1.0, "warmup_factor": 1.0,
              **{f"{c}@{s}": v for s in SCALES for c, v in zip(CATEGORIES, (0.5, 0.3, 0.1 * e, 0.2 - 0.1 * e))}}
             for e in (1, 2)]
+    frame = category_history_frame(rows, SCALES)
+    assert len(frame) == 2 * 3 * 4 and sorted(set(frame.epoch)) == [1, 2]
+    gr_lw = frame[(frame.scale == 2) & (frame.category == "complementary_gr_lw")]
+    assert gr_lw.share.tolist() == pytest.approx([0.1, 0.2])
+    pd.testing.assert_frame_equal(category_history_frame(pd.DataFrame(rows), SCALES), frame)
     fig = plot_category_history(rows, SCALES, path=tmp_path / "hist.png")
-    assert_png(tmp_path / "hist.png", fig)
-    assert fig.sdd_data["epochs"] == [1, 2]
-    assert fig.sdd_data["shares"][2]["complementary_gr_lw"] == pytest.approx([0.1, 0.2])
-    assert len(fig.axes) == 3 and all(len(line.get_xdata()) == 2 for line in fig.axes[0].lines)
-    frame = plot_category_history(pd.DataFrame(rows), SCALES)
-    assert frame.sdd_data == fig.sdd_data
+    assert_saved(tmp_path / "hist.png", fig, frame)
+    assert len([ax for ax in fig.axes if ax.lines]) == 3               # one panel per scale
+
+
+def test_figures_replot_from_their_csv(tmp_path):
+    """A saved CSV is all a figure needs: drawing it again gives the same picture."""
+    preds = make_preds()
+    for plot, draw, name in ((plot_category_shares, viz.draw_category_shares, "shares"),
+                             (plot_region_logits, viz.draw_region_logits, "logits"),
+                             (plot_per_class, viz.draw_per_class, "per_class")):
+        plot(preds, path=tmp_path / f"{name}.png")
+        again = draw(pd.read_csv(tmp_path / f"{name}.csv", keep_default_na=False))
+        again.savefig(tmp_path / f"{name}_again.png", dpi=viz.DPI, facecolor="white")
+        np.testing.assert_array_equal(mpimg.imread(tmp_path / f"{name}.png"),
+                                      mpimg.imread(tmp_path / f"{name}_again.png"))
 
 
 def test_teacher_only_predictions():
     preds = make_preds(with_student=False)
-    assert list(plot_category_shares(preds).sdd_data["counts"]) == ["teacher"]
-    assert plot_region_logits(preds, index=0).sdd_data["student"] is None
+    assert set(category_shares_frame(preds).model) == {"teacher"}
+    assert set(region_logits_frame(preds, index=0).model) == {"teacher"}
     with pytest.raises(ValueError, match="no student_regions"):
         plot_agreement(None, preds)
 
@@ -266,19 +294,21 @@ def test_rejected_inputs():
 
 # --- a small real run ------------------------------------------------------------------------------
 
+INFO = DatasetInfo("tiny", [f"class_{i}" for i in range(10)], (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), image_size=32)
+
+
 def make_dls(n=64, num_classes=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, num_classes, (n,), generator=g)
     x = torch.randn(n, 3, 32, 32, generator=g)
     ds = TensorDataset(x, y)
     dls = DataLoaders(DataLoader(ds, bs=32, shuffle=True), DataLoader(ds, bs=32), device="cpu")
-    dls.class_names = [f"class_{i}" for i in range(num_classes)]
-    dls.num_classes = num_classes
-    dls.mean, dls.std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
+    dls.info = INFO
     return dls, x, y
 
 
-def test_real_run_writes_every_figure(tmp_path):
+@pytest.mark.slow  # trains, then draws every figure
+def test_real_run_writes_every_figure_with_its_data(tmp_path):
     torch.manual_seed(0)
     dls, x, y = make_dls()
     teacher, student = create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10)
@@ -292,53 +322,62 @@ def test_real_run_writes_every_figure(tmp_path):
                              max_items=40)
     assert [p.name for p in paths] == list(viz.FIGURE_FILES.values())
     assert all(p.parent == tmp_path / "figures" and p.is_file() and p.stat().st_size > 5000 for p in paths)
-    hist = plot_category_history(cb.history, SCALES)
-    assert hist.sdd_data["epochs"] == [1, 2]
-    assert all(len(line.get_xdata()) == 2 for ax in hist.axes for line in ax.lines)
     assert student.training == was_training                                # mode restored
     # the predictions themselves: un-normalised images, eval-mode region logits, max_items honoured
     student.train()
-    preds = collect_region_predictions(teacher, student, dls.valid, SCALES, class_names=dls.class_names,
-                                       mean=dls.mean, std=dls.std, max_items=40)
-    assert student.training and len(preds) == 40 and preds.class_names == dls.class_names
+    preds = collect_region_predictions(teacher, student, dls.valid, SCALES, info=INFO, max_items=40)
+    assert student.training and len(preds) == 40 and preds.class_names == list(INFO.class_names)
     assert preds.teacher_regions.shape == (40, 10, 21)
-    mean, std = torch.tensor(dls.mean).view(1, 3, 1, 1), torch.tensor(dls.std).view(1, 3, 1, 1)
+    mean, std = torch.tensor(INFO.mean).view(1, 3, 1, 1), torch.tensor(INFO.std).view(1, 3, 1, 1)
     torch.testing.assert_close(preds.images, (x[:40] * std + mean).clamp(0, 1))
     with torch.inference_mode():
         expected = teacher.eval()(x[:40])
     torch.testing.assert_close(preds.teacher_regions[:, :, 0], expected, rtol=1e-4, atol=1e-4)
-    # a whole DataLoaders is accepted too (its valid loader is used)
+    # every CSV beside its PNG is the frame of the same predictions (figure 3b: of the history)
+    baseline_preds = collect_region_predictions(teacher, baseline, dls, SCALES, max_items=40)
+    csv = {key: pd.read_csv(tmp_path / "figures" / viz.csv_path(name).name, keep_default_na=False)
+           for key, name in viz.FIGURE_FILES.items()}
+    for key, frame in (("region_map", region_map_frame(preds)), ("region_logits", region_logits_frame(preds)),
+                       ("category_shares", category_shares_frame(preds)), ("per_class", per_class_frame(preds)),
+                       ("category_history", category_history_frame(cb.history, SCALES)),
+                       ("agreement", agreement_frame(baseline_preds, preds))):
+        pd.testing.assert_frame_equal(csv[key], frame, check_dtype=False, obj=key)
+    assert sorted(set(csv["category_history"].epoch)) == [1, 2]
+    # a whole DataLoaders is accepted too (its valid loader and its info are used)
     whole = collect_region_predictions(teacher, None, dls, (1,), max_items=8)
-    assert len(whole) == 8 and whole.class_names == dls.class_names
+    assert len(whole) == 8 and whole.class_names == list(INFO.class_names)
     torch.testing.assert_close(whole.images, preds.images[:8])
+    # without info: classes named by their ids, images stretched to [0, 1] per image
+    bare = collect_region_predictions(teacher, None, dls.valid, (1,), max_items=2)
+    assert bare.class_names == [str(i) for i in range(10)]
+    assert [float(bare.images[i].min()) for i in range(2)] == [0.0, 0.0]
+    assert [float(bare.images[i].max()) for i in range(2)] == pytest.approx([1.0, 1.0])
 
 
-def test_digit_layouts_are_drawn_when_the_loader_keeps_dataset_order():
-    class Mosaics(TensorDataset):   # duck-types sddlib.data's digit mosaics: a per-image `layout`
-        layout = [{"label": i % 10, "target_box": (2, 2, 18, 18),
-                   "distractors": [{"label": 1, "box": (20, 20, 30, 30), "scan": 0}]} for i in range(12)]
-
-    torch.manual_seed(0)
-    ds = Mosaics(torch.randn(12, 3, 32, 32), torch.arange(12) % 10)
+def test_digit_layouts_are_drawn_when_the_loader_keeps_dataset_order(tmp_path):
+    dls = digit_mosaic(tmp_path, bs=5, n_train=20, n_test=12, num_workers=0)
     teacher = create_model("resnet8", num_classes=10)
-    ordered = collect_region_predictions(teacher, None, torch.utils.data.DataLoader(ds, batch_size=5), (1, 2))
-    assert ordered.layouts == Mosaics.layout
+    ordered = collect_region_predictions(teacher, None, dls, (1, 2))
+    layout = dls.valid.dataset.layout
+    assert ordered.layouts == [layout[i] for i in range(12)] and ordered.layouts[3]["label"] == int(ordered.targets[3])
     fig = plot_region_map(ordered, indices=[3])
-    boxes = [p for p in fig.axes[0].patches if isinstance(p, Rectangle) and not p.get_fill()]
-    assert [b.get_linestyle() for b in boxes] == ["-", "--"]
-    shuffled = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True)
-    assert collect_region_predictions(teacher, None, shuffled, (1, 2)).layouts is None
+    boxes = [p for p in fig.axes[0].patches if not p.get_fill()]
+    assert [b.get_linestyle() for b in boxes] == ["-"] + ["--"] * len(layout[3]["distractors"])
+    assert collect_region_predictions(teacher, None, dls.train, (1, 2)).layouts is None   # shuffled: no layout
 
 
-def test_show_run_figure_displays_a_saved_png_or_says_it_is_missing(tmp_path, capsys):
-    from sddlib.viz import FIGURE_FILES, show_run_figure
-    (tmp_path / "figures").mkdir()
-    fig = plot_category_history([{"epoch": 1, **{f"{c}@1": 0.25 for c in CATEGORIES}}], (1,),
-                                path=tmp_path / "figures" / FIGURE_FILES["category_history"])
-    assert fig is not None
+def test_show_run_figures_display_saved_pngs_with_captions(tmp_path, capsys):
+    from sddlib.viz import FIGURE_CAPTIONS, FIGURE_FILES, show_run_figure, show_run_figures
+    plot_category_history([{"epoch": 1, **{f"{c}@1": 0.25 for c in CATEGORIES}}], (1,),
+                          path=tmp_path / "figures" / FIGURE_FILES["category_history"])
+    assert (tmp_path / "figures" / "fig3b_category_history.csv").is_file()
     show_run_figure(tmp_path, "category_history")
     show_run_figure(tmp_path, "region_map")
     out = capsys.readouterr().out
     assert "IPython.core.display.Image" in out and "no fig1_region_map.png" in out
+    show_run_figures(tmp_path, ["region_map", "category_history"])
+    out = capsys.readouterr().out
+    assert out.count("IPython.core.display.Markdown") == 3 and out.count("IPython.core.display.Image") == 1
+    assert set(FIGURE_CAPTIONS) == set(FIGURE_FILES)
     with pytest.raises(ValueError, match="figure 'fig9' is unknown"):
         show_run_figure(tmp_path, "fig9")

@@ -1,5 +1,5 @@
-"""Tiny datasets in the real on-disk formats, for tests (importable: `from datasets import ...` or
-`from tests.datasets import ...`).
+"""Tiny datasets in the real on-disk formats, for tests (`from fake_datasets import ...`; named so it
+does not shadow Hugging Face's `datasets` package on the test path).
 
 The metadata carries the real class counts (100 CIFAR-100 fine names, 200 CUB `classes.txt`
 entries) while only a few classes have images, so loaders report the real `num_classes`.

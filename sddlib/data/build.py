@@ -1,0 +1,113 @@
+"""What every loader of `sddlib.data` shares: the two torch datasets (in-memory uint8 images, image
+files), the fastai `DataLoaders` they are wrapped in (seeded order, `dls.info`), and the one-sentence
+errors for a missing dataset."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .info import DatasetInfo
+
+__all__ = ["DatasetNotFoundError", "TensorImageDataset", "ImageListDataset", "make_dataloaders"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is missing (or unreadable) where it was looked for; the message says how to get it."""
+
+
+class TensorImageDataset(Dataset):
+    """In-memory uint8 images (N x 3 x H x W) and int labels.
+
+    An item is `transform(uint8 image)` (torchvision transforms on tensors: same RNG draws and
+    same pixels as the reference's PIL path), then `/255` (= ToTensor) and `Normalize`.
+    """
+
+    def __init__(self, images: torch.Tensor, targets, transform=None, mean=None, std=None, classes=None):
+        assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3, images.shape
+        self.images, self.targets = images, torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        assert len(self.images) == len(self.targets)
+        from torchvision import transforms as T
+        self.transform = transform
+        self.normalize = T.Normalize(mean, std) if mean is not None else None
+        self.vocab = classes
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        x = x.float().div(255)
+        if self.normalize is not None:
+            x = self.normalize(x)
+        return x, int(self.targets[i])
+
+
+class ImageListDataset(Dataset):
+    """Image files `(path, label)` read with PIL (RGB), as torchvision's ImageFolder does."""
+
+    def __init__(self, samples, transform=None, classes=None):
+        self.samples, self.transform, self.vocab = list(samples), transform, classes
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        path, target = self.samples[i]
+        with open(path, "rb") as f:
+            img = Image.open(f).convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+def default_workers(in_memory: bool) -> int:
+    return 0 if in_memory else min(8, os.cpu_count() or 1)
+
+
+def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, drop_last, num_workers, seed,
+                     device):
+    """The fastai DataLoaders every loader returns: train shuffles in a `seed`-fixed order, valid keeps
+    dataset order; `dls.info` holds the dataset's facts and `dls.c` (fastai's class count) is set."""
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.torch_core import default_device
+
+    device = default_device() if device is None else torch.device(device)
+    pin = device.type == "cuda" and num_workers > 0
+    train = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=drop_last, num_workers=num_workers,
+                       pin_memory=pin)
+    valid = DataLoader(valid_ds, bs=val_bs or bs, shuffle=False, drop_last=False, num_workers=num_workers,
+                       pin_memory=pin)
+    train.rng = random.Random(seed)  # fastai re-derives its per-epoch RNG from this one: seeded order
+    valid.rng = random.Random(seed + 1)
+    dls = DataLoaders(train, valid, device=device)
+    dls.info = info
+    dls.c = info.num_classes
+    return dls
+
+
+def subset_size(n, subset):
+    return n if not subset else min(int(subset), n)
+
+
+def short_error(e: BaseException, limit=160) -> str:
+    msg = str(e).strip().splitlines()
+    msg = msg[0] if msg else ""
+    s = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def need_dir(data_dir, name):
+    if data_dir is None:
+        raise ValueError(f"{name} needs data_dir (the folder that holds or will hold the dataset); "
+                         f"pass it, e.g. get_dataloaders({name!r}, '/data/{name}').")
+    return Path(data_dir).expanduser()

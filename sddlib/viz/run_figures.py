@@ -1,0 +1,115 @@
+"""All figures of a run: written once by `save_run_figures` (PNG + CSV each, into the run's
+`figures/`), shown in a notebook with their captions by `show_run_figures` — the one place the
+captions are written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..data import dataset_info
+from .figures import (plot_agreement, plot_category_history, plot_category_shares, plot_per_class,
+                      plot_region_logits, plot_region_map)
+from .frames import history_rows
+from .predictions import check_scales, collect_run_predictions
+from .style import csv_path
+
+__all__ = ["FIGURE_FILES", "FIGURE_CAPTIONS", "save_run_figures", "show_run_figure", "show_run_figures"]
+
+FIGURE_FILES = {
+    "region_map": "fig1_region_map.png",
+    "region_logits": "fig2_region_logits.png",
+    "category_shares": "fig3a_category_shares.png",
+    "category_history": "fig3b_category_history.png",
+    "per_class": "fig4_per_class.png",
+    "agreement": "fig5_agreement.png",
+}
+FIGURE_CAPTIONS = {
+    "region_map": "**Figure 1 — region map.** Each row is a test image and its 1×1, 2×2 and 4×4 grids, every "
+                  "cell coloured by the teacher's category and labelled with the teacher's top-1 class there. "
+                  "Look for orange cells (global right, this region wrong) and blue cells (global wrong, this "
+                  "region right): those are the complementary regions SDD weights twice.",
+    "region_logits": "**Figure 2 — region logits of one image.** Rows are regions, columns the classes with the "
+                     "largest logits (target marked); teacher left, student right. Look at the target column: its "
+                     "logit rises in some regions and falls in others — the global logit averages that away.",
+    "category_shares": "**Figure 3a — category shares.** Over the test images, the share of regions per category "
+                       "at each scale, teacher vs trained student. Finer scales have more complementary regions: "
+                       "each sees less of the object.",
+    "category_history": "**Figure 3b — category shares during training.** The teacher's categories on the "
+                        "training batches of each epoch: how much of the distillation loss comes from "
+                        "complementary regions as training goes (for a fixed teacher, the shares move only with "
+                        "augmentation).",
+    "per_class": "**Figure 4 — classes with the most complementary regions.** These are the classes whose images "
+                 "most often contain regions that look like something else, or the one part that gives the class "
+                 "away.",
+    "agreement": "**Figure 5 — local agreement with the teacher.** For each cell of the finest grid, how often the "
+                 "student's top-1 there equals the teacher's; plain-method student (left, when its run exists) vs "
+                 "the SD student (right). SD transfers the teacher's local knowledge, so its map should be higher.",
+}
+
+
+def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, baseline_student=None,
+                     max_items: int = 512) -> list[Path]:
+    """Collect region predictions on `dls.valid` (first `max_items` images) once and write every
+    figure into `out_dir` (created): `FIGURE_FILES` PNGs, each with its data as CSV beside it; returns
+    the PNG paths. `dls` carries `dls.info` (`sddlib.data.DatasetInfo`).
+
+    `distill_cb` is the run's DistillationCallback (its history gives figure 3b; None skips it).
+    `baseline_student` is the plain (M=[1]) student of the same configuration, compared with
+    `student` in figure 5 on the finest grid of `scales`; None draws the SD student alone.
+    """
+    scales = check_scales(scales)
+    if getattr(dls, "valid", None) is None:
+        raise ValueError(f"dls must be a fastai DataLoaders with a valid loader, got {type(dls).__name__}.")
+    if not isinstance(student, nn.Module):
+        raise ValueError(f"student must be a torch.nn.Module, got {type(student).__name__}.")
+    if not isinstance(out_dir, (str, Path)):
+        raise ValueError(f"out_dir must be a folder path, got {type(out_dir).__name__}.")
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+        raise ValueError(f"max_items must be a positive integer, got {max_items!r}.")
+    history = history_rows(distill_cb) if distill_cb is not None else None
+    preds, plain = collect_run_predictions(teacher, student, dls.valid, scales, baseline_student=baseline_student,
+                                           info=dataset_info(dls), max_items=max_items)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = {
+        "region_map": lambda p: plot_region_map(preds, path=p),
+        "region_logits": lambda p: plot_region_logits(preds, path=p),
+        "category_shares": lambda p: plot_category_shares(preds, path=p),
+        "category_history": (lambda p: plot_category_history(history, scales, path=p)) if history else None,
+        "per_class": lambda p: plot_per_class(preds, path=p),
+        "agreement": lambda p: plot_agreement(plain, preds, path=p),
+    }
+    written = []
+    for key, draw in drawn.items():
+        if draw is not None:
+            draw(out / FIGURE_FILES[key])
+            written.append(out / FIGURE_FILES[key])
+    return written
+
+
+def _check_key(key):
+    if key not in FIGURE_FILES:
+        raise ValueError(f"figure {key!r} is unknown; use one of {sorted(FIGURE_FILES)}.")
+
+
+def show_run_figure(run_dir, key: str) -> None:
+    """Display one figure that `save_run_figures` wrote for a run (in a notebook), or say it is missing."""
+    from IPython.display import Image, display
+
+    _check_key(key)
+    path = Path(run_dir) / "figures" / FIGURE_FILES[key]
+    display(Image(filename=str(path)) if path.exists() else f"(no {path.name}: this run did not draw it)")
+
+
+def show_run_figures(run_dir, keys=tuple(FIGURE_FILES)) -> None:
+    """Display a run's figures, each under its caption, and where their data (CSV) lies."""
+    from IPython.display import Markdown, display
+
+    for key in keys:
+        _check_key(key)
+        display(Markdown(FIGURE_CAPTIONS[key]))
+        show_run_figure(run_dir, key)
+    folder = Path(run_dir) / "figures"
+    display(Markdown(f"Each figure's data is a tidy table beside its picture in `{folder}`: "
+                     f"`{csv_path(FIGURE_FILES[keys[0]]).name}` and so on, to re-plot or analyse."))

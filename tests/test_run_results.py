@@ -1,0 +1,39 @@
+"""sddlib.run_results: the results section every dataset notebook shows, on a hand-written run."""
+import json
+
+import pandas as pd
+
+from sddlib import run_results
+
+
+def metrics(output_dir):
+    history = [{"epoch": e, "train_loss": 2.0 / e, "valid_loss": 2.5 / e, "top1": t, "top5": 90.0, "lr": 0.05}
+               for e, t in ((1, 70.123456), (2, 76.5))]
+    return {"status": "complete", "run_name": "resnet32x4-ShuffleV1-sd_dkd-M124-seed0", "dataset": "cifar100",
+            "teacher": "resnet32x4", "student": "ShuffleV1", "method": "dkd", "scales": [1, 2, 4], "sd": True,
+            "variant": "sd_dkd", "seed": 0, "best_top1": 76.5, "best_top5": 90.0, "best_epoch": 2,
+            "last_top1": 76.5, "last_top5": 90.0, "teacher_top1": 79.4, "teacher_top5": 95.0,
+            "params": {"output_dir": str(output_dir), "epochs": 2, "subset": 0}, "history": history}
+
+
+def test_history_frame_is_indexed_by_epoch_and_rounded():
+    frame = run_results.history_frame(metrics("out"))
+    assert frame.index.tolist() == [1, 2] and frame.index.name == "epoch"
+    assert frame.top1.tolist() == [70.1235, 76.5] and frame.train_loss.tolist() == [2.0, 1.0]
+
+
+def test_show_run_results_displays_summary_table_and_history(tmp_path, monkeypatch):
+    m = metrics(tmp_path)
+    (tmp_path / "cifar100" / m["run_name"]).mkdir(parents=True)
+    (tmp_path / "cifar100" / m["run_name"] / "metrics.json").write_text(json.dumps(m))
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    run_results.show_run_results(m)
+    texts = [o.data for o in shown if not isinstance(o, pd.DataFrame)]
+    frames = [o for o in shown if isinstance(o, pd.DataFrame)]
+    assert texts == [run_results.ACCURACY_TEXT, run_results.HISTORY_TEXT] and len(frames) == 3
+    summary, table, history = frames
+    assert summary.loc[m["run_name"], "best top-1"] == 76.5 and summary.loc[m["run_name"], "paper SD-DKD"] == 77.30
+    ours = table[(table.Teacher == "resnet32x4") & (table.Student == "ShuffleV1") & (table.Method == "SD-DKD")]
+    assert ours["Ours best top-1"].tolist() == ["76.50 (n=1)"]
+    pd.testing.assert_frame_equal(history, run_results.history_frame(m))
