@@ -70,7 +70,10 @@ class DistillationCallback(Callback):
     factor, and the share of regions in each teacher category per scale (`stats_frame()`).
     `region_counts` keeps the last epoch's counts per category and region position (4 x N).
     """
-    order = 5  # before fastai's metrics and recorder see `pred`
+    # Last of the before_batch handlers: the one-call forward is installed right before the Learner's model
+    # call, so no other callback can fail in between. (Metrics and the Recorder read `pred` and `loss` only
+    # in after_batch, after this callback has unpacked and mixed them.)
+    order = 100
 
     def __init__(self, teacher: nn.Module, method: str = "kd", scales=(1, 2, 4), *,
                  ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=2.0,

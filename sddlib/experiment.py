@@ -118,7 +118,7 @@ class EpochLogger(Callback):
 
 class FiniteLoss(Callback):
     """Stop at the first non-finite loss (after distillation has mixed its terms and checked them)."""
-    order = 6
+    order = 101
 
     def after_loss(self):
         if self.training:

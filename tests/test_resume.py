@@ -64,7 +64,17 @@ def setup(tmp_path_factory):
     base = {**RUN, "teacher_ckpt": str(teacher), "data_dir": str(root / "data")}
     reference = child({**base, "output_dir": str(root / "reference")})
     assert reference.returncode == 0, reference.stderr[-2000:]
+    root.joinpath("reference.log").write_text(reference.stdout)
     return root, base, experiment.run_dir({**base, "output_dir": str(root / "reference")})
+
+
+def test_headless_runs_print_one_line_per_epoch(setup):
+    root, _, reference = setup
+    lines = root.joinpath("reference.log").read_text().splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/4", "2/4", "3/4", "4/4"]
+    assert not any(line.startswith("[") for line in lines)      # fastai's raw list is not printed too
+    assert lines[-1].startswith(reference.name + ": best top-1")
 
 
 def same_result(run, reference):
@@ -80,10 +90,11 @@ def same_result(run, reference):
 
 
 @pytest.mark.parametrize("kills", [
-    [("batch", 6)],                                            # mid-epoch 2
-    [("write", "checkpoint.pth", 2), ("batch", 13)],           # writing epoch 2's checkpoint; then mid-epoch 4
-    [("write", "metrics.json", 1)],                            # writing the final metrics.json
-], ids=["mid-epoch", "during-checkpoint-write-then-mid-epoch", "during-metrics-write"])
+    # mid-epoch 2; then, resumed after epoch 1, while writing the final metrics.json
+    [("batch", 6), ("write", "metrics.json", 1)],
+    # while writing epoch 2's checkpoint (written and synced, not renamed); then, resumed, mid-epoch 4
+    [("write", "checkpoint.pth", 2), ("batch", 10)],
+], ids=["mid-epoch-then-metrics-write", "checkpoint-write-then-mid-epoch"])
 def test_a_killed_run_resumes_to_identical_results(setup, kills, request):
     root, base, reference = setup
     params = {**base, "output_dir": str(root / request.node.callspec.id)}
