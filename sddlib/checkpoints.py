@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "RunLockedError", "load_checkpoint", "save_checkpoint", "write_checkpoint", "read_checkpoint",
+__all__ = ["CheckpointError", "RunLockedError", "load_checkpoint", "save_checkpoint", "write_checkpoint",
+           "read_checkpoint",
            "atomic_write", "write_json", "run_lock", "teacher_cache_path", "fetch_cifar100_teachers",
            "cifar100_teacher_path", "CIFAR100_TEACHERS_URL"]
 

@@ -384,7 +384,8 @@ class RunConfig(Mapping):
             if source == "teachers_dir":
                 if not Path(path).is_dir():
                     raise ConfigError(f"teachers_dir={path!r} is not a folder; give the folder that holds "
-                                      f"<arch>_vanilla/<arch>_best.pth files (the authors' teachers), or leave it empty.")
+                                      "<arch>_vanilla/<arch>_best.pth files (the authors' teachers), "
+                                      "or leave it empty.")
                 path = teacher_file_in(path, self.teacher)
             num_classes = _dataset_classes(self.dataset, self.data_dir)
             model = create_model(self.teacher, num_classes=num_classes or 1000, stem=self.stem)

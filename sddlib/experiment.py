@@ -5,7 +5,8 @@ outputs/<dataset>/<run>/.
 The training protocol is the authors' (mdistiller trainer): SGD with momentum 0.9, no dampening,
 no Nesterov, L2 weight decay on every parameter (BN and biases included), the LR multiplied by
 rate^k from epoch stage_k + 1 on (epochs counted from 1), gradient-norm clipping at 40, test top-1 and
-top-5 after every epoch; both the best epoch (what papers report) and the last are recorded.
+top-5 after every epoch; both the best epoch (what papers report) and the last are recorded
+(`sddlib.training`).
 
 A run is never lost or faked: every epoch ends with an atomic resume checkpoint (weights, optimizer,
 epoch, every RNG, the callbacks' history, best-so-far) and a rerun of the same configuration continues
@@ -17,40 +18,28 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import subprocess
-import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from fastai.callback.core import Callback
-from fastai.callback.training import GradientClip
-from fastai.learner import Learner
-from fastai.metrics import accuracy, top_k_accuracy
-from fastai.optimizer import OptimWrapper
 from fastai.torch_core import set_seed
-from fastcore.basics import noop
 
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                           read_checkpoint, run_lock, save_checkpoint, teacher_cache_path, write_checkpoint,
                           write_json)
 from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, teacher_file_in
 from .data import get_dataloaders
-from .distill import DistillationCallback, NonFiniteLossError, check_finite
+from .distill import DistillationCallback
 from .models import create_model
+from .training import (RESUME_FILE, EpochLogger, RunFailedError, StepLR, build_learner, differences, fit_resumable,
+                       top5_accuracy)
 
-__all__ = ["PROTOCOLS", "DEFAULTS", "STEMS", "RunConfig", "ConfigError", "RunFailedError", "resolve_params",
-           "notebook_params", "run_name", "run_dir", "vanilla_dir", "load_metrics", "run", "run_vanilla",
+__all__ = ["PROTOCOLS", "DEFAULTS", "STEMS", "RESUME_FILE", "RunConfig", "ConfigError", "RunFailedError",
+           "resolve_params", "notebook_params", "run_name", "run_dir", "vanilla_dir", "load_metrics", "run",
+           "run_vanilla",
            "train_teacher", "get_teacher", "build_learner", "evaluate", "StepLR", "EpochLogger", "top5_accuracy"]
-
-RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run is complete
-
-
-class RunFailedError(RuntimeError):
-    """A run that stopped (non-finite loss, out of memory); its metrics.json says "failed" and why."""
 
 
 # --- the configuration, as the notebooks see it -----------------------------------------------------
@@ -89,193 +78,6 @@ def load_metrics(path) -> dict | None:
     return metrics if isinstance(metrics, dict) and metrics.get("status") == "complete" else None
 
 
-# --- training pieces ---------------------------------------------------------------------------
-class StepLR(Callback):
-    """The authors' step schedule: lr * rate^(number of stages the 1-based epoch has passed)."""
-    order = 1
-
-    def __init__(self, lr, stages, rate):
-        self.lr, self.stages, self.rate = lr, list(stages), rate
-
-    def lr_at(self, epoch: int) -> float:
-        return self.lr * self.rate ** sum(epoch > s for s in self.stages)
-
-    def before_epoch(self):
-        self.opt.set_hyper("lr", self.lr_at(self.epoch + 1))
-
-
-class EpochLogger(Callback):
-    """One plain line per epoch, readable in headless (papermill) logs."""
-    order = 90  # after the Recorder has the epoch's values
-
-    def after_epoch(self):
-        if not self.recorder.values or not self.recorder.values[-1]:
-            return  # an epoch skipped while resuming
-        names = self.recorder.metric_names[1:-1]
-        text = " ".join(f"{n}={v:.4f}" for n, v in zip(names, self.recorder.values[-1]))
-        print(f"epoch {self.epoch + 1}/{self.n_epoch} {text} lr={self.opt.hypers[-1]['lr']:.4g}", flush=True)
-
-
-class FiniteLoss(Callback):
-    """Stop at the first non-finite loss (after distillation has mixed its terms and checked them)."""
-    order = 101
-
-    def after_loss(self):
-        if self.training:
-            term = "total" if any(isinstance(cb, DistillationCallback) for cb in self.learn.cbs) else "cross-entropy"
-            check_finite(float(self.learn.loss.detach()), term, self.epoch + 1, self.iter + 1, self.n_iter)
-
-
-def top5_accuracy(inp, targ):
-    """Top-5 accuracy (top-k for fewer than 5 classes, e.g. tiny test sets)."""
-    return top_k_accuracy(inp, targ, k=min(5, inp.shape[-1]))
-
-
-def build_learner(dls, model, params, cbs=()) -> Learner:
-    """The one place a Learner is made: torch SGD (no dampening, no Nesterov) with L2 on every
-    parameter, the authors' step schedule, gradient clipping, top-1/top-5 metrics."""
-    cfg = RunConfig.from_params(params)
-    opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
-                                                  nesterov=False, weight_decay=cfg.weight_decay))
-    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate), EpochLogger(), FiniteLoss(), *cbs]
-    if cfg.clip_grad_norm:
-        callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
-    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=cfg.lr,
-                    metrics=[accuracy, top5_accuracy], wd=None, wd_bn_bias=True, train_bn=True, cbs=callbacks)
-    if not cfg.progress:
-        from fastai.callback.progress import ProgressCallback
-        learn.remove_cb(ProgressCallback)
-        learn.logger = noop  # fastai would print its raw list beside EpochLogger's line
-    return learn
-
-
-# --- resumable fit ---------------------------------------------------------------------------------
-def _rng_state(dls) -> dict:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate(), "train_dl": dls.train.rng.getstate(), "valid_dl": dls.valid.rng.getstate()}
-
-
-def _set_rng_state(state: dict, dls) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    as_tuple = lambda s: (s[0], tuple(s[1]), s[2])  # noqa: E731  (lists after a round trip)
-    random.setstate(as_tuple(state["python"]))
-    dls.train.rng.setstate(as_tuple(state["train_dl"]))
-    dls.valid.rng.setstate(as_tuple(state["valid_dl"]))
-
-
-class RunRecorder(Callback):
-    """After every epoch: the epoch's row (losses, top-1/top-5 in percent, lr, distillation stats), the
-    best weights, and the resume checkpoint, all written atomically. Given a resume state, it puts back
-    what fastai resets at the start of a fit (the smoothed loss, the iteration count)."""
-    order = 95  # after the Recorder and EpochLogger
-
-    def __init__(self, out: Path, fingerprint: dict, distill: DistillationCallback | None, best_name: str,
-                 resume: dict | None = None):
-        self.out, self.fingerprint, self.distill, self.best_name = out, fingerprint, distill, best_name
-        self.resume = resume
-        self.rows = list(resume["rows"]) if resume else []
-        self.best = resume["best_top1"] if resume else -1.0
-        self.first_epoch = resume["epoch"] if resume else 0
-        self.elapsed = resume["elapsed_s"] if resume else 0.0
-        self._start = time.time()
-
-    def before_fit(self):
-        if self.resume:
-            smooth = self.recorder.smooth_loss
-            smooth.count, smooth.val = self.resume["smooth_loss"]
-            self.learn.train_iter = self.resume["train_iter"]
-
-    def after_epoch(self):
-        if self.epoch < self.first_epoch:
-            return  # skipped: done before the interruption
-        names, values = self.recorder.metric_names[1:-1], self.recorder.values[-1]
-        row = dict(zip(names, (float(v) for v in values)))
-        self.rows.append({"epoch": self.epoch + 1, "train_loss": row.get("train_loss"),
-                          "valid_loss": row.get("valid_loss"), "top1": 100 * row["accuracy"],
-                          "top5": 100 * row["top5_accuracy"], "lr": self.opt.hypers[-1]["lr"]})
-        if self.distill is not None:
-            self.rows[-1].update({k: v for k, v in self.distill.history[-1].items() if k != "epoch"})
-        model = self.learn.model
-        if self.rows[-1]["top1"] > self.best:
-            self.best = self.rows[-1]["top1"]
-            save_checkpoint(model, self.out / self.best_name, epoch=self.epoch + 1, top1=self.best)
-        smooth = self.recorder.smooth_loss
-        save_checkpoint(model, self.out / RESUME_FILE, fingerprint=self.fingerprint, epoch=self.epoch + 1,
-                        optimizer=self.learn.opt.state_dict(), rows=self.rows, best_top1=self.best,
-                        elapsed_s=self.elapsed_s, rng=_rng_state(self.dls), train_iter=self.learn.train_iter,
-                        smooth_loss=(smooth.count, smooth.val),
-                        distill_history=self.distill.history if self.distill else [],
-                        region_counts=self.distill.region_counts if self.distill else None)
-
-    @property
-    def elapsed_s(self) -> float:
-        return self.elapsed + time.time() - self._start
-
-
-def _differences(saved: dict, wanted: dict) -> str:
-    keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-    return ", ".join(f"{k} {saved.get(k)!r} there, {wanted.get(k)!r} here" for k in keys[:3])
-
-
-def _resume_state(out: Path, fingerprint: dict, force: bool) -> dict | None:
-    """The checkpoint to continue from, None to start afresh; another configuration's is an error."""
-    path = out / RESUME_FILE
-    if not path.is_file():
-        return None
-    if force:
-        path.unlink()
-        return None
-    state = read_checkpoint(path, "resume checkpoint")
-    if not isinstance(state, dict) or "fingerprint" not in state:
-        raise CheckpointError(f"resume checkpoint {path} is not one sddlib wrote; delete it to start the run over "
-                              "(or run with force=True).")
-    if state["fingerprint"] != fingerprint:
-        raise CheckpointError(f"resume checkpoint {path} belongs to another configuration "
-                              f"({_differences(state['fingerprint'], fingerprint)}); run with force=True to start "
-                              "over, or give this configuration another run_name.")
-    return state
-
-
-def _fit(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, force: bool, best_name: str,
-         distill: DistillationCallback | None = None) -> RunRecorder:
-    """Fit for `cfg.epochs`, continuing from the run folder's checkpoint of the same configuration; a
-    non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.json."""
-    resume = _resume_state(out, fingerprint, force)
-    recorder = RunRecorder(out, fingerprint, distill, best_name, resume)
-    start_epoch = 0
-    if resume is not None:
-        start_epoch = resume["epoch"]
-        print(f"resuming {out.name} after epoch {start_epoch}/{cfg.epochs} from {out / RESUME_FILE}", flush=True)
-        learn.model.load_state_dict(resume["model"])
-        learn.create_opt()
-        learn.opt.load_state_dict(resume["optimizer"])
-        if distill is not None:
-            distill.history = list(resume["distill_history"])
-            distill.region_counts = resume["region_counts"]
-        _set_rng_state(resume["rng"], learn.dls)
-    if start_epoch >= cfg.epochs:
-        return recorder
-    try:
-        learn.fit(cfg.epochs, cbs=recorder, start_epoch=start_epoch)
-        return recorder
-    except NonFiniteLossError as err:
-        reason = err.sentence
-    except torch.OutOfMemoryError:
-        reason = (f"the GPU ran out of memory with batch_size={cfg.batch_size} on {cfg.device}; use a smaller "
-                  "batch_size or run fewer jobs on this GPU at once.")
-    write_json(out / "metrics.json", {"status": "failed", "reason": reason, "run_name": out.name,
-                                      "dataset": cfg.dataset, "params": cfg.to_params(), "fingerprint": fingerprint,
-                                      "history": recorder.rows})
-    raise RunFailedError(f"{out.name}: {reason}") from None
-
-
 def evaluate(model: nn.Module, dl, device) -> tuple[float, float]:
     """Top-1 and top-5 (percent) of `model` on a DataLoader."""
     model.eval().to(device)
@@ -309,7 +111,7 @@ def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
         return None
     if done.get("fingerprint") not in (None, fingerprint):
         raise ConfigError(f"{out} holds a complete run of another configuration "
-                          f"({_differences(done['fingerprint'], fingerprint)}); run with force=True to replace "
+                          f"({differences(done['fingerprint'], fingerprint)}); run with force=True to replace "
                           "it, or give this configuration another run_name.")
     return done
 
@@ -337,7 +139,7 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
         dls = _dataloaders(cfg, device)
         model = create_model(arch, num_classes=dls.num_classes, stem=cfg.stem)
         name = out.name
-        recorder = _fit(build_learner(dls, model, cfg), cfg, out, fingerprint, force, "model_best.pth")
+        recorder = fit_resumable(build_learner(dls, model, cfg), cfg, out, fingerprint, force, "model_best.pth")
         save_checkpoint(model, out / "model.pth", epoch=cfg.epochs)
         metrics = _summary(cfg, recorder.rows, name=name, variant="alone", arch=arch, fingerprint=fingerprint)
         metrics["protocol"] = cfg.solver
@@ -372,7 +174,7 @@ def _cached_teacher(cfg: RunConfig, model: nn.Module):
     saved = read_checkpoint(cached, "teacher")
     protocol = saved.get("protocol") if isinstance(saved, dict) else None
     if protocol != cfg.teacher_protocol:
-        how = (f"another protocol ({_differences(protocol, cfg.teacher_protocol)})" if isinstance(protocol, dict)
+        how = (f"another protocol ({differences(protocol, cfg.teacher_protocol)})" if isinstance(protocol, dict)
                else "no recorded protocol")
         raise CheckpointError(f"cached teacher {cached} was trained under {how}; delete it to train the teacher "
                               f"under this one, or set teacher_ckpt={str(cached)!r} to use it anyway.")
@@ -474,7 +276,7 @@ def run(params, force: bool = False) -> dict:
                                        kd_weight=cfg.kd_weight, warmup_epochs=cfg.warmup_epochs,
                                        complementary_weight=cfg.complementary_weight, **cfg.loss_kwargs)
         learn = build_learner(dls, student, cfg, cbs=[distill])
-        recorder = _fit(learn, cfg, out, fingerprint, force, "student_best.pth", distill)
+        recorder = fit_resumable(learn, cfg, out, fingerprint, force, "student_best.pth", distill)
         save_checkpoint(student, out / "student.pth", epoch=cfg.epochs)
         metrics = _summary(cfg, recorder.rows, name=cfg.name, variant=cfg.variant, fingerprint=fingerprint)
         metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source)

@@ -62,7 +62,8 @@ def test_one_teacher_protocol_per_dataset_whatever_the_student():
     assert a.teacher_protocol["epochs"] == 240 and a.teacher_protocol["seed"] == 0
     c = RunConfig.from_params({"dataset": "cub200", "teacher_epochs": 3, "teacher_lr": 0.1,
                                "teacher_lr_decay_stages": [2]})
-    assert (c.teacher_protocol["epochs"], c.teacher_protocol["lr"], c.teacher_protocol["lr_decay_stages"]) == (3, 0.1, [2])
+    protocol = c.teacher_protocol
+    assert (protocol["epochs"], protocol["lr"], protocol["lr_decay_stages"]) == (3, 0.1, [2])
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -169,7 +170,7 @@ def test_teacher_files_are_checked_before_any_work(tmp_path):
     torch.save({"model": create_model("resnet8", num_classes=10).state_dict()},
                published / "resnet8_vanilla" / "resnet8_best.pth")
     check(teachers_dir=str(published))
-    with pytest.raises(ConfigError, match=r"teachers_dir='.*' has no teacher resnet14 \(expected .*resnet14_best.pth\)"):
+    with pytest.raises(ConfigError, match=r"teachers_dir='.*' has no teacher resnet14 \(expected .*_best.pth\)"):
         check(teachers_dir=str(published), teacher="resnet14")
     with pytest.raises(ConfigError, match=r"teachers_dir='.*nowhere' is not a folder"):
         check(teachers_dir=str(tmp_path / "nowhere"))
