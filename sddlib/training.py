@@ -193,7 +193,7 @@ def _resume_state(out: Path, fingerprint: dict, force: bool) -> dict | None:
 
 
 def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, force: bool, best_name: str,
-         distill: DistillationCallback | None = None) -> RunRecorder:
+                  distill: DistillationCallback | None = None) -> RunRecorder:
     """Fit for `cfg.epochs`, continuing from the run folder's checkpoint of the same configuration; a
     non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.json."""
     resume = _resume_state(out, fingerprint, force)
