@@ -166,7 +166,7 @@ def _choice(options):
         if value not in options:
             close = difflib.get_close_matches(str(value), list(options), n=3, cutoff=0.5)
             hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise ConfigError(f"{name}={value!r} is unknown{hint}; use one of {', '.join(sorted(options))}.")
+            raise ConfigError(f"{name} {value!r} is unknown{hint}; use one of {', '.join(sorted(options))}.")
         return value
     return check
 

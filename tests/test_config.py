@@ -102,9 +102,9 @@ def test_one_teacher_protocol_per_dataset_whatever_the_student():
     # names
     ({"methd": "kd"}, r"^parameter 'methd' is unknown; did you mean 'method'\? the accepted ones are"),
     ({"learning_rate": 0.1}, r"^parameter 'learning_rate' is unknown; .*the accepted ones are"),
-    ({"method": "fitnet"}, r"^method='fitnet' is unknown; use one of dkd, kd, nkd\.$"),
+    ({"method": "fitnet"}, r"^method 'fitnet' is unknown; use one of dkd, kd, nkd\.$"),
     ({"method": "dkdd"}, r"did you mean 'dkd'"),
-    ({"dataset": "cifar10"}, r"^dataset='cifar10' is unknown \(did you mean 'cifar100'"),
+    ({"dataset": "cifar10"}, r"^dataset 'cifar10' is unknown \(did you mean 'cifar100'"),
     ({"dataset": "imagenet", "teacher": "resnet32x4"}, r"teacher='resnet32x4' is not a model for this dataset"),
     ({"M": "[1,3]"}, r"scales '\[1,3\]' is not supported"),
     ({"device": "tpu"}, r"device='tpu' is not accepted; device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
