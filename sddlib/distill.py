@@ -2,13 +2,18 @@
 (SD-)DKD or (SD-)NKD distillation.
 
 During `fit` the Learner's own forward call of each batch goes through the student's scale-decoupled
-forward (`ScaleDecoupled`), so one student pass yields both its logits and its region logits; any
-other call of the student (and everything after `fit`) gets its plain forward, so the student's state
-dict, `learn.save/load` and `learn.validate()` are untouched, even after an interrupted fit.
+forward (`ScaleDecoupled`), so one student pass yields both its logits and its region logits. That
+forward is installed for one call only (the Learner's call on this batch's input) and removes itself
+whatever happens inside it, so any other call of the student, and everything after `fit` however it
+ended (Ctrl-C, an exception, a cancel), gets its plain forward: the student's state dict,
+`learn.save/load` and `learn.validate()` are untouched.
+A non-finite CE or distillation term stops the fit at once (`NonFiniteLossError`, naming epoch,
+batch and term); the authors' code silently replaced such losses by zero.
 Validation always scores the student's plain logits, so fastai metrics work unchanged.
 """
 from __future__ import annotations
 
+import math
 import types
 
 import pandas as pd
@@ -16,18 +21,12 @@ import torch
 import torch.nn as nn
 from fastai.callback.core import Callback
 
-from .losses import BASE_LOSSES, region_masks, sdd_loss
+from .config import METHODS
+from .losses import region_masks, sdd_loss
 from .regions import ScaleDecoupled, model_num_classes, parse_scales, region_scales
 
-__all__ = ["METHOD_DEFAULTS", "CATEGORIES", "DistillationCallback", "warmup_factor"]
+__all__ = ["CATEGORIES", "DistillationCallback", "NonFiniteLossError", "check_finite", "warmup_factor"]
 
-# The authors' defaults per method (their distiller classes + mdistiller's default config).
-# SD-NKD reads T and gamma from the DKD section of their config: T=4, gamma=DKD.BETA (8 by default).
-METHOD_DEFAULTS = {
-    "kd": dict(ce_weight=0.1, kd_weight=0.9, warmup_epochs=0, loss=dict(T=4.0)),
-    "dkd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, loss=dict(alpha=1.0, beta=8.0, T=4.0)),
-    "nkd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, loss=dict(T=4.0, gamma=8.0)),
-}
 # Names of the four teacher-defined region categories, in `RegionMasks` order.
 CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "complementary_gw_lr")
 
@@ -35,6 +34,21 @@ CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "co
 def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     """min(epoch / warm-up, 1) with epochs counted from 1, as the authors' trainer does."""
     return 1.0 if not warmup_epochs else min(epoch / warmup_epochs, 1.0)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; `sentence` says where (fastai prefixes the message itself)."""
+
+    def __init__(self, sentence: str):
+        super().__init__(sentence)
+        self.sentence = sentence
+
+
+def check_finite(value: float, term: str, epoch: int, batch: int, n_batches: int) -> None:
+    """Stop with one sentence when a loss term is not finite (epochs and batches counted from 1)."""
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"epoch {epoch}, batch {batch} of {n_batches}: the {term} loss is {value}; the run "
+                                 "stopped and is recorded as failed (lower lr, or check the loss weights and T).")
 
 
 class DistillationCallback(Callback):
@@ -49,20 +63,26 @@ class DistillationCallback(Callback):
     factor, and the share of regions in each teacher category per scale (`stats_frame()`).
     `region_counts` keeps the last epoch's counts per category and region position (4 x N).
     """
-    order = 5  # before fastai's metrics and recorder see `pred`
+    # Last of the before_batch handlers: the one-call forward is installed right before the Learner's model
+    # call, so no other callback can fail in between. (Metrics and the Recorder read `pred` and `loss` only
+    # in after_batch, after this callback has unpacked and mixed them.)
+    order = 100
 
     def __init__(self, teacher: nn.Module, method: str = "kd", scales=(1, 2, 4), *,
                  ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=2.0,
                  **loss_kwargs):
-        if method not in METHOD_DEFAULTS:
-            raise ValueError(f"method {method!r} is unknown; use one of {sorted(METHOD_DEFAULTS)}.")
-        defaults = METHOD_DEFAULTS[method]
-        self.method, self.scales = method, parse_scales(scales)
-        self.ce_weight = defaults["ce_weight"] if ce_weight is None else ce_weight
-        self.kd_weight = defaults["kd_weight"] if kd_weight is None else kd_weight
-        self.warmup_epochs = defaults["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+        if method not in METHODS:
+            raise ValueError(f"method {method!r} is unknown; use one of {sorted(METHODS)}.")
+        spec = METHODS[method]
+        unknown = sorted(set(loss_kwargs) - set(spec.loss_keys))
+        if unknown:
+            raise ValueError(f"{method} takes no {unknown[0]!r}; its loss takes {', '.join(spec.loss_keys)}.")
+        self.method, self.spec, self.scales = method, spec, parse_scales(scales)
+        self.ce_weight = spec.ce_weight if ce_weight is None else ce_weight
+        self.kd_weight = spec.kd_weight if kd_weight is None else kd_weight
+        self.warmup_epochs = spec.warmup_epochs if warmup_epochs is None else warmup_epochs
         self.complementary_weight = complementary_weight
-        self.loss_kwargs = {**defaults["loss"], **loss_kwargs}
+        self.loss_kwargs = {**spec.loss_defaults, **loss_kwargs}
         self.teacher = teacher.eval().requires_grad_(False)
         self._sd_teacher = ScaleDecoupled(self.teacher, self.scales)
         self.history: list[dict] = []
@@ -84,18 +104,31 @@ class DistillationCallback(Callback):
             raise ValueError(f"the teacher predicts {n_t} classes but the student {n_s}; "
                              "distil between models built for the same classes.")
         self.teacher.to(next(self.student.parameters()).device)
-        sd_student, plain_forward = ScaleDecoupled(self.student, self.scales), type(self.student).forward
-        self._in_batch_forward = False
-
-        def forward(student, x):
-            return sd_student(x) if self._in_batch_forward else plain_forward(student, x)
-        self.student.forward = types.MethodType(forward, self.student)
-
-    def after_fit(self):
-        self.student.__dict__.pop("forward", None)
+        self._sd_student = ScaleDecoupled(self.student, self.scales)
 
     def before_batch(self):
-        self._in_batch_forward = True
+        """Route the Learner's own call of the student on this batch (and no other call) through the
+        scale-decoupled forward, once; the patch removes itself even if the forward raises."""
+        student, batch_input = self.student, self.learn.xb[0]
+        plain_forward = type(student).forward
+
+        def forward(model, x, *args, **kwargs):
+            self._restore_forward()
+            if x is batch_input:
+                return self._sd_student(x)
+            return plain_forward(model, x, *args, **kwargs)
+        student.forward = types.MethodType(forward, student)
+
+    def _restore_forward(self):
+        self.student.__dict__.pop("forward", None)
+
+    # every way out of a batch or a fit leaves the plain student (exceptions: the patch is one call only)
+    def after_fit(self): self._restore_forward()
+    def after_cancel_batch(self): self._restore_forward()
+    def after_cancel_train(self): self._restore_forward()
+    def after_cancel_validate(self): self._restore_forward()
+    def after_cancel_epoch(self): self._restore_forward()
+    def after_cancel_fit(self): self._restore_forward()
 
     def before_train(self):
         self.teacher.eval()
@@ -104,7 +137,7 @@ class DistillationCallback(Callback):
 
     # --- per batch ----------------------------------------------------------------------------
     def after_pred(self):
-        self._in_batch_forward = False
+        self._restore_forward()
         if not isinstance(self.learn.pred, tuple):
             return
         self.learn.pred, self._student_regions = self.learn.pred
@@ -129,10 +162,13 @@ class DistillationCallback(Callback):
                                complementary_weight=self.complementary_weight, masks=masks,
                                **self.loss_kwargs)
         else:
-            extra = {} if self.method == "kd" else {"target": target}
-            distill = BASE_LOSSES[self.method](self.learn.pred, self._teacher_logits, **extra,
-                                               **self.loss_kwargs)
+            extra = {"target": target} if self.spec.needs_target else {}
+            distill = self.spec.loss(self.learn.pred, self._teacher_logits, **extra, **self.loss_kwargs)
         ce = self.learn.loss_grad
+        where = (self.epoch + 1, self.iter + 1, self.n_iter)
+        check_finite(float(ce.detach()), "cross-entropy", *where)
+        check_finite(float(distill.detach()), f"distillation ({'sd_' if self.decoupled else ''}{self.method})",
+                     *where)
         factor = warmup_factor(self.epoch + 1, self.warmup_epochs)
         total = self.ce_weight * ce + factor * self.kd_weight * distill
         self.learn.loss_grad = total

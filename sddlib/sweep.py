@@ -7,8 +7,10 @@
 Each file runs `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the `-p`
 overrides (values parsed as YAML; text parameters such as M stay text), writing the executed notebook to
 `run_dir(params)/notebook.ipynb`. Runs whose metrics.json is complete are skipped unless `--force` (which
-moves the old metrics.json aside to metrics.previous.json). A failed run does not stop the others; all
-failures are listed at the end and the exit status is 1.
+moves the old metrics.json aside to metrics.previous.json); an interrupted run resumes from its last
+completed epoch. A failed run (an error, or a notebook that ends without a complete metrics.json) does not
+stop the others; all failures are listed at the end and the exit status is 1. Jobs never share a run
+folder: two files that name the same one are refused, and a run folder is locked while it trains.
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: notebooks run there to import sddlib
-PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt")
+PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt", "teachers_dir")
 
 
 def parse_overrides(pairs) -> dict:
     """`[("seed", "1"), ("M", "[1]")]` -> `{"seed": 1, "M": "[1]"}`: YAML values, text where the default is text."""
-    from .experiment import DEFAULTS
+    from .config import DEFAULTS
     out = {}
     for key, text in pairs or ():
         value = yaml.safe_load(text)
@@ -36,7 +38,8 @@ def parse_overrides(pairs) -> dict:
 
 def plan(path, overrides: dict, notebook=None) -> dict:
     """What one params file would run: parameters, notebook, output notebook, and whether it is complete."""
-    from .experiment import DEFAULTS, load_metrics, run_dir
+    from .config import DEFAULTS
+    from .experiment import RESUME_FILE, load_metrics, run_dir
     params = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{path} is not a flat YAML mapping of parameters.")
@@ -50,7 +53,8 @@ def plan(path, overrides: dict, notebook=None) -> dict:
         raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
     out = run_dir(params)
     return {"file": str(path), "params": params, "notebook": str(nb), "out": str(out / "notebook.ipynb"),
-            "complete": load_metrics(out / "metrics.json") is not None}
+            "complete": load_metrics(out / "metrics.json") is not None,
+            "resumes": (out / RESUME_FILE).is_file()}
 
 
 def execute(job: dict, kernel=None) -> str | None:
@@ -66,6 +70,9 @@ def execute(job: dict, kernel=None) -> str | None:
     except Exception as err:  # noqa: BLE001 - any failure is reported, the sweep goes on
         text = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
         return f"{(text.strip().splitlines() or [''])[0][:300]} (see {out})"
+    from .experiment import load_metrics
+    if load_metrics(out.parent / "metrics.json") is None:  # never count a run that did not say "complete"
+        return f"the notebook finished without a complete metrics.json (see {out})"
     return None
 
 
@@ -97,7 +104,8 @@ def main(argv=None) -> int:
             skipped += 1
             print(f"skip (complete)  {path} -> {Path(job['out']).parent}")
         else:
-            print(f"{'would run' if args.dry_run else 'run'}  {path} -> {job['out']}  [{job['notebook']}]")
+            verb = ("would " if args.dry_run else "") + ("resume" if job["resumes"] and not args.force else "run")
+            print(f"{verb}  {path} -> {job['out']}  [{job['notebook']}]")
             jobs.append(job)
 
     start, done = time.time(), 0

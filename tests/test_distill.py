@@ -9,7 +9,7 @@ from fastai.learner import Learner
 from fastai.metrics import accuracy
 from torch.utils.data import TensorDataset
 
-from sddlib.distill import DistillationCallback, warmup_factor
+from sddlib.distill import DistillationCallback, NonFiniteLossError, warmup_factor
 from sddlib.losses import sdd_loss
 from sddlib.regions import ScaleDecoupled
 
@@ -91,7 +91,7 @@ def test_loss_equals_the_documented_formula():
     seen = {}
 
     class Capture(DistillationCallback.__mro__[1]):   # a plain fastai Callback
-        order = 10
+        order = DistillationCallback.order + 1
 
         def after_loss(self):
             if self.training and "loss" not in seen:
@@ -123,10 +123,11 @@ def test_save_load_and_validate_use_the_plain_student(tmp_path):
     keys = set(torch.load(tmp_path / "models" / "student.pth", weights_only=True).keys())
     assert keys == set(SmallNet(4).state_dict().keys())
     learn.load("student")
-    model = learn.model.eval()                   # validate's accuracy is the plain student's, by hand
-    with torch.no_grad():
-        hits = [(model(x).argmax(1) == y).sum().item() for x, y in learn.dls.valid]
-    assert float(acc) == pytest.approx(sum(hits) / len(learn.dls.valid_ds), abs=1e-6)
+    learn.model.eval()
+    with torch.no_grad():                                   # validate() scored the plain student's logits
+        x, y = learn.dls.valid.dataset.tensors
+        plain = (learn.model(x).argmax(1) == y).float().mean()
+    assert float(acc) == pytest.approx(float(plain))
 
 
 def test_warmup_counts_epochs_from_one():
@@ -140,7 +141,9 @@ def test_defaults_follow_the_authors_code():
     dkd = DistillationCallback(SmallNet(), "dkd", beta=2.0)
     assert (dkd.ce_weight, dkd.warmup_epochs, dkd.loss_kwargs) == (1.0, 20, {"alpha": 1.0, "beta": 2.0, "T": 4.0})
     nkd = DistillationCallback(SmallNet(), "nkd")
-    assert nkd.loss_kwargs == {"T": 4.0, "gamma": 8.0}
+    assert nkd.loss_kwargs == {"T": 4.0, "gamma": 8.0, "exclude_target": False}
+    with pytest.raises(ValueError, match="kd takes no 'beta'; its loss takes T"):
+        DistillationCallback(SmallNet(), "kd", beta=2.0)
 
 
 def test_rejected_inputs():
@@ -169,3 +172,49 @@ def test_an_interrupted_fit_leaves_a_plain_student():
         learn.fit(1)
     out = learn.model(torch.randn(2, 3, 16, 16))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
+
+
+def test_an_interrupt_inside_the_forward_leaves_a_plain_student():
+    """Ctrl-C during the student's forward pass: fastai runs no after_fit, the student must still be plain."""
+    learn, cb, _ = make_learner("dkd", (1, 2, 4))
+    calls = []
+
+    def interrupt(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+    handle = learn.model.body[0].register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt), learn.no_bar(), learn.no_logging():
+        learn.fit(1)
+    handle.remove()
+    assert "forward" not in learn.model.__dict__
+    out = learn.model(torch.randn(2, 3, 16, 16))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
+
+
+def test_an_exception_in_another_callback_leaves_a_plain_student():
+    learn, cb, _ = make_learner("kd", (1, 2))
+
+    class Broken(DistillationCallback.__mro__[1]):
+        order = 20          # its before_batch runs before the distillation callback installs its forward
+
+        def before_batch(self):
+            raise RuntimeError("broken callback")
+
+    learn.add_cb(Broken())
+    with pytest.raises(RuntimeError, match="broken callback"), learn.no_bar(), learn.no_logging():
+        learn.fit(1)
+    assert "forward" not in learn.model.__dict__     # a patch waiting for its call would not do
+    out = learn.model(learn.dls.one_batch()[0])
+    assert isinstance(out, torch.Tensor) and out.shape == (32, 4)
+
+
+def test_a_non_finite_term_stops_the_fit_naming_epoch_batch_and_term():
+    learn, cb, teacher = make_learner("kd", (1, 2))
+    with torch.no_grad():
+        teacher.fc.bias.fill_(float("nan"))         # a broken teacher: finite CE, NaN distillation term
+    with pytest.raises(NonFiniteLossError) as err, learn.no_bar(), learn.no_logging():
+        learn.fit(1)
+    assert err.value.sentence == ("epoch 1, batch 1 of 4: the distillation (sd_kd) loss is nan; the run stopped "
+                                  "and is recorded as failed (lower lr, or check the loss weights and T).")
+    assert "forward" not in learn.model.__dict__

@@ -13,15 +13,16 @@ pytest.importorskip("papermill")
 
 PARAMETERS = 'dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
 WORK = """\
-if student == "fail":
+if student == "vgg8":
     raise RuntimeError("asked to fail")
+silent = student == "ShuffleV2"   # ends without writing a complete metrics.json
 import json
 from sddlib import experiment
 p = experiment.resolve_params({k: v for k, v in dict(globals()).items() if k in experiment.DEFAULTS})
 out = experiment.run_dir(p)
 out.mkdir(parents=True, exist_ok=True)
 scales = [int(s) for s in p["M"].strip("[]").split(",")]
-(out / "metrics.json").write_text(json.dumps({
+if not silent: (out / "metrics.json").write_text(json.dumps({
     "status": "complete", "run_name": experiment.run_name(p), "dataset": p["dataset"], "teacher": p["teacher"],
     "student": p["student"], "method": p["method"], "scales": scales, "sd": scales != [1],
     "variant": p["method"] if scales == [1] else "sd_" + p["method"], "seed": p["seed"], "best_top1": 50.0,
@@ -40,7 +41,7 @@ def setup(tmp_path):
     nbformat.write(nb, tmp_path / "tiny.ipynb")
     (tmp_path / "ok.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: ShuffleV1\nmethod: dkd\n"
                                       'M: "[1,2,4]"\nepochs: 240\nT: 4.0\n')
-    (tmp_path / "fail.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: fail\nmethod: kd\n")
+    (tmp_path / "fail.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: vgg8\nmethod: kd\n")
     out = tmp_path / "out"
     args = ["--notebook", str(tmp_path / "tiny.ipynb"), "-p", "output_dir", str(out), "-p", "seed", "1",
             "-p", "M", "[1]", "-p", "epochs", "2", "-p", "subset", "200", "-p", "data_dir", str(tmp_path / "d")]
@@ -95,7 +96,25 @@ def test_bad_file_is_a_failure_not_a_crash(setup, capsys):
     tmp, out, args = setup
     (tmp / "typo.yaml").write_text("dataset: cifar100\nlearning_rate: 0.1\n")
     assert sweep.main([str(tmp / "typo.yaml"), "--dry-run", *args]) == 1
-    assert "typo.yaml: ValueError: unknown parameter(s) ['learning_rate']" in capsys.readouterr().err
+    assert "typo.yaml: ConfigError: parameter 'learning_rate' is unknown;" in capsys.readouterr().err
+
+
+def test_a_notebook_without_a_complete_metrics_json_is_a_failure(setup, capsys):
+    tmp, out, args = setup
+    (tmp / "silent.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: ShuffleV2\nmethod: kd\n")
+    assert sweep.main([str(tmp / "silent.yaml"), *args]) == 1
+    captured = capsys.readouterr()
+    assert "silent.yaml: the notebook finished without a complete metrics.json" in captured.err
+    assert "0 done, 0 skipped, 1 failed" in captured.out
+
+
+def test_an_interrupted_run_is_resumed(setup, capsys):
+    tmp, out, args = setup
+    run = out / "cifar100" / "resnet32x4-ShuffleV1-dkd-M1-seed1"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pth").write_bytes(b"")
+    assert sweep.main([str(tmp / "ok.yaml"), "--dry-run", *args]) == 0
+    assert f"would resume  {tmp / 'ok.yaml'}" in capsys.readouterr().out
 
 
 def test_parse_overrides():

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 VIT_PARAMS = REPO / "params" / "cifar100" / "vit" / "resnet32x4-DeiT_Tiny_p4-sd_kd.yaml"
 
 
+@pytest.mark.slow  # executes a notebook
 def test_vit_student_notebook(tmp_path):
     out = tmp_path / "outputs"
     pm.execute_notebook(str(REPO / "notebooks" / "vit_student.ipynb"), str(tmp_path / "vit.ipynb"), cwd=str(REPO),

@@ -1,0 +1,197 @@
+"""Checkpoints: load model weights strictly and safely (`weights_only=True`), write every file of a run
+atomically (temporary file, fsync, rename), keep the resumable training state, fetch the published
+CIFAR-100 teachers, and lock a run folder so two processes never train it at once.
+
+Errors name the role of the file (teacher, baseline student, resume checkpoint) in one sentence.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import shutil
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CheckpointError", "RunLockedError", "load_checkpoint", "save_checkpoint", "write_checkpoint",
+           "read_checkpoint",
+           "atomic_write", "write_json", "run_lock", "teacher_cache_path", "fetch_cifar100_teachers",
+           "cifar100_teacher_path", "CIFAR100_TEACHERS_URL"]
+
+# The CRD/mdistiller release of the CIFAR-100 teachers (`cifar_teachers.tar`), unpacked as
+# `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`, each `{"model": state_dict, ...}`.
+CIFAR100_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+
+_HOW_TO_FIX = {
+    "teacher": "give the path of a {what} checkpoint or leave teacher_ckpt empty to train and cache one",
+    "baseline student": "run the M=[1] baseline of this configuration again (force=True)",
+    "resume checkpoint": "delete it to start the run over (or run with force=True)",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be the requested model: missing, corrupt, unsafe, or another architecture."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is training the same run folder."""
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def atomic_write(path, data: bytes) -> Path:
+    """Write `data` to `path` so that a crash or a full disk leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_checkpoint(path, obj) -> Path:
+    """`torch.save(obj)` atomically."""
+    return atomic_write(path, _torch_bytes(obj))
+
+
+def save_checkpoint(model: nn.Module, path, **extra) -> Path:
+    """Write `{"model": state_dict, **extra}` (the mdistiller/CRD layout) atomically."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return write_checkpoint(path, {"model": state, **extra})
+
+
+def write_json(path, data: dict) -> Path:
+    return atomic_write(path, json.dumps(data, indent=2).encode())
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def read_checkpoint(path, role: str, what: str = "model"):
+    """`torch.load(weights_only=True)` with one-sentence errors; pickled code is refused, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{role} checkpoint {path} does not exist; "
+                              f"{_HOW_TO_FIX.get(role, 'check the path').format(what=what)}.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, not a torch file, pickled code, ...
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(f"{role} checkpoint {path} contains pickled Python objects that could run code, "
+                                  "and only plain tensors and containers are loaded; re-save it as "
+                                  "{'model': model.state_dict()}.") from None
+        raise CheckpointError(f"{role} checkpoint {path} could not be read ({type(err).__name__}); "
+                              "the file is corrupt or not a PyTorch checkpoint, download or write it again.") from None
+
+
+def _state_dict_of(obj):
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        return None
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, path, arch: str | None = None, role: str = "teacher",
+                    check_shapes: bool = True) -> nn.Module:
+    """Load `{"model": state_dict}` (mdistiller/CRD format) or a plain state dict into `model`, strictly.
+    `role` names the file in errors; `check_shapes=False` checks the architecture (keys) only."""
+    path = Path(path)
+    what = arch or type(model).__name__
+    state = _state_dict_of(read_checkpoint(path, role, what))
+    if state is None:
+        raise CheckpointError(f"{role} checkpoint {path} holds no state dict (expected {{'model': state_dict}} "
+                              "or a plain state dict).")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{role} checkpoint {path} is not a {what}: {len(missing)} parameters missing "
+                              f"(e.g. {missing[:2]}) and {len(unexpected)} unexpected (e.g. {unexpected[:2]}).")
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong and check_shapes:
+        k, got, want = wrong[0]
+        raise CheckpointError(f"{role} checkpoint {path} does not fit {what}: {k} has shape {got}, expected {want} "
+                              "(another class count or width?).")
+    if check_shapes:
+        model.load_state_dict(state, strict=True)
+    return model
+
+
+# --- one process per run folder --------------------------------------------------------------------
+@contextlib.contextmanager
+def run_lock(folder, wait: bool = False, name: str = ".lock"):
+    """Hold `<folder>/<name>` (flock: released by the kernel when the process dies, so a crash never leaves
+    a stale lock). `wait=False` raises `RunLockedError` at once when another process holds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise RunLockedError(f"{folder} is being trained by {owner}; wait for it to finish or give this run "
+                                 "another run_name or seed.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- teachers on disk ------------------------------------------------------------------------------
+def teacher_cache_path(output_dir, dataset: str, arch: str) -> Path:
+    return Path(output_dir) / "teachers" / dataset / f"{arch}.pth"
+
+
+def cifar100_teacher_path(dest, arch: str) -> Path:
+    """Where `fetch_cifar100_teachers(dest)` puts the published checkpoint of `arch`."""
+    return Path(dest) / "cifar_teachers" / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
+
+
+def fetch_cifar100_teachers(dest, url: str = CIFAR100_TEACHERS_URL) -> Path:
+    """Download and unpack the published CIFAR-100 teachers under `dest` (skipped when present)."""
+    dest = Path(dest)
+    root = dest / "cifar_teachers"
+    if root.is_dir() and any(root.glob("*_vanilla/ckpt_epoch_240.pth")):
+        return root
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / "cifar_teachers.tar.part"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+            shutil.copyfileobj(response, out)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    except (OSError, tarfile.TarError) as err:
+        raise CheckpointError(f"could not fetch the CIFAR-100 teachers from {url} ({err}); download "
+                              f"cifar_teachers.tar by hand and unpack it into {dest}.") from None
+    finally:
+        archive.unlink(missing_ok=True)
+    return root

@@ -1,0 +1,478 @@
+"""The typed run configuration: every parameter of a run with its type, range and meaning, checked
+once, before any data is loaded or a teacher trained.
+
+`RunConfig.from_params(dict)` turns a notebook's parameters cell or a params/ file into a frozen
+`RunConfig`: unknown keys get "did you mean", every value is checked against its range, `None`
+values become the dataset's protocol or the method's defaults (the authors' values), and M is
+parsed once into `scales`. `check_environment()` then checks what lives outside the process:
+the dataset folder, the output folder, the teacher checkpoint. Every problem is one sentence
+(`ConfigError`) naming the parameter, its value and what is accepted.
+
+A `RunConfig` also reads like the flat dict it replaces (`cfg["lr"]`, `{**cfg, "seed": 1}`), so
+notebooks and params files keep working unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .losses import dkd_loss, kd_loss, nkd_loss
+from .regions import parse_scales
+
+__all__ = ["ConfigError", "Method", "METHODS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS", "DEFAULTS",
+           "teacher_file_in"]
+
+
+class ConfigError(ValueError):
+    """A parameter that cannot give the run the user asked for (one sentence: what, value, accepted)."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A distillation method: its loss, the authors' default weights and warm-up, and the loss
+    hyper-parameters it accepts (with their defaults)."""
+    loss: Callable
+    ce_weight: float
+    kd_weight: float
+    warmup_epochs: float
+    loss_defaults: dict
+    needs_target: bool
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        return tuple(self.loss_defaults)
+
+
+# The authors' defaults per method (their distiller classes + mdistiller's default config).
+# SD-NKD reads T and gamma from the DKD section of their config: T=4, gamma=DKD.BETA (8 by default);
+# exclude_target=False is their class mask (the target stays in the "non-target" distribution).
+METHODS = {
+    "kd": Method(kd_loss, ce_weight=0.1, kd_weight=0.9, warmup_epochs=0, loss_defaults={"T": 4.0},
+                 needs_target=False),
+    "dkd": Method(dkd_loss, ce_weight=1.0, kd_weight=1.0, warmup_epochs=20,
+                  loss_defaults={"alpha": 1.0, "beta": 8.0, "T": 4.0}, needs_target=True),
+    "nkd": Method(nkd_loss, ce_weight=1.0, kd_weight=1.0, warmup_epochs=20,
+                  loss_defaults={"T": 4.0, "gamma": 8.0, "exclude_target": False}, needs_target=True),
+}
+
+# Solver of each dataset as the authors ran it (their configs merged with mdistiller's defaults).
+# Student-specific learning rates (0.01 for ShuffleNet/MobileNet students) live in params/ files.
+PROTOCOLS = {
+    "cifar100": dict(epochs=240, batch_size=64, lr=0.05, lr_decay_stages=(150, 180, 210), lr_decay_rate=0.1,
+                     weight_decay=5e-4, momentum=0.9),
+    "cub200": dict(epochs=240, batch_size=64, lr=0.05, lr_decay_stages=(150, 180, 210), lr_decay_rate=0.1,
+                   weight_decay=5e-4, momentum=0.9),
+    # 512: the authors ran 2 processes x 256 with SyncBatchNorm (BN and each step over 512 images)
+    "imagenet": dict(epochs=100, batch_size=512, lr=0.2, lr_decay_stages=(30, 60, 90), lr_decay_rate=0.1,
+                     weight_decay=1e-4, momentum=0.9),
+    # the embedded demo data: a short schedule with the same shape (two decays near the end)
+    "digit_mosaic": dict(epochs=8, batch_size=64, lr=0.05, lr_decay_stages=(5, 7), lr_decay_rate=0.1,
+                         weight_decay=5e-4, momentum=0.9),
+}
+# The pair a run distils when none is named: the paper's headline pair of each dataset.
+DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "ShuffleV1"), "cub200": ("resnet32x4", "ShuffleV1"),
+                 "imagenet": ("ResNet34", "ResNet18"), "digit_mosaic": ("resnet14", "resnet8")}
+STEMS = {"cifar100": "cifar", "digit_mosaic": "cifar", "cub200": "cub", "imagenet": "torchvision"}
+# A teacher trained here always uses this seed: the cached teacher must not depend on which run came first.
+TEACHER_SEED = 0
+
+
+# --- value checks: each returns the normalised value or raises one sentence ---------------------------
+def _fail(name, value, accepted):
+    raise ConfigError(f"{name}={value!r} is not accepted; {name} must be {accepted}.")
+
+
+def _number(name, value, accepted):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(name, value, accepted)
+    return value
+
+
+def _int(low=None, high=None, what=None):
+    accepted = what or ("an integer" + (f" >= {low}" if low is not None else "")
+                        + (f" and < {high}" if high is not None else ""))
+
+    def check(name, value):
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
+                or (high is not None and value >= high):
+            _fail(name, value, accepted)
+        return value
+    return check
+
+
+def _float(low=None, high=None, low_open=False, high_open=False, what=None):
+    accepted = what or "a finite number" + (f" {'>' if low_open else '>='} {low}" if low is not None else "") \
+        + (f" and {'<' if high_open else '<='} {high}" if high is not None else "")
+
+    def check(name, value):
+        _number(name, value, accepted)
+        if low is not None and (value < low or (low_open and value == low)):
+            _fail(name, value, accepted)
+        if high is not None and (value > high or (high_open and value == high)):
+            _fail(name, value, accepted)
+        return float(value)
+    return check
+
+
+def _optional(check):
+    def optional(name, value):
+        return None if value is None else check(name, value)
+    return optional
+
+
+def _text(name, value):
+    if not isinstance(value, str):
+        _fail(name, value, "text")
+    return value
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        _fail(name, value, "True or False")
+    return value
+
+
+def _stages(name, value):
+    accepted = "a list of increasing epochs such as [150, 180, 210]"
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in value):
+        _fail(name, value, accepted)
+    if any(s < 1 for s in value) or any(b <= a for a, b in zip(value, value[1:])):
+        _fail(name, value, accepted + " (each >= 1, strictly increasing)")
+    return tuple(value)
+
+
+def _device(name, value):
+    if value in ("auto", "cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:")
+                                            and value[5:].isdigit()):
+        return value
+    _fail(name, value, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _run_name(name, value):
+    _text(name, value)
+    if value and (Path(value).name != value or value in (".", "..")):
+        _fail(name, value, "empty (named from the configuration) or a plain folder name without '/'")
+    return value
+
+
+def _choice(options):
+    def check(name, value):
+        if value not in options:
+            close = difflib.get_close_matches(str(value), list(options), n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise ConfigError(f"{name} {value!r} is unknown{hint}; use one of {', '.join(sorted(options))}.")
+        return value
+    return check
+
+
+def _param(default, check, doc):
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+_POSITIVE_INT = _int(low=1, what="a positive integer")
+_WEIGHT = _optional(_float(low=0, what="a finite number >= 0"))
+_TEMPERATURE = _optional(_float(low=0, low_open=True, what="a finite number > 0"))
+
+
+@dataclass(frozen=True)
+class RunConfig(Mapping):
+    """One run, resolved. `None` in a field below means "the dataset's protocol / the method's default"
+    only on input; after `from_params` every training value is concrete. Loss hyper-parameters the
+    method does not use are None."""
+    dataset: str = _param("cifar100", _choice(PROTOCOLS), "cifar100, cub200, imagenet or digit_mosaic (demo)")
+    teacher: str = _param(None, _optional(_text), "teacher architecture (sddlib.models.list_models)")
+    student: str = _param(None, _optional(_text), "student architecture (sddlib.models.list_models)")
+    method: str = _param("dkd", _choice(METHODS), "base distillation loss: kd, dkd or nkd")
+    scales: tuple = _param((1, 2, 4), None, "M: region scales, [1] (plain method), [1,2] or [1,2,4]")
+    epochs: int = _param(None, _optional(_POSITIVE_INT), "training epochs")
+    batch_size: int = _param(None, _optional(_POSITIVE_INT), "images per step")
+    lr: float = _param(None, _optional(_float(low=0, low_open=True, what="a finite number > 0")), "initial LR")
+    lr_decay_stages: tuple = _param(None, _optional(_stages), "epochs after which the LR is multiplied by the rate")
+    lr_decay_rate: float = _param(None, _optional(_float(low=0, high=1, low_open=True, what="a number in (0, 1]")),
+                                  "LR multiplier at each stage")
+    weight_decay: float = _param(None, _WEIGHT, "L2 weight decay on every parameter")
+    momentum: float = _param(None, _optional(_float(low=0, high=1, high_open=True, what="a number in [0, 1)")),
+                             "SGD momentum")
+    ce_weight: float = _param(None, _WEIGHT, "weight of the cross-entropy term")
+    kd_weight: float = _param(None, _WEIGHT, "weight of the distillation term")
+    warmup_epochs: float = _param(None, _WEIGHT, "distillation weight ramps as min(epoch / warm-up, 1); 0: none")
+    T: float = _param(None, _TEMPERATURE, "distillation temperature")
+    alpha: float = _param(None, _WEIGHT, "DKD target-class weight")
+    beta: float = _param(None, _WEIGHT, "DKD non-target weight")
+    gamma: float = _param(None, _WEIGHT, "NKD non-target weight")
+    exclude_target: bool = _param(None, _optional(_flag), "NKD: drop the target from the non-target term")
+    complementary_weight: float = _param(2.0, _float(low=0, what="a finite number >= 0"),
+                                         "weight of complementary regions (consistent ones: 1)")
+    clip_grad_norm: float = _param(40.0, _optional(_float(low=0, what="a finite number >= 0 (0: off)")),
+                                   "gradient-norm clipping")
+    seed: int = _param(0, _int(low=0, high=2 ** 32, what="an integer in [0, 2**32)"), "random seed")
+    data_dir: str = _param("data", _text, "where the dataset is (or is downloaded to)")
+    output_dir: str = _param("outputs", _text, "runs go to <output_dir>/<dataset>/<run name>/")
+    teacher_ckpt: str = _param("", _text, "a teacher checkpoint file ({'model': state_dict} or a state dict)")
+    teacher_weights: str = _param("", _text, "torchvision weights name for an ImageNet teacher")
+    teachers_dir: str = _param("", _text, "a folder of published teachers: <arch>_vanilla/<arch>_best.pth")
+    teacher_epochs: int = _param(None, _optional(_POSITIVE_INT), "epochs of a teacher trained here "
+                                 "(None: the dataset's)")
+    teacher_lr: float = _param(None, _optional(_float(low=0, low_open=True, what="a finite number > 0")),
+                               "LR of a teacher trained here (None: the dataset's)")
+    teacher_lr_decay_stages: tuple = _param(None, _optional(_stages), "LR stages of a teacher trained here "
+                                            "(None: the dataset's)")
+    subset: int = _param(0, _int(low=0, what="0 (all data) or a positive integer"), "first n images only")
+    device: str = _param("auto", _device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    num_workers: int = _param(None, _optional(_int(low=0, what="None or an integer >= 0")), "loader processes")
+    run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
+    figures: bool = _param(True, _flag, "write the region figures after training")
+    progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
+
+    # --- building ---------------------------------------------------------------------------------
+    @classmethod
+    def from_params(cls, params: Mapping) -> RunConfig:
+        """Check and resolve a flat parameter mapping (notebook globals, params file): one sentence per problem."""
+        if isinstance(params, RunConfig):
+            return params
+        params = dict(params)
+        unknown = sorted(set(params) - set(PARAMETERS))
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, PARAMETERS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"parameter {key!r} is unknown; {hint}the accepted ones are {', '.join(PARAMETERS)}.")
+        if "M" in params:
+            params["scales"] = params.pop("M")
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = params.get(f.name, f.default)
+            check = f.metadata["check"]
+            values[f.name] = check(f.name if f.name != "scales" else "M", value) if check else value
+        try:
+            values["scales"] = parse_scales(values["scales"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        protocol = PROTOCOLS[values["dataset"]]
+        for key, value in protocol.items():
+            if values[key] is None:
+                values[key] = value
+        method = METHODS[values["method"]]
+        for key in ("ce_weight", "kd_weight", "warmup_epochs"):
+            if values[key] is None:
+                values[key] = getattr(method, key)
+        for key in ("T", "alpha", "beta", "gamma", "exclude_target"):
+            values[key] = (method.loss_defaults[key] if values[key] is None else values[key]) \
+                if key in method.loss_defaults else None
+        stem = STEMS[values["dataset"]]
+        for role, default in zip(("teacher", "student"), DEFAULT_PAIRS[values["dataset"]]):
+            values[role] = default if values[role] is None else values[role]
+            _check_model(role, values[role], stem)
+        longest = max(values["epochs"], protocol["epochs"])
+        for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
+            if values[key] and values[key][-1] > longest:
+                raise ConfigError(f"{key}={list(values[key])!r} goes beyond the schedule; each stage must be an "
+                                  f"epoch from 1 to {longest} (the longer of epochs={values['epochs']} and the "
+                                  f"{values['dataset']} protocol's {protocol['epochs']}).")
+        return cls(**values)
+
+    def replace(self, **changes) -> RunConfig:
+        """A checked copy with some parameters changed (parameter names, e.g. M="[1]")."""
+        return RunConfig.from_params({**self.to_params(), **changes})
+
+    # --- the flat view (notebooks, params files, metrics.json) -------------------------------------
+    def to_params(self) -> dict:
+        """The parameters as a params file writes them (M as text, lists as lists)."""
+        out = {}
+        for name in PARAMETERS:
+            value = self[name]
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def __getitem__(self, key):
+        if key == "M":
+            return "[" + ",".join(str(s) for s in self.scales) + "]"
+        if key not in PARAMETERS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(PARAMETERS)
+
+    def __len__(self):
+        return len(PARAMETERS)
+
+    # --- what the run is --------------------------------------------------------------------------
+    @property
+    def method_spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def decoupled(self) -> bool:
+        """False for M=[1], the plain method."""
+        return self.scales != (1,)
+
+    @property
+    def variant(self) -> str:
+        """`kd`, `dkd`, `nkd` (M=[1]) or `sd_kd`, `sd_dkd`, `sd_nkd`."""
+        return f"sd_{self.method}" if self.decoupled else self.method
+
+    @property
+    def loss_kwargs(self) -> dict:
+        """The base loss's hyper-parameters (only those the method accepts)."""
+        return {k: getattr(self, k) for k in self.method_spec.loss_keys}
+
+    @property
+    def name(self) -> str:
+        """e.g. `resnet32x4-ShuffleV1-sd_dkd-M124-seed0`; M=[1] runs are the plain baselines (`dkd`)."""
+        if self.run_name:
+            return self.run_name
+        return f"{self.teacher}-{self.student}-{self.variant}-M{''.join(map(str, self.scales))}-seed{self.seed}"
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.output_dir) / self.dataset / self.name
+
+    @property
+    def stem(self) -> str:
+        return STEMS[self.dataset]
+
+    @property
+    def solver(self) -> dict:
+        """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
+        keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
+                "clip_grad_norm", "subset", "seed")
+        return {k: self.to_params()[k] for k in keys}
+
+    @property
+    def teacher_protocol(self) -> dict:
+        """How a teacher is trained here: the dataset's solver and epochs (one protocol per dataset, whatever the
+        student), with `teacher_epochs`, `teacher_lr` and `teacher_lr_decay_stages` where the user set them."""
+        protocol = dict(PROTOCOLS[self.dataset])
+        for key in ("epochs", "lr", "lr_decay_stages"):
+            if getattr(self, f"teacher_{key}") is not None:
+                protocol[key] = getattr(self, f"teacher_{key}")
+        return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]),
+                "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED}
+
+    def teacher_training_config(self) -> RunConfig:
+        """The configuration under which the teacher is trained alone."""
+        protocol = self.teacher_protocol
+        return self.replace(**protocol, student=self.teacher, run_name="")
+
+    @property
+    def fingerprint(self) -> dict:
+        """Everything that decides the trained weights: equal fingerprints may continue each other's checkpoints.
+        (Paths, device, loader processes, figures and progress bars do not change the numbers.)"""
+        skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "progress", "run_name"}
+        return {k: v for k, v in self.to_params().items() if k not in skip}
+
+    # --- what lives outside the process -------------------------------------------------------------
+    def check_environment(self, teacher_needed: bool = True) -> None:
+        """Dataset layout, writable output folder, device, teacher checkpoint: before any work."""
+        _check_device(self.device)
+        _check_dataset(self.dataset, self.data_dir)
+        _check_writable("output_dir", self.output_dir)
+        if not teacher_needed:
+            return
+        from .checkpoints import load_checkpoint
+        from .models import create_model
+        for source, path in (("teacher_ckpt", self.teacher_ckpt), ("teachers_dir", self.teachers_dir)):
+            if not path or self.teacher_weights:
+                continue
+            if source == "teachers_dir":
+                if not Path(path).is_dir():
+                    raise ConfigError(f"teachers_dir={path!r} is not a folder; give the folder that holds "
+                                      "<arch>_vanilla/<arch>_best.pth files (the authors' teachers), "
+                                      "or leave it empty.")
+                path = teacher_file_in(path, self.teacher)
+            num_classes = _dataset_classes(self.dataset, self.data_dir)
+            model = create_model(self.teacher, num_classes=num_classes or 1000, stem=self.stem)
+            load_checkpoint(model, path, arch=self.teacher, role="teacher", check_shapes=num_classes is not None)
+            break
+
+
+PARAMETERS = tuple("M" if f.name == "scales" else f.name for f in dataclasses.fields(RunConfig))
+# Every parameter's input default, as a params file would write it (None: the dataset's or method's value).
+DEFAULTS = {name: ("[1,2,4]" if name == "M" else
+                   RunConfig.__dataclass_fields__[name].default) for name in PARAMETERS}
+
+
+def teacher_file_in(teachers_dir, arch: str) -> Path:
+    """The authors' layout of published teachers: `<dir>/<arch>_vanilla/<arch>_best.pth` (CUB-200), or the
+    CIFAR-100 release's `<dir>/<arch>_vanilla/ckpt_epoch_240.pth`."""
+    folder = Path(teachers_dir) / f"{arch}_vanilla"
+    for name in (f"{arch}_best.pth", "ckpt_epoch_240.pth"):
+        if (folder / name).is_file():
+            return folder / name
+    raise ConfigError(f"teachers_dir={str(teachers_dir)!r} has no teacher {arch} (expected {folder}/{arch}_best.pth); "
+                      "point teachers_dir at the authors' teacher folder, or leave it empty to train one here.")
+
+
+def _check_model(role, name, stem):
+    from .models import list_models
+    names = list_models(stem)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ConfigError(f"{role}={name!r} is not a model for this dataset{hint}; use one of {', '.join(names)}.")
+
+
+def _check_device(device):
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} is not available on this machine (no CUDA GPU); "
+                              "use 'auto' or 'cpu'.")
+        index = int(device[5:] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r} does not exist; this machine has {torch.cuda.device_count()} "
+                              "GPU(s), use 'cuda:0' or 'auto'.")
+
+
+def _check_writable(name, folder):
+    path = Path(folder).expanduser().absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={folder!r} cannot be written ({existing} is not a writable folder); "
+                          "choose a folder you can write to.")
+
+
+# The files each dataset's loader reads (sddlib's data loaders); CIFAR-100 and CUB-200 are downloaded
+# into an empty data_dir, so only a half-present layout is an error for them.
+def _check_dataset(dataset, data_dir):
+    root = Path(data_dir).expanduser()
+    if dataset == "digit_mosaic":
+        return
+    if dataset == "imagenet":
+        split = [root / s for s in ("train", "val")]
+        if not all(d.is_dir() and any(c.is_dir() for c in d.iterdir()) for d in split):
+            raise ConfigError(f"data_dir={str(data_dir)!r} does not hold ImageNet (expected train/<wnid>/ and "
+                              "val/<wnid>/ class folders); point data_dir at the ILSVRC-2012 folder.")
+        return
+    if dataset == "cifar100":
+        folder, needed = root / "cifar-100-python", ("train", "test", "meta")
+    else:
+        folder, needed = root / "CUB_200_2011", ("images", "images.txt", "train_test_split.txt",
+                                                 "image_class_labels.txt", "classes.txt")
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"data_dir={str(data_dir)!r} is a file; give the folder that holds (or will hold) "
+                          f"{folder.name}/.")
+    if folder.is_dir():
+        missing = [n for n in needed if not (folder / n).exists()]
+        if missing:
+            raise ConfigError(f"data_dir={str(data_dir)!r} holds an incomplete {folder.name}/ (missing "
+                              f"{', '.join(missing)}); delete it to download it again or extract the archive there.")
+    else:
+        _check_writable("data_dir", root)
+
+
+def _dataset_classes(dataset, data_dir) -> int | None:
+    """The class count a teacher must predict, known without loading the data (None: not known yet)."""
+    root = Path(data_dir).expanduser()
+    if dataset == "imagenet":
+        train = root / "train"
+        return sum(1 for d in train.iterdir() if d.is_dir()) if train.is_dir() else None
+    return {"cifar100": 100, "cub200": 200, "digit_mosaic": 10}[dataset]

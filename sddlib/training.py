@@ -1,0 +1,225 @@
+"""The Learner of every run and its resumable fit.
+
+`build_learner` is the one place a Learner is made (the authors' SGD, step schedule, clipping, metrics).
+`fit_resumable` fits it for a run folder: after every epoch the epoch's row, the best weights and an
+atomic resume checkpoint (weights, optimizer, epoch, every RNG including the DataLoader's shuffling,
+fastai's smoothed loss, the distillation history, best-so-far); a later call with the same configuration
+fingerprint continues after the last completed epoch with the numbers an uninterrupted fit gives
+(fastai's `fit(start_epoch=)` skips the finished epochs); another configuration's checkpoint is refused.
+A non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.json, never "complete".
+"""
+from __future__ import annotations
+
+import random
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from fastai.callback.core import Callback
+from fastai.callback.training import GradientClip
+from fastai.learner import Learner
+from fastai.metrics import accuracy, top_k_accuracy
+from fastai.optimizer import OptimWrapper
+from fastcore.basics import noop
+
+from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
+from .config import RunConfig
+from .distill import DistillationCallback, NonFiniteLossError, check_finite
+
+__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "EpochLogger", "FiniteLoss", "top5_accuracy", "build_learner",
+           "RunRecorder", "fit_resumable", "differences"]
+
+RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run is complete
+
+
+class RunFailedError(RuntimeError):
+    """A run that stopped (non-finite loss, out of memory); its metrics.json says "failed" and why."""
+
+
+class StepLR(Callback):
+    """The authors' step schedule: lr * rate^(number of stages the 1-based epoch has passed)."""
+    order = 1
+
+    def __init__(self, lr, stages, rate):
+        self.lr, self.stages, self.rate = lr, list(stages), rate
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.rate ** sum(epoch > s for s in self.stages)
+
+    def before_epoch(self):
+        self.opt.set_hyper("lr", self.lr_at(self.epoch + 1))
+
+
+class EpochLogger(Callback):
+    """One plain line per epoch, readable in headless (papermill) logs."""
+    order = 90  # after the Recorder has the epoch's values
+
+    def after_epoch(self):
+        if not self.recorder.values or not self.recorder.values[-1]:
+            return  # an epoch skipped while resuming
+        names = self.recorder.metric_names[1:-1]
+        text = " ".join(f"{n}={v:.4f}" for n, v in zip(names, self.recorder.values[-1]))
+        print(f"epoch {self.epoch + 1}/{self.n_epoch} {text} lr={self.opt.hypers[-1]['lr']:.4g}", flush=True)
+
+
+class FiniteLoss(Callback):
+    """Stop at the first non-finite loss (after distillation has mixed its terms and checked them)."""
+    order = 101
+
+    def after_loss(self):
+        if self.training:
+            term = "total" if any(isinstance(cb, DistillationCallback) for cb in self.learn.cbs) else "cross-entropy"
+            check_finite(float(self.learn.loss.detach()), term, self.epoch + 1, self.iter + 1, self.n_iter)
+
+
+def top5_accuracy(inp, targ):
+    """Top-5 accuracy (top-k for fewer than 5 classes, e.g. tiny test sets)."""
+    return top_k_accuracy(inp, targ, k=min(5, inp.shape[-1]))
+
+
+def build_learner(dls, model, params, cbs=()) -> Learner:
+    """The one place a Learner is made: torch SGD (no dampening, no Nesterov) with L2 on every
+    parameter, the authors' step schedule, gradient clipping, top-1/top-5 metrics."""
+    cfg = RunConfig.from_params(params)
+    opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
+                                                  nesterov=False, weight_decay=cfg.weight_decay))
+    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate), EpochLogger(), FiniteLoss(), *cbs]
+    if cfg.clip_grad_norm:
+        callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
+    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=cfg.lr,
+                    metrics=[accuracy, top5_accuracy], wd=None, wd_bn_bias=True, train_bn=True, cbs=callbacks)
+    if not cfg.progress:
+        from fastai.callback.progress import ProgressCallback
+        learn.remove_cb(ProgressCallback)
+        learn.logger = noop  # fastai would print its raw list beside EpochLogger's line
+    return learn
+
+
+def _rng_state(dls) -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(), "train_dl": dls.train.rng.getstate(), "valid_dl": dls.valid.rng.getstate()}
+
+
+def _set_rng_state(state: dict, dls) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    as_tuple = lambda s: (s[0], tuple(s[1]), s[2])  # noqa: E731  (lists after a round trip)
+    random.setstate(as_tuple(state["python"]))
+    dls.train.rng.setstate(as_tuple(state["train_dl"]))
+    dls.valid.rng.setstate(as_tuple(state["valid_dl"]))
+
+
+class RunRecorder(Callback):
+    """After every epoch: the epoch's row (losses, top-1/top-5 in percent, lr, distillation stats), the
+    best weights, and the resume checkpoint, all written atomically. Given a resume state, it puts back
+    what fastai resets at the start of a fit (the smoothed loss, the iteration count)."""
+    order = 95  # after the Recorder and EpochLogger
+
+    def __init__(self, out: Path, fingerprint: dict, distill: DistillationCallback | None, best_name: str,
+                 resume: dict | None = None):
+        self.out, self.fingerprint, self.distill, self.best_name = out, fingerprint, distill, best_name
+        self.resume = resume
+        self.rows = list(resume["rows"]) if resume else []
+        self.best = resume["best_top1"] if resume else -1.0
+        self.first_epoch = resume["epoch"] if resume else 0
+        self.elapsed = resume["elapsed_s"] if resume else 0.0
+        self._start = time.time()
+
+    def before_fit(self):
+        if self.resume:
+            smooth = self.recorder.smooth_loss
+            smooth.count, smooth.val = self.resume["smooth_loss"]
+            self.learn.train_iter = self.resume["train_iter"]
+
+    def after_epoch(self):
+        if self.epoch < self.first_epoch:
+            return  # skipped: done before the interruption
+        names, values = self.recorder.metric_names[1:-1], self.recorder.values[-1]
+        row = dict(zip(names, (float(v) for v in values)))
+        self.rows.append({"epoch": self.epoch + 1, "train_loss": row.get("train_loss"),
+                          "valid_loss": row.get("valid_loss"), "top1": 100 * row["accuracy"],
+                          "top5": 100 * row["top5_accuracy"], "lr": self.opt.hypers[-1]["lr"]})
+        if self.distill is not None:
+            self.rows[-1].update({k: v for k, v in self.distill.history[-1].items() if k != "epoch"})
+        model = self.learn.model
+        if self.rows[-1]["top1"] > self.best:
+            self.best = self.rows[-1]["top1"]
+            save_checkpoint(model, self.out / self.best_name, epoch=self.epoch + 1, top1=self.best)
+        smooth = self.recorder.smooth_loss
+        save_checkpoint(model, self.out / RESUME_FILE, fingerprint=self.fingerprint, epoch=self.epoch + 1,
+                        optimizer=self.learn.opt.state_dict(), rows=self.rows, best_top1=self.best,
+                        elapsed_s=self.elapsed_s, rng=_rng_state(self.dls), train_iter=self.learn.train_iter,
+                        smooth_loss=(smooth.count, smooth.val),
+                        distill_history=self.distill.history if self.distill else [],
+                        region_counts=self.distill.region_counts if self.distill else None)
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.elapsed + time.time() - self._start
+
+
+def differences(saved: dict, wanted: dict) -> str:
+    """The first few parameters that differ, in words: `lr 0.05 there, 0.1 here`."""
+    keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    return ", ".join(f"{k} {saved.get(k)!r} there, {wanted.get(k)!r} here" for k in keys[:3])
+
+
+def _resume_state(out: Path, fingerprint: dict, force: bool) -> dict | None:
+    """The checkpoint to continue from, None to start afresh; another configuration's is an error."""
+    path = out / RESUME_FILE
+    if not path.is_file():
+        return None
+    if force:
+        path.unlink()
+        return None
+    state = read_checkpoint(path, "resume checkpoint")
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise CheckpointError(f"resume checkpoint {path} is not one sddlib wrote; delete it to start the run over "
+                              "(or run with force=True).")
+    if state["fingerprint"] != fingerprint:
+        raise CheckpointError(f"resume checkpoint {path} belongs to another configuration "
+                              f"({differences(state['fingerprint'], fingerprint)}); run with force=True to start "
+                              "over, or give this configuration another run_name.")
+    return state
+
+
+def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, force: bool, best_name: str,
+                  distill: DistillationCallback | None = None) -> RunRecorder:
+    """Fit for `cfg.epochs`, continuing from the run folder's checkpoint of the same configuration; a
+    non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.json."""
+    resume = _resume_state(out, fingerprint, force)
+    recorder = RunRecorder(out, fingerprint, distill, best_name, resume)
+    start_epoch = 0
+    if resume is not None:
+        start_epoch = resume["epoch"]
+        print(f"resuming {out.name} after epoch {start_epoch}/{cfg.epochs} from {out / RESUME_FILE}", flush=True)
+        learn.model.load_state_dict(resume["model"])
+        learn.create_opt()
+        learn.opt.load_state_dict(resume["optimizer"])
+        if distill is not None:
+            distill.history = list(resume["distill_history"])
+            distill.region_counts = resume["region_counts"]
+        _set_rng_state(resume["rng"], learn.dls)
+    if start_epoch >= cfg.epochs:
+        return recorder
+    try:
+        learn.fit(cfg.epochs, cbs=recorder, start_epoch=start_epoch)
+        return recorder
+    except NonFiniteLossError as err:
+        reason = err.sentence
+    except torch.OutOfMemoryError:
+        reason = (f"the GPU ran out of memory with batch_size={cfg.batch_size} on {cfg.device}; use a smaller "
+                  "batch_size or run fewer jobs on this GPU at once.")
+    write_json(out / "metrics.json", {"status": "failed", "reason": reason, "run_name": out.name,
+                                      "dataset": cfg.dataset, "params": cfg.to_params(), "fingerprint": fingerprint,
+                                      "history": recorder.rows})
+    raise RunFailedError(f"{out.name}: {reason}") from None
