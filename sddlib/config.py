@@ -77,7 +77,7 @@ PROTOCOLS = {
 }
 # The pair a run distils when none is named: the paper's headline pair of each dataset.
 DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "ShuffleV1"), "cub200": ("resnet32x4", "ShuffleV1"),
-                 "imagenet": ("ResNet34", "ResNet18"), "digit_mosaic": ("resnet14", "resnet8")}
+                 "imagenet": ("ResNet50", "MobileNetV1"), "digit_mosaic": ("resnet14", "resnet8")}
 STEMS = {"cifar100": "cifar", "digit_mosaic": "cifar", "cub200": "cub", "imagenet": "torchvision"}
 # A teacher trained here always uses this seed: the cached teacher must not depend on which run came first.
 TEACHER_SEED = 0

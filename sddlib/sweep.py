@@ -1,7 +1,8 @@
 """Run many params files through their dataset's notebook with papermill.
 
     python -m sddlib.sweep params/cifar100/*.yaml --jobs 2              # the SD runs
-    python -m sddlib.sweep params/cifar100/*.yaml --jobs 2 -p M "[1]"   # their plain baselines
+    python -m sddlib.sweep params/cifar100/*.yaml --jobs 2 -p M "[1]"   # their plain baselines (CIFAR-100, CUB-200;
+                                                                       # ImageNet baselines are their own files)
     python -m sddlib.sweep params/cifar100/*.yaml -p seed 1 -p subset 200 -p epochs 2 --dry-run
 
 Each file runs `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the `-p`

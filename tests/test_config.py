@@ -27,7 +27,7 @@ def test_defaults_are_the_authors():
     assert nkd.loss_kwargs == {"T": 4.0, "gamma": 8.0, "exclude_target": False} and nkd.beta is None
     assert (nkd.ce_weight, nkd.warmup_epochs) == (1.0, 20)
     imagenet = RunConfig.from_params({"dataset": "imagenet"})
-    assert (imagenet.teacher, imagenet.student, imagenet.weight_decay) == ("ResNet34", "ResNet18", 1e-4)
+    assert (imagenet.teacher, imagenet.student, imagenet.weight_decay) == ("ResNet50", "MobileNetV1", 1e-4)
     assert METHODS["dkd"].loss is dkd_loss and METHODS["kd"].loss is kd_loss and METHODS["nkd"].loss is nkd_loss
 
 

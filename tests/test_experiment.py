@@ -149,7 +149,7 @@ def test_published_teacher_layout_is_found(tmp_path):
 def test_a_cached_teacher_of_another_protocol_is_refused(tiny_run):
     from types import SimpleNamespace
     params, _ = tiny_run
-    dls = SimpleNamespace(num_classes=10)
+    dls = SimpleNamespace(info=SimpleNamespace(num_classes=10))
     teacher, source = experiment.get_teacher(params, dls)          # same protocol: reused
     assert source["source"] == "trained here" and source["protocol"]["epochs"] == 1
     with pytest.raises(checkpoints.CheckpointError, match=r"cached teacher .*resnet8.pth was trained under another "
@@ -163,8 +163,8 @@ def test_published_teachers_dir_is_used_strictly(tmp_path):
     path = tmp_path / "cub200" / "resnet8_vanilla" / "resnet8_best.pth"
     checkpoints.save_checkpoint(model, path)
     params = {**TINY, "output_dir": str(tmp_path / "out"), "teachers_dir": str(tmp_path / "cub200")}
-    teacher, source = experiment.get_teacher(params, SimpleNamespace(num_classes=10))
+    teacher, source = experiment.get_teacher(params, SimpleNamespace(info=SimpleNamespace(num_classes=10)))
     assert source == {"source": "published", "path": str(path)}
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), model.state_dict().values()))
     with pytest.raises(checkpoints.CheckpointError, match=r"^teacher checkpoint .*resnet8_best.pth does not fit"):
-        experiment.get_teacher(params, SimpleNamespace(num_classes=100))
+        experiment.get_teacher(params, SimpleNamespace(info=SimpleNamespace(num_classes=100)))

@@ -86,7 +86,7 @@ def test_imagenet_notebook(work):
     execute("imagenet", work["root"], method="kd", M="[1]", teacher_weights="", data_dir=str(data),
             output_dir=str(work["outputs"]), subset=6, **FAST)
     m = only_run(work["outputs"], "imagenet")
-    assert m["variant"] == "kd" and m["teacher"] == "ResNet34" and m["student"] == "ResNet18"
+    assert m["variant"] == "kd" and m["teacher"] == "ResNet50" and m["student"] == "MobileNetV1"
     assert_figures(work["outputs"] / "imagenet" / m["run_name"])
 
 
