@@ -33,13 +33,21 @@ def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
 
 
 def check_targets(target: torch.Tensor, batch: int, num_classes: int) -> None:
-    """One clear sentence instead of a CUDA assert or gather error deep inside torch."""
+    """One clear sentence instead of a CUDA assert or gather error deep inside torch.
+
+    The range test is an asynchronous assert, so a training step on a GPU never waits for it (a bad label
+    there stops the run with a device-side assert); on the CPU it fails at once and is reworded here.
+    """
     if target.dim() != 1 or target.shape[0] != batch:
         raise ValueError(f"targets of shape {tuple(target.shape)} do not match a batch of {batch}; "
                          "pass one class index per sample.")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+    if not target.numel():
+        return
+    try:
+        torch._assert_async(((target >= 0) & (target < num_classes)).all(), "targets out of range")
+    except RuntimeError:
         raise ValueError(f"targets must lie in [0, {num_classes - 1}] for {num_classes} classes, "
-                         f"got values from {int(target.min())} to {int(target.max())}.")
+                         f"got values from {int(target.min())} to {int(target.max())}.") from None
 
 
 def _kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
