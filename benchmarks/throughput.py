@@ -147,8 +147,8 @@ def run_project(args, device, images, labels, reference_style: bool) -> dict:
     from fastai.data.core import DataLoaders
 
     from sddlib import experiment
-    from sddlib.data import TensorImageDataset
-    from sddlib.device_loader import DeviceImageDL
+    from sddlib.data.build import TensorImageDataset
+    from sddlib.data.device import DeviceImageDL
     from sddlib.distill import DistillationCallback
     from sddlib.models import create_model
 
@@ -165,9 +165,9 @@ def run_project(args, device, images, labels, reference_style: bool) -> dict:
         valid = DataLoader(TensorImageDataset(images[:64], labels[:64], mean=CIFAR_MEAN, std=CIFAR_STD),
                            bs=args.batch_size)
     else:
-        train = DeviceImageDL(images, labels, bs=args.batch_size, mean=CIFAR_MEAN, std=CIFAR_STD, shuffle=True,
+        train = DeviceImageDL(TensorImageDataset(images, labels), bs=args.batch_size, mean=CIFAR_MEAN, std=CIFAR_STD, shuffle=True,
                               drop_last=True, padding=4, flip=True, device=device)
-        valid = DeviceImageDL(images[:64], labels[:64], bs=args.batch_size, mean=CIFAR_MEAN, std=CIFAR_STD,
+        valid = DeviceImageDL(TensorImageDataset(images[:64], labels[:64]), bs=args.batch_size, mean=CIFAR_MEAN, std=CIFAR_STD,
                               device=device)
     dls = DataLoaders(train, valid, device=device)
     teacher = create_model(args.teacher, num_classes=100).to(device)

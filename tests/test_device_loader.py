@@ -6,7 +6,8 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
-from sddlib.device_loader import DeviceImageDL, crop_flip
+from sddlib.data.build import TensorImageDataset
+from sddlib.data.device import DeviceImageDL, crop_flip
 
 
 def _images(n, size=32, seed=0):
@@ -60,8 +61,8 @@ def _read_back(batch, padding):
 
 def test_augmentation_statistics_match_the_reference_distribution():
     padding, n = 4, 9000
-    dl = DeviceImageDL(_position_images(n), torch.zeros(n), bs=500, mean=(0, 0, 0), std=(1, 1, 1),
-                       shuffle=True, padding=padding, flip=True, seed=3)
+    dl = DeviceImageDL(TensorImageDataset(_position_images(n), torch.zeros(n)), bs=500, mean=(0, 0, 0),
+                       std=(1, 1, 1), shuffle=True, padding=padding, flip=True, seed=3)
     tops, cols, flips = map(torch.cat, zip(*(_read_back(x, padding) for x, _ in dl)))
     assert len(tops) == n
     k = 2 * padding + 1
@@ -80,8 +81,8 @@ def test_augmentation_statistics_match_the_reference_distribution():
 
 def test_no_flip_and_padding_two_as_the_digit_mosaics():
     n = 2000
-    dl = DeviceImageDL(_position_images(n), torch.zeros(n), bs=250, mean=(0, 0, 0), std=(1, 1, 1),
-                       shuffle=True, padding=2, flip=False, seed=0)
+    dl = DeviceImageDL(TensorImageDataset(_position_images(n), torch.zeros(n)), bs=250, mean=(0, 0, 0),
+                       std=(1, 1, 1), shuffle=True, padding=2, flip=False, seed=0)
     tops, cols, flips = map(torch.cat, zip(*(_read_back(x, 2) for x, _ in dl)))
     assert not flips.any()
     assert set(tops.tolist()) == set(range(5)) and set(cols.tolist()) == set(range(5))
@@ -91,7 +92,7 @@ def test_epoch_is_a_permutation_and_batches_follow_drop_last():
     n = 103
     labels = torch.arange(n)
     for drop_last, batches in ((False, 11), (True, 10)):
-        dl = DeviceImageDL(_images(n), labels, bs=10, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True,
+        dl = DeviceImageDL(TensorImageDataset(_images(n), labels), bs=10, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True,
                            drop_last=drop_last, padding=4, flip=True, seed=1)
         assert len(dl) == batches
         seen = torch.cat([y for _, y in dl])
@@ -101,11 +102,10 @@ def test_epoch_is_a_permutation_and_batches_follow_drop_last():
 
 
 def test_unaugmented_split_equals_the_reference_dataset_pixel_for_pixel():
-    from sddlib.data import TensorImageDataset
     images, labels = _images(20), torch.arange(20) % 7
     mean, std = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
     ref = TensorImageDataset(images, labels, transform=None, mean=mean, std=std)
-    dl = DeviceImageDL(images, labels, bs=8, mean=mean, std=std)
+    dl = DeviceImageDL(TensorImageDataset(images, labels), bs=8, mean=mean, std=std)
     got_x, got_y = map(torch.cat, zip(*dl))
     want_x = torch.stack([ref[i][0] for i in range(20)])
     assert torch.equal(got_x, want_x) and torch.equal(got_y, labels)
@@ -113,7 +113,7 @@ def test_unaugmented_split_equals_the_reference_dataset_pixel_for_pixel():
 
 def test_same_seed_same_batches_and_epochs_differ():
     def epochs(seed):
-        dl = DeviceImageDL(_images(64), torch.arange(64), bs=16, mean=(0,) * 3, std=(1,) * 3, shuffle=True,
+        dl = DeviceImageDL(TensorImageDataset(_images(64), torch.arange(64)), bs=16, mean=(0,) * 3, std=(1,) * 3, shuffle=True,
                            padding=4, flip=True, seed=seed)
         return [torch.cat([x for x, _ in dl]) for _ in range(2)]
     a, b = epochs(5), epochs(5)
@@ -130,9 +130,9 @@ def test_trains_in_a_fastai_learner():
     from fastai.metrics import accuracy
 
     images, labels = _images(64), torch.arange(64) % 4
-    train = DeviceImageDL(images, labels, bs=16, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True, padding=4,
+    train = DeviceImageDL(TensorImageDataset(images, labels), bs=16, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True, padding=4,
                           flip=True)
-    valid = DeviceImageDL(images[:32], labels[:32], bs=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+    valid = DeviceImageDL(TensorImageDataset(images[:32], labels[:32]), bs=16, mean=(0.5,) * 3, std=(0.25,) * 3)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
     learn = Learner(DataLoaders(train, valid, device="cpu"), model, loss_func=nn.CrossEntropyLoss(),
                     metrics=accuracy)
@@ -143,3 +143,28 @@ def test_trains_in_a_fastai_learner():
     preds, targs = learn.get_preds()
     assert preds.shape == (32, 4) and torch.equal(targs, labels[:32])
     assert acc == pytest.approx((preds.argmax(1) == targs).float().mean().item())
+
+
+def test_in_memory_loaders_default_to_the_device_pipeline(tmp_path):
+    from fastai.data.load import DataLoader
+
+    from fake_datasets import write_tiny_cifar100
+    from sddlib.data import cifar100, digit_mosaic, imagenet
+
+    write_tiny_cifar100(tmp_path / "c", n_train=20, n_test=10, seed=0)
+    fast = cifar100(tmp_path / "c", bs=8, num_workers=0, download=False)
+    ref = cifar100(tmp_path / "c", bs=8, num_workers=0, download=False, pipeline="workers")
+    assert isinstance(fast.train, DeviceImageDL) and not isinstance(ref.train, DeviceImageDL)
+    assert isinstance(ref.train, DataLoader) and (fast.train.padding, fast.train.flip) == (4, True)
+    assert len(fast.train) == len(ref.train) == 3
+    # the unaugmented split is the same tensors either way; the dataset stays the reference one
+    for (xf, yf), (xr, yr) in zip(fast.valid, ref.valid):
+        assert torch.equal(xf, xr) and torch.equal(yf, yr)
+    assert fast.train_ds is fast.train.dataset and len(fast.train_ds[0]) == 2
+    mosaics = digit_mosaic(tmp_path / "m", bs=16, n_train=60, n_test=20, num_workers=0)
+    assert (mosaics.train.padding, mosaics.train.flip) == (2, False)
+    assert mosaics.valid.layout is mosaics.valid_ds.layout        # fastai's delegation still reaches it
+    with pytest.raises(ValueError, match="pipeline='device' is not available for imagenet"):
+        imagenet(tmp_path / "nowhere", pipeline="device")
+    with pytest.raises(ValueError, match="pipeline='gpu' is not available for cifar100"):
+        cifar100(tmp_path / "c", download=False, pipeline="gpu")

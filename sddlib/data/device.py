@@ -34,56 +34,52 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, 
     return flat.gather(2, index.flatten(1)[:, None, :].expand(b, c, h * w)).view(b, c, h, w)
 
 
-class _DeviceImages:
-    """The uint8 images and labels of a split, kept on one device (what `DataLoader.dataset` is)."""
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
-        self.images, self.targets = images, targets
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], self.targets[i]
-
-
 class DeviceImageDL(DataLoader):
-    """A fastai `DataLoader` whose batches are cut from uint8 tensors on the training device.
+    """A fastai `DataLoader` whose batches are cut from a copy of `dataset`'s uint8 images and labels held
+    on the training device.
 
-    `padding` > 0 turns on the reference's random crop, `flip` its horizontal flip (train split only);
-    every batch is then scaled to [0, 1] and normalised with `mean`/`std`. Shuffling and augmentation draw
-    from a device generator seeded once per epoch from fastai's own per-loader RNG (`self.rng`), so the
-    order is reproducible from the loader's seed and restorable by restoring that RNG.
+    `dataset` is an in-memory set with `images` (uint8 N x C x H x W) and `targets` (a
+    `sddlib.data.build.TensorImageDataset`); it stays the loader's `dataset`, so item access, `layout` and
+    `vocab` work as for the reference loader, while batches never touch it. `padding` > 0 turns on the
+    reference's random crop, `flip` its horizontal flip; every batch is then scaled to [0, 1] and
+    normalised with `mean`/`std`. Shuffling and augmentation draw from a device generator seeded once per
+    epoch from fastai's own per-loader RNG (`self.rng`), so the order is reproducible from the loader's seed
+    and restorable by restoring that RNG.
     """
 
-    def __init__(self, images: torch.Tensor, targets, *, bs: int, mean, std, shuffle=False, drop_last=False,
-                 padding: int = 0, flip: bool = False, device=None, seed: int = 0):
+    def __init__(self, dataset, *, bs: int, mean, std, shuffle=False, drop_last=False, padding: int = 0,
+                 flip: bool = False, device=None, seed: int = 0):
+        images = dataset.images
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"DeviceImageDL needs uint8 B x C x H x W images, got {images.dtype} {tuple(images.shape)}.")
         device = torch.device(device) if device is not None else images.device
-        targets = torch.as_tensor(targets, dtype=torch.long)
-        super().__init__(_DeviceImages(images.to(device), targets.to(device)), bs=bs, shuffle=shuffle,
-                         drop_last=drop_last, device=device)
+        super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, device=device)
         self.padding, self.flip = int(padding), bool(flip)
+        self.norm_stats = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
         self.rng = random.Random(seed)
-        self._stats = (torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+        self._move(device)
+
+    def _move(self, device):
+        self._images = self.dataset.images.to(device)
+        self._targets = torch.as_tensor(self.dataset.targets, dtype=torch.long).to(device)
+        self._stats = [torch.tensor(v, device=device).view(1, -1, 1, 1) for v in self.norm_stats]
 
     def to(self, device):
-        """Move the data with the loader (fastai's `DataLoaders(device=...)` calls this)."""
+        """Move the device copy with the loader (fastai's `DataLoaders(device=...)` calls this)."""
         super().to(device)
-        if getattr(self, "dataset", None) is not None and self.device is not None:
-            self.dataset = _DeviceImages(self.dataset.images.to(self.device), self.dataset.targets.to(self.device))
+        if self.device is not None and hasattr(self, "_images"):
+            self._move(self.device)
         return self
 
     def __iter__(self):
         self.randomize()
-        images, targets = self.dataset.images, self.dataset.targets
+        images, targets = self._images, self._targets
         dev = images.device
         gen = torch.Generator(device=dev)
         gen.manual_seed(self.rng.randint(0, 2**62))
         n = len(images)
         order = torch.randperm(n, generator=gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
-        mean, std = (s.to(dev).view(1, -1, 1, 1) for s in self._stats)
+        mean, std = self._stats
         stop = n - n % self.bs if self.drop_last else n
         for start in range(0, stop, self.bs):
             idx = order[start:start + self.bs]
@@ -102,8 +98,8 @@ class DeviceImageDL(DataLoader):
 
     def new(self, dataset=None, cls=None, **kwargs):
         """A copy with other loader options (fastai's `get_preds` asks for an unshuffled one)."""
-        options = dict(bs=self.bs, mean=self._stats[0].tolist(), std=self._stats[1].tolist(), shuffle=self.shuffle,
-                       drop_last=self.drop_last, padding=self.padding, flip=self.flip, device=self.device)
+        options = dict(bs=self.bs, mean=self.norm_stats[0], std=self.norm_stats[1], shuffle=self.shuffle, drop_last=self.drop_last,
+                       padding=self.padding, flip=self.flip, device=self.device)
         options.update({k: v for k, v in kwargs.items() if k in options})
-        data = dataset if dataset is not None else self.dataset
-        return DeviceImageDL(data.images, data.targets, **options, seed=self.rng.randint(0, 2**31))
+        return DeviceImageDL(self.dataset if dataset is None else dataset, **options,
+                             seed=self.rng.randint(0, 2**31))
