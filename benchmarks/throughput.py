@@ -143,33 +143,26 @@ def run_reference_loop(args, device, images, labels) -> dict:
 
 # --- (a) and (b) the project's Learner ---------------------------------------------------------------------
 def run_project(args, device, images, labels, reference_style: bool) -> dict:
-    from fastai.callback.core import CancelFitException, Callback
-    from fastai.data.core import DataLoaders
+    from fastai.callback.core import Callback, CancelFitException
+    from torchvision import transforms as T
 
-    from sddlib import experiment
-    from sddlib.data.build import TensorImageDataset
-    from sddlib.data.device import DeviceImageDL
+    from sddlib import training
+    from sddlib.data.build import TensorImageDataset, make_dataloaders
+    from sddlib.data.info import DatasetInfo
     from sddlib.distill import DistillationCallback
     from sddlib.models import create_model
 
     torch.manual_seed(0)
-    p = experiment.resolve_params(dict(dataset="cifar100", teacher=args.teacher, student=args.student, method="dkd",
-                                       M="[1,2,4]", batch_size=args.batch_size, progress=False, device=str(device)))
-    if reference_style:
-        from fastai.data.load import DataLoader
-        from torchvision import transforms as T
-        tfm = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
-        train_ds = TensorImageDataset(images, labels, transform=tfm, mean=CIFAR_MEAN, std=CIFAR_STD)
-        train = DataLoader(train_ds, bs=args.batch_size, shuffle=True, drop_last=True, num_workers=2,
-                           pin_memory=device.type == "cuda")
-        valid = DataLoader(TensorImageDataset(images[:64], labels[:64], mean=CIFAR_MEAN, std=CIFAR_STD),
-                           bs=args.batch_size)
-    else:
-        train = DeviceImageDL(TensorImageDataset(images, labels), bs=args.batch_size, mean=CIFAR_MEAN, std=CIFAR_STD, shuffle=True,
-                              drop_last=True, padding=4, flip=True, device=device)
-        valid = DeviceImageDL(TensorImageDataset(images[:64], labels[:64]), bs=args.batch_size, mean=CIFAR_MEAN, std=CIFAR_STD,
-                              device=device)
-    dls = DataLoaders(train, valid, device=device)
+    params = dict(dataset="cifar100", teacher=args.teacher, student=args.student, method="dkd", M="[1,2,4]",
+                  batch_size=args.batch_size, progress=False, device=str(device))
+    info = DatasetInfo("synthetic", [str(i) for i in range(100)], CIFAR_MEAN, CIFAR_STD, image_size=32)
+    train_ds = TensorImageDataset(images, labels, transform=T.Compose([T.RandomCrop(32, padding=4),
+                                                                      T.RandomHorizontalFlip()]),
+                                  mean=CIFAR_MEAN, std=CIFAR_STD)
+    valid_ds = TensorImageDataset(images[:64], labels[:64], mean=CIFAR_MEAN, std=CIFAR_STD)
+    dls = make_dataloaders(train_ds, valid_ds, info, bs=args.batch_size, drop_last=True, seed=0, device=device,
+                           num_workers=2 if reference_style else 0,
+                           pipeline="workers" if reference_style else "device", augment=dict(padding=4, flip=True))
     teacher = create_model(args.teacher, num_classes=100).to(device)
     student = create_model(args.student, num_classes=100)
     distill = DistillationCallback(teacher, "dkd", (1, 2, 4), **DKD)
@@ -193,7 +186,7 @@ def run_project(args, device, images, labels, reference_style: bool) -> dict:
                 raise CancelFitException()
 
     timer = Timer()
-    learn = experiment.build_learner(dls, student, p, cbs=[distill, timer])
+    learn = training.build_learner(dls, student, params, cbs=[distill, timer])
     learn.fit(1)
     return {"seconds": timer.seconds, "host_reads_per_step": reads[0] / args.steps}
 
