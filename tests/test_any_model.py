@@ -234,6 +234,7 @@ def _dls(n=64, size=32, seed=0):
     return DataLoaders(DataLoader(ds, bs=16, shuffle=True), DataLoader(ds, bs=32), device="cpu")
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("method", ["kd", "dkd"])
 def test_distillation_into_a_vit_student_end_to_end(method):
     """A real fastai Learner distils a CNN teacher (8x8 map) into a class-token ViT (8x8 token grid)."""

@@ -55,6 +55,7 @@ def make_learner(method="kd", scales=(1, 2, 4), num_classes=4, **kw):
     return learn, cb, teacher
 
 
+@pytest.mark.slow  # trains 3 epochs
 @pytest.mark.parametrize("method", ["kd", "dkd", "nkd"])
 @pytest.mark.parametrize("scales", [(1,), (1, 2, 4)])
 def test_fit_reduces_loss_and_leaves_teacher_untouched(method, scales):

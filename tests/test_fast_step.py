@@ -60,6 +60,7 @@ def _learner(n, bs, *, shuffle, padding, flip, extra_cbs=()):
     return learn, teacher, student, images, labels
 
 
+@pytest.mark.slow  # trains 48 steps
 def test_training_steps_read_nothing_back_to_the_host():
     steps = FINITE_CHECK_EVERY - 2       # stay between the periodic loss checks
     reads, seen = [], []

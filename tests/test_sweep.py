@@ -99,6 +99,7 @@ def test_bad_file_is_a_failure_not_a_crash(setup, capsys):
     assert "typo.yaml: ConfigError: parameter 'learning_rate' is unknown;" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # executes a notebook
 def test_a_notebook_without_a_complete_metrics_json_is_a_failure(setup, capsys):
     tmp, out, args = setup
     (tmp / "silent.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: ShuffleV2\nmethod: kd\n")
