@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .data.build import PIPELINES
 from .losses import dkd_loss, kd_loss, nkd_loss
 from .regions import parse_scales
 
@@ -79,6 +80,8 @@ PROTOCOLS = {
 DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "ShuffleV1"), "cub200": ("resnet32x4", "ShuffleV1"),
                  "imagenet": ("ResNet50", "MobileNetV1"), "digit_mosaic": ("resnet14", "resnet8")}
 STEMS = {"cifar100": "cifar", "digit_mosaic": "cifar", "cub200": "cub", "imagenet": "torchvision"}
+# The in-memory sets can live on the training device (sddlib.data's pipelines); file-based ones cannot.
+IN_MEMORY = ("cifar100", "digit_mosaic")
 # A teacher trained here always uses this seed: the cached teacher must not depend on which run came first.
 TEACHER_SEED = 0
 
@@ -227,6 +230,10 @@ class RunConfig(Mapping):
     subset: int = _param(0, _int(low=0, what="0 (all data) or a positive integer"), "first n images only")
     device: str = _param("auto", _device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     num_workers: int = _param(None, _optional(_int(low=0, what="None or an integer >= 0")), "loader processes")
+    pipeline: str = _param("auto", _choice(("auto",) + PIPELINES),
+                           "training data: 'device' keeps an in-memory set (CIFAR-100, digit mosaics) on the training "
+                           "device and augments whole batches there, 'workers' transforms per image in DataLoader "
+                           "workers (the reference's way), 'auto' is 'device' where the dataset allows it")
     run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
     figures: bool = _param(True, _flag, "write the region figures after training")
     progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
@@ -270,6 +277,9 @@ class RunConfig(Mapping):
         for role, default in zip(("teacher", "student"), DEFAULT_PAIRS[values["dataset"]]):
             values[role] = default if values[role] is None else values[role]
             _check_model(role, values[role], stem)
+        if values["pipeline"] == "device" and values["dataset"] not in IN_MEMORY:
+            raise ConfigError(f"pipeline='device' is not available for {values['dataset']} (its images are files, "
+                              "decoded per image); use 'workers' or 'auto'.")
         longest = max(values["epochs"], protocol["epochs"])
         for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
             if values[key] and values[key][-1] > longest:
@@ -334,6 +344,13 @@ class RunConfig(Mapping):
     @property
     def directory(self) -> Path:
         return Path(self.output_dir) / self.dataset / self.name
+
+    @property
+    def data_pipeline(self) -> str:
+        """The pipeline the run uses ('auto' resolved)."""
+        if self.pipeline != "auto":
+            return self.pipeline
+        return "device" if self.dataset in IN_MEMORY else "workers"
 
     @property
     def stem(self) -> str:

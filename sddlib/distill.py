@@ -7,13 +7,17 @@ forward is installed for one call only (the Learner's call on this batch's input
 whatever happens inside it, so any other call of the student, and everything after `fit` however it
 ended (Ctrl-C, an exception, a cancel), gets its plain forward: the student's state dict,
 `learn.save/load` and `learn.validate()` are untouched.
-A non-finite CE or distillation term stops the fit at once (`NonFiniteLossError`, naming epoch,
-batch and term); the authors' code silently replaced such losses by zero.
+A non-finite CE or distillation term stops the fit (`NonFiniteLossError`, naming epoch, batch and term);
+the authors' code silently replaced such losses by zero.
 Validation always scores the student's plain logits, so fastai metrics work unchanged.
+
+Nothing here reads a tensor's value on the host during a training step, so a GPU never waits for
+Python: the loss terms and region counts accumulate on the device, and their values are read once every
+`FINITE_CHECK_EVERY` batches (the finiteness check, which still names the first bad batch) and once at the
+end of the epoch (the history row).
 """
 from __future__ import annotations
 
-import math
 import types
 
 import pandas as pd
@@ -25,7 +29,8 @@ from .config import METHODS
 from .losses import region_masks, sdd_loss
 from .regions import ScaleDecoupled, model_num_classes, parse_scales, region_scales
 
-__all__ = ["CATEGORIES", "DistillationCallback", "NonFiniteLossError", "check_finite", "warmup_factor"]
+__all__ = ["CATEGORIES", "FINITE_CHECK_EVERY", "DistillationCallback", "LossWatch", "NonFiniteLossError",
+           "warmup_factor"]
 
 # Names of the four teacher-defined region categories, in `RegionMasks` order.
 CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "complementary_gw_lr")
@@ -44,11 +49,38 @@ class NonFiniteLossError(FloatingPointError):
         self.sentence = sentence
 
 
-def check_finite(value: float, term: str, epoch: int, batch: int, n_batches: int) -> None:
-    """Stop with one sentence when a loss term is not finite (epochs and batches counted from 1)."""
-    if not math.isfinite(value):
-        raise NonFiniteLossError(f"epoch {epoch}, batch {batch} of {n_batches}: the {term} loss is {value}; the run "
-                                 "stopped and is recorded as failed (lower lr, or check the loss weights and T).")
+# How often the per-batch loss values are read on the host (one read covers all the batches since the last).
+FINITE_CHECK_EVERY = 50
+
+
+class LossWatch:
+    """Per-batch loss terms of one training epoch, kept on the device.
+
+    `add` stores a batch's terms without reading them; `check` reads every term stored since the last check
+    once and raises `NonFiniteLossError` naming the first non-finite one (epochs and batches from 1);
+    `means` is the epoch's mean of each term."""
+
+    def __init__(self, terms: tuple[str, ...]):
+        self.terms, self.rows, self.checked = terms, [], 0
+
+    def add(self, *values: torch.Tensor) -> None:
+        self.rows.append(torch.stack([v.detach().float().reshape(()) for v in values]))
+
+    def check(self, epoch: int, n_batches: int) -> None:
+        if self.checked == len(self.rows):
+            return
+        new = torch.stack(self.rows[self.checked:])
+        bad = ~torch.isfinite(new)
+        if bool(bad.any()):
+            row, column = bad.nonzero()[0].tolist()
+            raise NonFiniteLossError(
+                f"epoch {epoch}, batch {self.checked + row + 1} of {n_batches}: the {self.terms[column]} loss is "
+                f"{new[row, column].item()}; the run stopped and is recorded as failed (lower lr, or check the "
+                "loss weights and T).")
+        self.checked = len(self.rows)
+
+    def means(self) -> list[float]:
+        return torch.stack(self.rows).mean(0).tolist() if self.rows else [0.0] * len(self.terms)
 
 
 class DistillationCallback(Callback):
@@ -132,8 +164,9 @@ class DistillationCallback(Callback):
 
     def before_train(self):
         self.teacher.eval()
-        self._totals = {"ce": 0.0, "distill": 0.0, "batches": 0}
-        self._counts = torch.zeros(len(CATEGORIES), sum(s * s for s in self.scales))
+        self._watch = LossWatch(("cross-entropy", f"distillation ({'sd_' if self.decoupled else ''}{self.method})"))
+        self._counts = torch.zeros(len(CATEGORIES), sum(s * s for s in self.scales), dtype=torch.long,
+                                   device=next(self.student.parameters()).device)
 
     # --- per batch ----------------------------------------------------------------------------
     def after_pred(self):
@@ -165,33 +198,30 @@ class DistillationCallback(Callback):
             extra = {"target": target} if self.spec.needs_target else {}
             distill = self.spec.loss(self.learn.pred, self._teacher_logits, **extra, **self.loss_kwargs)
         ce = self.learn.loss_grad
-        where = (self.epoch + 1, self.iter + 1, self.n_iter)
-        check_finite(float(ce.detach()), "cross-entropy", *where)
-        check_finite(float(distill.detach()), f"distillation ({'sd_' if self.decoupled else ''}{self.method})",
-                     *where)
         factor = warmup_factor(self.epoch + 1, self.warmup_epochs)
         total = self.ce_weight * ce + factor * self.kd_weight * distill
         self.learn.loss_grad = total
         self.learn.loss = total.detach().clone()
-        self._totals["ce"] += float(ce.detach())
-        self._totals["distill"] += float(distill.detach())
-        self._totals["batches"] += 1
-        self._counts += torch.stack([m.sum(0) for m in masks]).float().cpu()
+        self._watch.add(ce, distill)
+        self._counts += torch.stack([m.sum(0) for m in masks])
         del self._teacher_logits, self._teacher_regions, self._student_regions
+        if (self.iter + 1) % FINITE_CHECK_EVERY == 0:
+            self._watch.check(self.epoch + 1, self.n_iter)
 
     # --- per epoch ----------------------------------------------------------------------------
     def after_train(self):
-        n = max(self._totals["batches"], 1)
-        row = {"epoch": self.epoch + 1, "ce": self._totals["ce"] / n,
-               "distill": self._totals["distill"] / n,
+        self._watch.check(self.epoch + 1, self.n_iter)
+        ce, distill = self._watch.means()
+        row = {"epoch": self.epoch + 1, "ce": ce, "distill": distill,
                "warmup_factor": warmup_factor(self.epoch + 1, self.warmup_epochs)}
+        counts_all = self._counts.cpu().float()
         scale_of = torch.tensor(region_scales(self.scales))
         for s in self.scales:
-            counts = self._counts[:, scale_of == s].sum(1)
+            counts = counts_all[:, scale_of == s].sum(1)
             shares = counts / counts.sum().clamp(min=1)
             row.update({f"{name}@{s}": float(v) for name, v in zip(CATEGORIES, shares)})
         self.history.append(row)
-        self.region_counts = self._counts.clone()
+        self.region_counts = counts_all
 
     def stats_frame(self) -> pd.DataFrame:
         """Per-epoch loss components and region-category shares as a DataFrame."""

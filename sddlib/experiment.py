@@ -101,7 +101,7 @@ def _device(name: str) -> torch.device:
 
 def _dataloaders(cfg: RunConfig, device):
     return get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
-                           num_workers=cfg.num_workers, seed=cfg.seed, device=device)
+                           num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline)
 
 
 def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:

@@ -33,13 +33,21 @@ def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
 
 
 def check_targets(target: torch.Tensor, batch: int, num_classes: int) -> None:
-    """One clear sentence instead of a CUDA assert or gather error deep inside torch."""
+    """One clear sentence instead of a CUDA assert or gather error deep inside torch.
+
+    The range test is an asynchronous assert, so a training step on a GPU never waits for it (a bad label
+    there stops the run with a device-side assert); on the CPU it fails at once and is reworded here.
+    """
     if target.dim() != 1 or target.shape[0] != batch:
         raise ValueError(f"targets of shape {tuple(target.shape)} do not match a batch of {batch}; "
                          "pass one class index per sample.")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+    if not target.numel():
+        return
+    try:
+        torch._assert_async(((target >= 0) & (target < num_classes)).all(), "targets out of range")
+    except RuntimeError:
         raise ValueError(f"targets must lie in [0, {num_classes - 1}] for {num_classes} classes, "
-                         f"got values from {int(target.min())} to {int(target.max())}.")
+                         f"got values from {int(target.min())} to {int(target.max())}.") from None
 
 
 def _kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
@@ -55,9 +63,16 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float = 4.0,
     return _reduce(_kl(t.log_softmax(1), s.log_softmax(1)) * T * T, reduction)
 
 
-def _without_target(x: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
+def _non_target_index(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """B x (K-1) column indices of every class but the target, in class order: a gather index, since boolean
+    masking has a data-dependent size and makes a GPU wait for the host."""
+    columns = torch.arange(num_classes - 1, device=target.device).expand(len(target), -1)
+    return columns + (columns >= target[:, None]).long()
+
+
+def _without_target(x: torch.Tensor, non_target: torch.Tensor) -> torch.Tensor:
     """Drop the target column: B x K -> B x (K-1), the non-target logits in class order."""
-    return x[~gt_mask].reshape(x.shape[0], x.shape[1] - 1)
+    return x.gather(1, non_target)
 
 
 def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
@@ -67,16 +82,16 @@ def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
     _check_pair(student, teacher)
     check_targets(target, student.shape[0], student.shape[1])
     s, t = student.float() / T, teacher.float() / T
-    gt_mask = F.one_hot(target, s.shape[1]).bool()
+    non_target = _non_target_index(target, s.shape[1])
 
     def binary_log_probs(x):
         lse_all = x.logsumexp(1)
         log_target = x.gather(1, target[:, None]).squeeze(1) - lse_all
-        log_rest = _without_target(x, gt_mask).logsumexp(1) - lse_all
+        log_rest = _without_target(x, non_target).logsumexp(1) - lse_all
         return torch.stack([log_target, log_rest], dim=1)
 
     tckd = _kl(binary_log_probs(t), binary_log_probs(s))
-    nckd = _kl(_without_target(t, gt_mask).log_softmax(1), _without_target(s, gt_mask).log_softmax(1))
+    nckd = _kl(_without_target(t, non_target).log_softmax(1), _without_target(s, non_target).log_softmax(1))
     return _reduce((alpha * tckd + beta * nckd) * T * T, reduction)
 
 
@@ -94,8 +109,8 @@ def nkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
     idx = target[:, None]
     target_term = -(t.softmax(1).gather(1, idx) * s.log_softmax(1).gather(1, idx)).squeeze(1)
     if exclude_target:
-        gt_mask = F.one_hot(target, s.shape[1]).bool()
-        s, t = _without_target(s, gt_mask), _without_target(t, gt_mask)
+        non_target = _non_target_index(target, s.shape[1])
+        s, t = _without_target(s, non_target), _without_target(t, non_target)
     non_target = -(t.div(T).softmax(1) * s.div(T).log_softmax(1)).sum(1) * gamma * T * T
     return _reduce(target_term + non_target, reduction)
 

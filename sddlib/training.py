@@ -20,16 +20,17 @@ import torch
 import torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.callback.training import GradientClip
-from fastai.learner import Learner
+from fastai.learner import AvgSmoothLoss, Learner
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.optimizer import OptimWrapper
 from fastcore.basics import noop
 
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
 from .config import RunConfig
-from .distill import DistillationCallback, NonFiniteLossError, check_finite
+from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
-__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "EpochLogger", "FiniteLoss", "top5_accuracy", "build_learner",
+__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy",
+           "build_learner",
            "RunRecorder", "fit_resumable", "differences"]
 
 RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run is complete
@@ -66,13 +67,49 @@ class EpochLogger(Callback):
 
 
 class FiniteLoss(Callback):
-    """Stop at the first non-finite loss (after distillation has mixed its terms and checked them)."""
+    """Stop at a non-finite loss of a fit without distillation (`DistillationCallback` watches its own terms),
+    reading the losses on the host only every `FINITE_CHECK_EVERY` batches and at the end of the epoch."""
     order = 101
 
+    def before_train(self):
+        self._losses = None if any(isinstance(cb, DistillationCallback) for cb in self.learn.cbs) \
+            else LossWatch(("cross-entropy",))
+
     def after_loss(self):
-        if self.training:
-            term = "total" if any(isinstance(cb, DistillationCallback) for cb in self.learn.cbs) else "cross-entropy"
-            check_finite(float(self.learn.loss.detach()), term, self.epoch + 1, self.iter + 1, self.n_iter)
+        if self.training and self._losses is not None:
+            self._losses.add(self.learn.loss)
+            if (self.iter + 1) % FINITE_CHECK_EVERY == 0:
+                self._losses.check(self.epoch + 1, self.n_iter)
+
+    def after_train(self):
+        if self._losses is not None:
+            self._losses.check(self.epoch + 1, self.n_iter)
+
+
+class _DeviceSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss, kept on the loss's device (fastai's own copies it to the host)."""
+
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.detach().float().mean()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class SmoothLossOnDevice(Callback):
+    """The Recorder's per-batch smoothed loss without a device-to-host copy per batch: smoothing stays on the
+    device and the epoch's recorded values move to the host in one copy after the epoch."""
+    order = 51  # after the Recorder
+
+    def before_fit(self):
+        self.recorder.smooth_loss = _DeviceSmoothLoss(self.recorder.smooth_loss.beta)
+
+    def before_epoch(self):
+        self.first = len(self.recorder.losses)
+
+    def after_epoch(self):
+        new = self.recorder.losses[self.first:]
+        if new:
+            self.recorder.losses[self.first:] = list(torch.stack([v.reshape(()) for v in new]).cpu())
 
 
 def top5_accuracy(inp, targ):
@@ -86,7 +123,8 @@ def build_learner(dls, model, params, cbs=()) -> Learner:
     cfg = RunConfig.from_params(params)
     opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
                                                   nesterov=False, weight_decay=cfg.weight_decay))
-    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate), EpochLogger(), FiniteLoss(), *cbs]
+    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate), EpochLogger(), FiniteLoss(),
+                 SmoothLossOnDevice(), *cbs]
     if cfg.clip_grad_norm:
         callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=cfg.lr,

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 
 from .info import DatasetInfo
 
-__all__ = ["DatasetNotFoundError", "TensorImageDataset", "ImageListDataset", "make_dataloaders"]
+__all__ = ["DatasetNotFoundError", "TensorImageDataset", "ImageListDataset", "PIPELINES", "check_pipeline",
+           "make_dataloaders"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -73,22 +74,43 @@ def default_workers(in_memory: bool) -> int:
     return 0 if in_memory else min(8, os.cpu_count() or 1)
 
 
+PIPELINES = ("device", "workers")
+
+
+def check_pipeline(pipeline, dataset: str, choices=PIPELINES) -> str:
+    if pipeline not in choices:
+        raise ValueError(f"pipeline={pipeline!r} is not available for {dataset}; use one of "
+                         f"{', '.join(map(repr, choices))}.")
+    return pipeline
+
+
 def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, drop_last, num_workers, seed,
-                     device):
+                     device, pipeline="workers", augment=None):
     """The fastai DataLoaders every loader returns: train shuffles in a `seed`-fixed order, valid keeps
-    dataset order; `dls.info` holds the dataset's facts and `dls.c` (fastai's class count) is set."""
+    dataset order; `dls.info` holds the dataset's facts and `dls.c` (fastai's class count) is set.
+
+    pipeline="workers" is the reference's: per-image transforms in DataLoader workers. "device" (in-memory
+    `TensorImageDataset`s only) keeps the uint8 images on `device` and applies `augment` (the keyword
+    arguments `padding` and `flip` of `DeviceImageDL`, the same crop/flip the train transform draws) to
+    whole batches there."""
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.torch_core import default_device
 
     device = default_device() if device is None else torch.device(device)
-    pin = device.type == "cuda" and num_workers > 0
-    train = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=drop_last, num_workers=num_workers,
-                       pin_memory=pin)
-    valid = DataLoader(valid_ds, bs=val_bs or bs, shuffle=False, drop_last=False, num_workers=num_workers,
-                       pin_memory=pin)
-    train.rng = random.Random(seed)  # fastai re-derives its per-epoch RNG from this one: seeded order
-    valid.rng = random.Random(seed + 1)
+    if pipeline == "device":
+        from .device import DeviceImageDL
+        train = DeviceImageDL(train_ds, bs=bs, mean=info.mean, std=info.std, shuffle=True, drop_last=drop_last,
+                              device=device, seed=seed, **(augment or {}))
+        valid = DeviceImageDL(valid_ds, bs=val_bs or bs, mean=info.mean, std=info.std, device=device, seed=seed + 1)
+    else:
+        # workers stay alive across epochs (no re-spawn per epoch) and hand over pinned batches on CUDA
+        opts = dict(num_workers=num_workers, pin_memory=device.type == "cuda" and num_workers > 0,
+                    persistent_workers=num_workers > 0)
+        train = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=drop_last, **opts)
+        valid = DataLoader(valid_ds, bs=val_bs or bs, shuffle=False, drop_last=False, **opts)
+        train.rng = random.Random(seed)  # fastai re-derives its per-epoch RNG from this one: seeded order
+        valid.rng = random.Random(seed + 1)
     dls = DataLoaders(train, valid, device=device)
     dls.info = info
     dls.c = info.num_classes

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .build import TensorImageDataset, default_workers, make_dataloaders, short_error, subset_size
+from .build import TensorImageDataset, check_pipeline, default_workers, make_dataloaders, short_error, subset_size
 from .info import DatasetInfo
 
 __all__ = ["MosaicLayout", "MosaicDataset", "make_digit_mosaics", "load_digit_mosaics", "mosaic_cache_path",
@@ -246,14 +246,15 @@ class MosaicDataset(TensorImageDataset):
 
 
 def digit_mosaic(data_dir=None, *, bs=64, subset=0, n_train=8000, n_test=2000, num_workers=None, seed=0,
-                 device=None, download=True):
+                 device=None, download=True, pipeline="device"):
     """Digit mosaics: 32 x 32 RGB images, each with one large target digit (14-20 px, the label) and
     1-3 smaller distractor digits of other classes (8-12 px) on a noisy coloured background, built
     from scikit-learn's 1,797 real 8 x 8 scans; train and test mosaics use disjoint scans.
     Cached as .npz under `data_dir` (default ~/.cache/sddlib/digit_mosaic/). Train augmentation:
     RandomCrop(32, padding=2) only (no flips: they change digits); normalised with the train set's
     own per-channel mean/std. Both datasets expose `.layout` (a `MosaicLayout`; via fastai's
-    attribute delegation also `dls.valid.layout`); `download` is unused (nothing to download)."""
+    attribute delegation also `dls.valid.layout`); `download` is unused (nothing to download).
+    pipeline="device" (default) draws the same crops batched on `device`; "workers" per image, as the reference."""
     from torchvision import transforms as T
 
     d = load_digit_mosaics(data_dir, n_train, n_test, seed)
@@ -268,5 +269,6 @@ def digit_mosaic(data_dir=None, *, bs=64, subset=0, n_train=8000, n_test=2000, n
     nw = default_workers(True) if num_workers is None else num_workers
     info = DatasetInfo("digit_mosaic", classes, mean, std, image_size=MOSAIC_SIZE)
     return make_dataloaders(dss["train"], dss["test"], info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                            device=device)
+                            device=device, pipeline=check_pipeline(pipeline, "digit_mosaic"),
+                            augment=dict(padding=2, flip=False))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .build import (DatasetNotFoundError, ImageListDataset, TensorImageDataset, default_workers,
+from .build import (DatasetNotFoundError, ImageListDataset, TensorImageDataset, check_pipeline, default_workers,
                     make_dataloaders, need_dir, short_error, subset_size)
 from .info import DatasetInfo
 
@@ -48,11 +48,14 @@ def _cifar100_reader():
     return CIFAR100, _CIFAR100
 
 
-def cifar100(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True):
+def cifar100(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
+             pipeline="device"):
     """CIFAR-100 from torchvision's on-disk format (`data_dir/cifar-100-python/{train,test,meta}`),
     downloaded with torchvision when missing. Augmentation as mdistiller: RandomCrop(32, padding=4),
     RandomHorizontalFlip, ToTensor, Normalize(CIFAR100_MEAN, CIFAR100_STD); test: ToTensor + Normalize.
-    Train shuffles and keeps the last incomplete batch (reference: shuffle=True, no drop_last)."""
+    Train shuffles and keeps the last incomplete batch (reference: shuffle=True, no drop_last).
+    pipeline="device" (default) keeps the uint8 images on `device` and crops, flips and normalises whole
+    batches there (same distribution, `sddlib.data.device`); "workers" transforms per image, as the reference."""
     from torchvision import transforms as T
 
     root = need_dir(data_dir, "cifar100")
@@ -87,7 +90,8 @@ def cifar100(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None
     nw = default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo("cifar100", classes, CIFAR100_MEAN, CIFAR100_STD, image_size=32)
     return make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                            device=device)
+                            device=device, pipeline=check_pipeline(pipeline, "cifar100"),
+                            augment=dict(padding=4, flip=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,13 +119,15 @@ def _imagenet_class_names(root: Path, wnids):
     return list(wnids)
 
 
-def imagenet(data_dir, *, bs=256, subset=0, num_workers=None, seed=0, device=None, download=True):
+def imagenet(data_dir, *, bs=256, subset=0, num_workers=None, seed=0, device=None, download=True,
+             pipeline="workers"):
     """ImageNet (ILSVRC-2012) from `data_dir/train/<wnid>/*` and `data_dir/val/<wnid>/*` (ImageFolder).
     Train: RandomResizedCrop(224) + RandomHorizontalFlip; test: Resize(256) + CenterCrop(224); ImageNet
     mean/std. It cannot be downloaded automatically (`download` is accepted for a uniform API)."""
     from torchvision import transforms as T
     from torchvision.datasets import ImageFolder
 
+    check_pipeline(pipeline, "imagenet (image files, decoded per image)", ("workers",))
     root = need_dir(data_dir, "imagenet")
     tr_dir, va_dir = root / "train", root / "val"
 
@@ -170,7 +176,8 @@ def _read_id_table(path: Path):
     return out
 
 
-def cub200(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True):
+def cub200(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
+           pipeline="workers"):
     """CUB-200-2011 from the official archive layout `data_dir/CUB_200_2011/` with its official
     train/test split (`train_test_split.txt`); downloaded from CaltechDATA when missing.
     Train: Resize((256, 256)) + RandomCrop(224) + RandomHorizontalFlip; test: Resize((256, 256)) +
@@ -178,6 +185,7 @@ def cub200(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, 
     ImageFolder-based reader; train drops the last incomplete batch (reference: drop_last=True)."""
     from torchvision import transforms as T
 
+    check_pipeline(pipeline, "cub200 (image files, decoded per image)", ("workers",))
     root = need_dir(data_dir, "cub200")
     base = root / "CUB_200_2011"
     needed = ["images.txt", "train_test_split.txt", "image_class_labels.txt", "classes.txt"]
