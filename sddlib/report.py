@@ -26,9 +26,8 @@ import yaml
 from .departures import describe, teacher_description
 
 __all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
-           "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table", "departures_table",
-           "run_summary", "format_table", "format_departures",
-           "to_markdown", "write_tables"]
+           "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table",
+           "departures_table", "run_summary", "format_table", "format_departures", "to_markdown", "write_tables"]
 
 PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
@@ -171,7 +170,8 @@ def _paper_value(paper: pd.DataFrame, teacher, student, method, column="top1") -
     return float(hit[column].iloc[0]) if len(hit) else np.nan
 
 
-def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None = None,
+                  published_only: bool = True) -> pd.DataFrame:
     """The paper's table for `dataset` in long form: one row per (teacher, student) pair and method.
 
     Pairs come in the paper's order, then pairs only we ran. Per row: our best-epoch and last-epoch
@@ -182,7 +182,8 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     (`experiment.run_vanilla`), ours and the paper's. Rows empty on both sides are dropped; a pair
     the paper has no numbers for (ImageNet ResNet34 -> ResNet18) has an empty paper column.
     ImageNet tables also carry top-5. Only runs as published count (`departures_table` lists the others);
-    the teacher row's `teacher_from` says where its teachers came from.
+    the teacher row's `teacher_from` says where its teachers came from. `published_only=False` takes every
+    run: for comparing one's own short runs with each other (the digit-mosaic notebooks), never with the paper.
 
     Each SD row is set beside its plain row: on CIFAR-100 and CUB-200 the same config run with M=[1];
     on ImageNet the authors' separate baseline config (`imagenet_baselines`), so an ImageNet plain run
@@ -190,8 +191,9 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     """
     paper = paper_results() if paper is None else paper
     paper = paper[paper.dataset == dataset]
-    runs = runs[(runs["dataset"] == dataset) & runs["as_published"].astype(bool)] if len(runs) \
-        else pd.DataFrame(columns=RUN_COLUMNS)
+    if not len(runs):
+        runs = pd.DataFrame(columns=RUN_COLUMNS)
+    runs = runs[(runs["dataset"] == dataset) & (runs["as_published"].astype(bool) | (not published_only))]
     with_top5 = paper["top5"].notna().any()
     pairs = list(dict.fromkeys(
         (t, s) for t, s, m in zip(paper.teacher, paper.student, paper.method) if m in METHODS))
