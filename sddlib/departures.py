@@ -114,5 +114,5 @@ def describe(found: dict | None) -> str:
         return "departures not recorded"
     if not found:
         return "as published"
-    return ", ".join(f"{key} {_short(used)}" + ("" if published is None else f" ({_short(published)})")
+    return ", ".join(f"{key} {_short(used)} ({'none published' if published is None else _short(published)})"
                      for key, (used, published) in found.items())

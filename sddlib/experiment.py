@@ -266,7 +266,8 @@ def run(params, force: bool = False) -> dict:
     with run_lock(out):
         done = _complete(out, fingerprint, force)
         if done is not None:
-            print(f"{out} is complete; returning its metrics (force=True re-runs it)", flush=True)
+            print(f"{out} is complete; returning its metrics (force=True re-runs it); "
+                  f"{describe(done.get('departures'))}", flush=True)
             return done
         set_seed(cfg.seed, reproducible=True)
         device = _device(cfg.device)

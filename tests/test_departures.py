@@ -37,6 +37,8 @@ def test_a_smoke_test_lists_what_it_changed():
                      "teacher": ["trained here (subset 256)", "published"]}
     assert describe(found) == "epochs 1 (240), subset 256 (0), teacher trained here (subset 256) (published)"
     assert describe({}) == "as published" and describe(None) == "departures not recorded"
+    assert describe({"experiment": ["resnet56-resnet20-sd_dkd", None]}) == "experiment resnet56-resnet20-sd_dkd " \
+        "(none published)"
 
 
 def test_speed_switches_are_as_published_only_at_their_defaults():
