@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import PROTOCOLS, TEACHER_SEED, RunConfig
+from .config import DEFAULTS, PROTOCOLS, TEACHER_SEED, RunConfig
 
 __all__ = ["PARAMS_DIR", "published_file", "published_config", "teacher_description", "departures",
            "vanilla_departures", "describe"]
@@ -62,7 +62,7 @@ def teacher_description(source: dict | None, dataset: str) -> str:
     if kind == "checkpoint":
         return f"checkpoint {source.get('path')}"
     if kind == "trained here":
-        standard = {**PROTOCOLS[dataset], "clip_grad_norm": RunConfig().clip_grad_norm, "subset": 0,
+        standard = {**PROTOCOLS[dataset], "clip_grad_norm": DEFAULTS["clip_grad_norm"], "subset": 0,
                     "seed": TEACHER_SEED}
         protocol = source.get("protocol") or {}
         changed = [f"{k} {_short(v)}" for k, v in protocol.items() if _short(v) != _short(standard.get(k))]

@@ -263,12 +263,15 @@ def format_departures(df: pd.DataFrame) -> pd.DataFrame:
 
 def run_summary(metrics: dict, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """One run at a glance: best and last epoch, the teacher, and the paper's numbers for the same
-    configuration and for its plain (or SD) counterpart; `protocol` says "as published" or what it changed."""
+    configuration and for its plain (or SD) counterpart; `protocol` says "as published" or what it changed
+    (then the paper's columns stay empty: the run is not the paper's experiment)."""
     paper = paper_results() if paper is None else paper
     paper = paper[paper.dataset == metrics["dataset"]]
     variant = metrics["variant"]
     other = variant[3:] if variant.startswith("sd_") else f"sd_{variant}"
     teacher, student = metrics["teacher"], metrics["student"]
+    if metrics.get("departures") != {}:
+        paper = paper.iloc[0:0]
     row = {"run": metrics["run_name"], "M": "[" + ",".join(map(str, metrics["scales"])) + "]",
            "protocol": describe(metrics.get("departures")),
            "best top-1": metrics["best_top1"], "best epoch": metrics["best_epoch"],
@@ -357,6 +360,8 @@ def write_tables(outputs_dir, out_dir=None) -> list[Path]:
             text += (f"\n### {TITLES.get(dataset, dataset)}: runs not as published (not in the table above)\n\n"
                      + to_markdown(format_departures(other)))
             paths.append(other_csv)
+        else:  # none now: a list left by an earlier call would contradict the table
+            (out / f"{dataset}-departures.csv").unlink(missing_ok=True)
         md.write_text(text)
         paths += [csv, md]
     runs_csv = out / "runs.csv"

@@ -52,5 +52,6 @@ def test_runs_not_as_published_are_shown_apart_with_their_departures(tmp_path, m
     summary, table, others, _ = [o for o in shown if isinstance(o, pd.DataFrame)]
     assert texts == [run_results.ACCURACY_TEXT, run_results.DEPARTURES_TEXT, run_results.HISTORY_TEXT]
     assert summary.loc[m["run_name"], "protocol"] == "epochs 2 (240)"
+    assert summary[["paper SD-DKD", "paper DKD"]].isna().all(axis=None)  # not the paper's experiment
     assert (table["Ours best top-1"] == "").all()                      # nothing beside the paper's numbers
     assert others[["Run", "Best top-1", "Departures"]].values.tolist() == [[m["run_name"], "76.50", "epochs 2 (240)"]]
