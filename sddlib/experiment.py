@@ -31,6 +31,7 @@ from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100
                           write_json)
 from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, teacher_file_in
 from .data import get_dataloaders
+from .departures import PARAMS_DIR, departures, describe, vanilla_departures
 from .distill import DistillationCallback
 from .models import create_model
 from .training import (RESUME_FILE, EpochLogger, RunFailedError, StepLR, build_learner, differences, fit_resumable,
@@ -143,10 +144,12 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
         save_checkpoint(model, out / "model.pth", epoch=cfg.epochs)
         metrics = _summary(cfg, recorder.rows, name=name, variant="alone", arch=arch, fingerprint=fingerprint)
         metrics["protocol"] = cfg.solver
+        _record_departures(metrics, *vanilla_departures(cfg, arch))
         metrics["wall_time_s"] = recorder.elapsed_s
         write_json(out / "metrics.json", metrics)
         (out / RESUME_FILE).unlink(missing_ok=True)
-    print(f"{arch} alone: best top-1 {metrics['best_top1']:.2f}, last {metrics['last_top1']:.2f}", flush=True)
+    print(f"{arch} alone: best top-1 {metrics['best_top1']:.2f}, last {metrics['last_top1']:.2f}; "
+          f"{describe(metrics.get('departures'))}", flush=True)
     return metrics
 
 
@@ -263,7 +266,8 @@ def run(params, force: bool = False) -> dict:
     with run_lock(out):
         done = _complete(out, fingerprint, force)
         if done is not None:
-            print(f"{out} is complete; returning its metrics (force=True re-runs it)", flush=True)
+            print(f"{out} is complete; returning its metrics (force=True re-runs it); "
+                  f"{describe(done.get('departures'))}", flush=True)
             return done
         set_seed(cfg.seed, reproducible=True)
         device = _device(cfg.device)
@@ -280,6 +284,7 @@ def run(params, force: bool = False) -> dict:
         save_checkpoint(student, out / "student.pth", epoch=cfg.epochs)
         metrics = _summary(cfg, recorder.rows, name=cfg.name, variant=cfg.variant, fingerprint=fingerprint)
         metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source)
+        _record_departures(metrics, *departures(cfg, teacher_source))
         if cfg.figures:
             from .viz import save_run_figures
             baseline = _baseline_student(cfg, dls.info.num_classes)
@@ -290,8 +295,15 @@ def run(params, force: bool = False) -> dict:
         write_json(out / "metrics.json", metrics)
         (out / RESUME_FILE).unlink(missing_ok=True)
     print(f"{metrics['run_name']}: best top-1 {metrics['best_top1']:.2f} (epoch {metrics['best_epoch']}), "
-          f"last {metrics['last_top1']:.2f}, teacher {teacher_top1:.2f}", flush=True)
+          f"last {metrics['last_top1']:.2f}, teacher {metrics['teacher_top1']:.2f}; "
+          f"{describe(metrics.get('departures'))}", flush=True)
     return metrics
+
+
+def _record_departures(metrics: dict, published: Path | None, found: dict) -> None:
+    """metrics.json says which published experiment the run is and how it departs from it (`sddlib.departures`)."""
+    metrics["published_params"] = str(published.relative_to(PARAMS_DIR.parent)) if published else None
+    metrics["departures"] = found
 
 
 def _baseline_student(cfg: RunConfig, num_classes: int):

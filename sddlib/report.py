@@ -7,6 +7,10 @@ numbers shipped as package data (`sddlib/reference/`). Accuracies are top-1 in p
     table = results_table(runs, "cifar100")   # numbers, one row per teacher/student pair and method
     format_table(table)                        # strings: "76.31 ± 0.20 (n=2)"
     write_tables("outputs")                    # outputs/tables/<dataset>.csv and .md
+
+Only runs as published (`sddlib.departures`: the published experiment's values apart from the seed, its
+teacher source, default speed switches) sit beside the paper; the others are listed per dataset by
+`departures_table`, each with what it changed ("epochs 1 (240), subset 256 (0)").
 """
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .departures import describe, teacher_description
+
 __all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
-           "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table", "run_summary",
-           "format_table", "to_markdown", "write_tables"]
+           "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table",
+           "departures_table", "run_summary", "format_table", "format_departures", "to_markdown", "write_tables"]
 
 PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
@@ -33,7 +39,7 @@ METHOD_NAMES = {"teacher": "Teacher", "student": "Student alone", "kd": "KD", "s
 LOSS_VALUES = ("ce_weight", "kd_weight", "warmup_epochs", "T", "alpha", "beta", "gamma")
 RUN_COLUMNS = ["dataset", "teacher", "student", "method", "variant", "sd", "scales", "seed", "best_top1",
                "last_top1", "best_top5", "last_top5", "best_epoch", "epochs", "subset", "batch_size", *LOSS_VALUES,
-               "teacher_top1", "wall_time_s", "run_name", "path"]
+               "teacher_top1", "teacher_from", "as_published", "departures", "wall_time_s", "run_name", "path"]
 
 
 class SkippedRunWarning(UserWarning):
@@ -94,7 +100,12 @@ def load_runs(outputs_dir) -> pd.DataFrame:
                 "best_top5": m.get("best_top5"), "last_top5": m.get("last_top5"),
                 "best_epoch": m.get("best_epoch"), "epochs": params.get("epochs"), "subset": params.get("subset"),
                 "batch_size": params.get("batch_size"), **{k: params.get(k) for k in LOSS_VALUES},
-                "teacher_top1": m.get("teacher_top1"), "wall_time_s": m.get("wall_time_s"),
+                "teacher_top1": m.get("teacher_top1"),
+                "teacher_from": None if m["variant"] == "alone" else teacher_description(m.get("teacher_source"),
+                                                                                         m["dataset"]),
+                # a run recorded before departures were (no "departures") is not known to be as published
+                "as_published": m.get("departures") == {}, "departures": describe(m.get("departures")),
+                "wall_time_s": m.get("wall_time_s"),
                 "run_name": m.get("run_name"), "path": str(path)})
         except (KeyError, TypeError, ValueError) as err:
             warnings.warn(f"skipping {path}: missing or bad field ({err})", SkippedRunWarning, stacklevel=2)
@@ -159,7 +170,8 @@ def _paper_value(paper: pd.DataFrame, teacher, student, method, column="top1") -
     return float(hit[column].iloc[0]) if len(hit) else np.nan
 
 
-def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None = None,
+                  published_only: bool = True) -> pd.DataFrame:
     """The paper's table for `dataset` in long form: one row per (teacher, student) pair and method.
 
     Pairs come in the paper's order, then pairs only we ran. Per row: our best-epoch and last-epoch
@@ -169,7 +181,9 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     our runs (each distinct value once); `student` rows the student trained alone
     (`experiment.run_vanilla`), ours and the paper's. Rows empty on both sides are dropped; a pair
     the paper has no numbers for (ImageNet ResNet34 -> ResNet18) has an empty paper column.
-    ImageNet tables also carry top-5.
+    ImageNet tables also carry top-5. Only runs as published count (`departures_table` lists the others);
+    the teacher row's `teacher_from` says where its teachers came from. `published_only=False` takes every
+    run: for comparing one's own short runs with each other (the digit-mosaic notebooks), never with the paper.
 
     Each SD row is set beside its plain row: on CIFAR-100 and CUB-200 the same config run with M=[1];
     on ImageNet the authors' separate baseline config (`imagenet_baselines`), so an ImageNet plain run
@@ -177,7 +191,9 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     """
     paper = paper_results() if paper is None else paper
     paper = paper[paper.dataset == dataset]
-    runs = runs[runs["dataset"] == dataset] if len(runs) else pd.DataFrame(columns=RUN_COLUMNS)
+    if not len(runs):
+        runs = pd.DataFrame(columns=RUN_COLUMNS)
+    runs = runs[(runs["dataset"] == dataset) & (runs["as_published"].astype(bool) | (not published_only))]
     with_top5 = paper["top5"].notna().any()
     pairs = list(dict.fromkeys(
         (t, s) for t, s, m in zip(paper.teacher, paper.student, paper.method) if m in METHODS))
@@ -196,6 +212,8 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
             last = (np.nan, np.nan) if method == "teacher" else _stats(sel["last_top1"])
             row = {"teacher": teacher, "student": student, "method": method,
                    "M": "" if method == "teacher" else "; ".join(sorted(set(sel["scales"]))),
+                   "teacher_from": "; ".join(sorted(set(sel["teacher_from"].dropna()))) if method == "teacher"
+                   else "",
                    "n_runs": len(sel), "ours_best": best[0], "ours_best_std": best[1],
                    "ours_last": last[0], "ours_last_std": last[1],
                    "paper": _paper_value(paper, teacher, student, method)}
@@ -215,18 +233,47 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
                "ours_last_std", "paper", "delta_vs_paper", "sd_gain_ours", "sd_gain_paper"]
     if with_top5:
         columns += ["ours_best_top5", "ours_best_top5_std", "paper_top5"]
+    columns += ["teacher_from"]
     return pd.DataFrame(rows, columns=columns).astype({"n_runs": int})
+
+
+DEPARTURE_COLUMNS = ["teacher", "student", "method", "M", "seed", "best_top1", "last_top1", "teacher_top1",
+                     "teacher_from", "departures", "run_name"]
+
+
+def departures_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The runs of `dataset` that are not as published, one row each with what they changed: never beside
+    the paper's numbers."""
+    if not len(runs):
+        return pd.DataFrame(columns=DEPARTURE_COLUMNS)
+    sel = runs[(runs["dataset"] == dataset) & ~runs["as_published"].astype(bool)]
+    out = sel.assign(method=sel["variant"].map(lambda v: METHOD_NAMES.get(v, "Trained alone")), M=sel["scales"])
+    return out[DEPARTURE_COLUMNS].sort_values(["teacher", "student", "method", "M", "seed"], na_position="first")\
+        .reset_index(drop=True)
+
+
+def format_departures(df: pd.DataFrame) -> pd.DataFrame:
+    """`departures_table` as strings."""
+    return pd.DataFrame({
+        "Teacher": df["teacher"], "Student": df["student"], "Method": df["method"], "M": df["M"], "Seed": df["seed"],
+        "Best top-1": df["best_top1"].map(_num), "Last top-1": df["last_top1"].map(_num),
+        "Teacher top-1": df["teacher_top1"].map(_num), "Teacher from": df["teacher_from"],
+        "Departures": df["departures"], "Run": df["run_name"]}).fillna("").reset_index(drop=True)
 
 
 def run_summary(metrics: dict, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """One run at a glance: best and last epoch, the teacher, and the paper's numbers for the same
-    configuration and for its plain (or SD) counterpart."""
+    configuration and for its plain (or SD) counterpart; `protocol` says "as published" or what it changed
+    (then the paper's columns stay empty: the run is not the paper's experiment)."""
     paper = paper_results() if paper is None else paper
     paper = paper[paper.dataset == metrics["dataset"]]
     variant = metrics["variant"]
     other = variant[3:] if variant.startswith("sd_") else f"sd_{variant}"
     teacher, student = metrics["teacher"], metrics["student"]
+    if metrics.get("departures") != {}:
+        paper = paper.iloc[0:0]
     row = {"run": metrics["run_name"], "M": "[" + ",".join(map(str, metrics["scales"])) + "]",
+           "protocol": describe(metrics.get("departures")),
            "best top-1": metrics["best_top1"], "best epoch": metrics["best_epoch"],
            "last top-1": metrics["last_top1"], "best top-5": metrics["best_top5"],
            "last top-5": metrics["last_top5"], "teacher top-1": metrics["teacher_top1"],
@@ -261,6 +308,7 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
     if "paper_top5" in df:
         out["Ours best top-5"] = [_mean_std(m, s) for m, s in zip(df.ours_best_top5, df.ours_best_top5_std)]
         out["Paper top-5"] = df["paper_top5"].map(_num)
+    out["Teacher from"] = df["teacher_from"]
     return out.fillna("").reset_index(drop=True)
 
 
@@ -268,7 +316,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub pipe table of a DataFrame of strings (no dependency on `tabulate`)."""
     def cell(x):
         return str(x).replace("|", "\\|").replace("\n", " ")
-    left = {"Teacher", "Student", "Method", "M"}
+    left = {"Teacher", "Student", "Method", "M", "Teacher from", "Departures", "Run"}
     lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
              "|" + "|".join(":---" if c in left else "---:" for c in table.columns) + "|"]
     lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in table.itertuples(index=False)]
@@ -278,7 +326,9 @@ def to_markdown(table: pd.DataFrame) -> str:
 _LEGEND = ("Top-1 accuracy (%) on the test set. Ours: mean ± std over runs (seeds), n = number of runs; "
            "'best' is the best test epoch (what the paper and mdistiller report), 'last' the final epoch. "
            "Δ = ours best − paper. SD gain = SD-X − X (best epoch). Teacher row: the teacher as evaluated "
-           "in our runs.")
+           "in our runs, with where it came from. Only runs as published count (the published experiment's values "
+           "apart from the seed, its teacher source, default speed switches); other runs are listed below the "
+           "table with their departures, as 'value used (published value)'.")
 # Where each dataset's plain (X) rows come from, under the legend.
 _BASELINES = {
     "imagenet": "KD, DKD and NKD rows are the authors' plain configs "
@@ -290,7 +340,8 @@ _SAME_CONFIG = "KD, DKD and NKD rows are the SD configs run with M=[1]."
 
 def write_tables(outputs_dir, out_dir=None) -> list[Path]:
     """Write `<dataset>.csv` (numbers, 2 decimals) and `<dataset>.md` for the paper's three datasets and
-    any other dataset with runs, plus `runs.csv` (every complete run), under `outputs_dir/tables/`."""
+    any other dataset with runs, `<dataset>-departures.csv` for the runs not as published (also under the
+    Markdown table), plus `runs.csv` (every complete run), under `outputs_dir/tables/`."""
     runs = load_runs(outputs_dir)
     out = Path(out_dir) if out_dir is not None else Path(outputs_dir) / "tables"
     out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +352,17 @@ def write_tables(outputs_dir, out_dir=None) -> list[Path]:
         table.to_csv(csv, index=False, float_format="%.2f")
         legend = f"{_LEGEND} {_BASELINES.get(dataset, _SAME_CONFIG)}"
         title = f"## {TITLES.get(dataset, dataset)}: our runs vs the SDD paper\n\n{legend}\n\n"
-        md.write_text(title + to_markdown(format_table(table)))
+        other = departures_table(runs, dataset)
+        text = title + to_markdown(format_table(table))
+        if len(other):
+            other_csv = out / f"{dataset}-departures.csv"
+            other.to_csv(other_csv, index=False, float_format="%.2f")
+            text += (f"\n### {TITLES.get(dataset, dataset)}: runs not as published (not in the table above)\n\n"
+                     + to_markdown(format_departures(other)))
+            paths.append(other_csv)
+        else:  # none now: a list left by an earlier call would contradict the table
+            (out / f"{dataset}-departures.csv").unlink(missing_ok=True)
+        md.write_text(text)
         paths += [csv, md]
     runs_csv = out / "runs.csv"
     runs.to_csv(runs_csv, index=False, float_format="%.2f")

@@ -1,5 +1,6 @@
 """One run's results as a dataset notebook shows them, written once for every notebook: the run at a
-glance beside the paper, the dataset's table with every run found, and the per-epoch history."""
+glance beside the paper, the dataset's table with every run as published found, the others with their
+departures, and the per-epoch history."""
 from __future__ import annotations
 
 import pandas as pd
@@ -8,9 +9,13 @@ from . import report
 
 __all__ = ["history_frame", "show_run_results"]
 
-ACCURACY_TEXT = ("Best and last epoch of this run (top-1 / top-5, %), and this configuration in the paper's table "
-                 "beside every run of it found under `output_dir` (mean ± std over seeds). The literature reports "
-                 "the best epoch; the last is what a run without test-set model selection gives.")
+ACCURACY_TEXT = ("Best and last epoch of this run (top-1 / top-5, %; `protocol`: as published or what it changed), "
+                 "and this configuration in the paper's table beside every run of it as published found under "
+                 "`output_dir` (mean ± std over seeds). The literature reports the best epoch; the last is what a "
+                 "run without test-set model selection gives.")
+DEPARTURES_TEXT = ("Runs of this dataset that are not as published (another schedule, a subset, a teacher trained "
+                   "here...), each with what it changed as 'value used (published value)'; they are not in the "
+                   "table above:")
 HISTORY_TEXT = "The loss components and the teacher's region-category shares per epoch:"
 
 
@@ -20,13 +25,19 @@ def history_frame(metrics: dict) -> pd.DataFrame:
 
 
 def show_run_results(metrics: dict, output_dir=None) -> None:
-    """Display the run summary, the dataset's table of all runs under `output_dir` (default: the
-    run's own) and the run's history, each under one sentence saying what it is."""
+    """Display the run summary, the dataset's table of the runs as published under `output_dir` (default:
+    the run's own), the runs that are not with their departures, and the run's history, each under one
+    sentence saying what it is."""
     from IPython.display import Markdown, display
 
     output_dir = metrics["params"]["output_dir"] if output_dir is None else output_dir
     display(Markdown(ACCURACY_TEXT))
     display(report.run_summary(metrics))
-    display(report.format_table(report.results_table(report.load_runs(output_dir), metrics["dataset"])))
+    runs = report.load_runs(output_dir)
+    display(report.format_table(report.results_table(runs, metrics["dataset"])))
+    others = report.departures_table(runs, metrics["dataset"])
+    if len(others):
+        display(Markdown(DEPARTURES_TEXT))
+        display(report.format_departures(others))
     display(Markdown(HISTORY_TEXT))
     display(history_frame(metrics))

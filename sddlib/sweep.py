@@ -10,7 +10,9 @@ overrides (values parsed as YAML; text parameters such as M stay text), writing 
 `run_dir(params)/notebook.ipynb`. Runs whose metrics.json is complete are skipped unless `--force` (which
 moves the old metrics.json aside to metrics.previous.json); an interrupted run resumes from its last
 completed epoch. A failed run (an error, or a notebook that ends without a complete metrics.json) does not
-stop the others; all failures are listed at the end and the exit status is 1. Jobs never share a run
+stop the others; all failures are listed at the end and the exit status is 1. Each finished run says
+"as published" or how it departs from its published experiment (`sddlib.departures`), and the summary
+counts the runs as published. Jobs never share a run
 folder: two files that name the same one are refused, and a run folder is locked while it trains.
 """
 from __future__ import annotations
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
             print(f"{verb}  {path} -> {job['out']}  [{job['notebook']}]")
             jobs.append(job)
 
-    start, done = time.time(), 0
+    start, done = time.time(), (0, 0)
     if not args.dry_run and jobs:
         if args.jobs > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
@@ -118,7 +120,8 @@ def main(argv=None) -> int:
                 done = _report(results, failures)
         else:
             done = _report(((job, execute(job, args.kernel)) for job in jobs), failures)
-        print(f"{done} done, {skipped} skipped, {len(failures)} failed in {time.time() - start:.0f} s")
+        print(f"{done[0]} done, {skipped} skipped, {len(failures)} failed in {time.time() - start:.0f} s; "
+              f"{done[1]} of {done[0]} done as published")
     for path, reason in failures:
         print(f"FAILED  {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
@@ -131,15 +134,21 @@ def _outcome(future) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-def _report(results, failures) -> int:
-    done = 0
+def _report(results, failures) -> tuple[int, int]:
+    """Print each finished job (a done run says "as published" or its departures); count done and as published."""
+    from .departures import describe
+    from .experiment import load_metrics
+    done = published = 0
     for job, reason in results:
-        print(f"{'failed' if reason else 'done'}  {job['file']}" + (f": {reason}" if reason else ""), flush=True)
         if reason:
+            print(f"failed  {job['file']}: {reason}", flush=True)
             failures.append((job["file"], reason))
-        else:
-            done += 1
-    return done
+            continue
+        departures = load_metrics(Path(job["out"]).parent / "metrics.json").get("departures")
+        print(f"done  {job['file']}: {describe(departures)}", flush=True)
+        done += 1
+        published += departures == {}
+    return done, published
 
 
 if __name__ == "__main__":

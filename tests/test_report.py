@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def metrics(dataset="cifar100", teacher="resnet32x4", student="ShuffleV1", method="dkd", scales=(1, 2, 4),
-            seed=0, best=77.0, last=76.5, teacher_top1=79.42, status="complete", **params):
-    """A metrics.json as `sddlib.experiment.run` writes it."""
+            seed=0, best=77.0, last=76.5, teacher_top1=79.42, status="complete", departures=None,
+            teacher_source=None, **params):
+    """A metrics.json as `sddlib.experiment.run` writes it (as published unless `departures` say otherwise)."""
     scales = list(scales)
     variant = method if scales == [1] else f"sd_{method}"
     name = f"{teacher}-{student}-{variant}-M{''.join(map(str, scales))}-seed{seed}"
@@ -24,7 +25,8 @@ def metrics(dataset="cifar100", teacher="resnet32x4", student="ShuffleV1", metho
             "teacher_top1": teacher_top1, "teacher_top5": 95.5,
             "params": {"dataset": dataset, "epochs": 240, "subset": 0, "seed": seed, "M": str(scales), **params},
             "history": [{"epoch": 1, "top1": last}], "wall_time_s": 12.5, "hardware": {}, "versions": {},
-            "git_commit": None, "figures": []}
+            "git_commit": None, "figures": [], "departures": {} if departures is None else departures,
+            "teacher_source": teacher_source or {"source": "published", "path": f"teachers/{teacher}_best.pth"}}
 
 
 def write(root: Path, m: dict | str, name=None) -> Path:

@@ -13,7 +13,8 @@ def metrics(output_dir):
             "teacher": "resnet32x4", "student": "ShuffleV1", "method": "dkd", "scales": [1, 2, 4], "sd": True,
             "variant": "sd_dkd", "seed": 0, "best_top1": 76.5, "best_top5": 90.0, "best_epoch": 2,
             "last_top1": 76.5, "last_top5": 90.0, "teacher_top1": 79.4, "teacher_top5": 95.0,
-            "params": {"output_dir": str(output_dir), "epochs": 2, "subset": 0}, "history": history}
+            "params": {"output_dir": str(output_dir), "epochs": 2, "subset": 0}, "history": history,
+            "departures": {}}
 
 
 def test_history_frame_is_indexed_by_epoch_and_rounded():
@@ -37,3 +38,20 @@ def test_show_run_results_displays_summary_table_and_history(tmp_path, monkeypat
     ours = table[(table.Teacher == "resnet32x4") & (table.Student == "ShuffleV1") & (table.Method == "SD-DKD")]
     assert ours["Ours best top-1"].tolist() == ["76.50 (n=1)"]
     pd.testing.assert_frame_equal(history, run_results.history_frame(m))
+    assert summary.loc[m["run_name"], "protocol"] == "as published"
+
+
+def test_runs_not_as_published_are_shown_apart_with_their_departures(tmp_path, monkeypatch):
+    m = {**metrics(tmp_path), "departures": {"epochs": [2, 240]}}
+    (tmp_path / "cifar100" / m["run_name"]).mkdir(parents=True)
+    (tmp_path / "cifar100" / m["run_name"] / "metrics.json").write_text(json.dumps(m))
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    run_results.show_run_results(m)
+    texts = [o.data for o in shown if not isinstance(o, pd.DataFrame)]
+    summary, table, others, _ = [o for o in shown if isinstance(o, pd.DataFrame)]
+    assert texts == [run_results.ACCURACY_TEXT, run_results.DEPARTURES_TEXT, run_results.HISTORY_TEXT]
+    assert summary.loc[m["run_name"], "protocol"] == "epochs 2 (240)"
+    assert summary[["paper SD-DKD", "paper DKD"]].isna().all(axis=None)  # not the paper's experiment
+    assert (table["Ours best top-1"] == "").all()                      # nothing beside the paper's numbers
+    assert others[["Run", "Best top-1", "Departures"]].values.tolist() == [[m["run_name"], "76.50", "epochs 2 (240)"]]

@@ -82,14 +82,24 @@ def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
 
     def fake_execute(nb, out_nb, parameters, cwd, **kwargs):
         calls.append((parameters, cwd))
-        (Path(out_nb).parent / "metrics.json").write_text(json.dumps(metrics))
+        departures = {"epochs": [2, 240], "subset": [200, 0]}  # as sddlib.departures records a short run
+        (Path(out_nb).parent / "metrics.json").write_text(json.dumps({**metrics, "departures": departures}))
 
     monkeypatch.setattr("papermill.execute_notebook", fake_execute)
     assert sweep.main([str(tmp / "ok.yaml"), "--force", *args]) == 0
-    assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "1 done, 0 skipped, 0 failed" in text and "; 0 of 1 done as published" in text
+    assert f"done  {tmp / 'ok.yaml'}: epochs 2 (240), subset 200 (0)" in text  # each run: as published or what changed
     assert calls == [({**yaml.safe_load((tmp / "ok.yaml").read_text()), "output_dir": str(out), "seed": 1,
                        "M": "[1]", "epochs": 2, "subset": 200, "data_dir": str(tmp / "d")}, str(sweep.ROOT))]
     assert load_metrics(run / "metrics.previous.json") == metrics and load_metrics(run / "metrics.json")
+    metrics = load_metrics(run / "metrics.json")
+    as_published = json.dumps({**metrics, "departures": {}})
+    monkeypatch.setattr("papermill.execute_notebook",
+                        lambda nb, out_nb, **kwargs: (Path(out_nb).parent / "metrics.json").write_text(as_published))
+    assert sweep.main([str(tmp / "ok.yaml"), "--force", *args]) == 0
+    text = capsys.readouterr().out
+    assert f"done  {tmp / 'ok.yaml'}: as published" in text and "; 1 of 1 done as published" in text
 
 
 def test_bad_file_is_a_failure_not_a_crash(setup, capsys):

@@ -1,0 +1,118 @@
+"""How a run departs from its published experiment, so that no table sets a smoke test beside the paper.
+
+The published experiment of a run is its params file, found by what it runs (so a notebook run with the
+same values is recognised too): `params/<dataset>/<teacher>-<student>-<variant>.yaml`, or for a plain run
+(M=[1]) without its own file the SD file run with M=[1] (the CIFAR-100 / CUB-200 baselines). A run is
+*as published* when every value that decides its numbers (the fingerprint, less the seed and the paths of
+teacher files) equals that experiment's, its teacher comes from where the paper's did (the authors'
+published teachers on CIFAR-100 and CUB-200, torchvision weights on ImageNet), and the speed switches are
+at their documented defaults (pipeline "auto").
+
+Datasets without a paper (digit_mosaic) are compared with their dataset protocol and the method's
+defaults, with a teacher trained here under the dataset's teacher protocol. A run on a paper dataset whose
+pair and method the paper has no params file for departs by `experiment`: nothing published to compare.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import DEFAULTS, PROTOCOLS, TEACHER_SEED, RunConfig
+
+__all__ = ["PARAMS_DIR", "published_file", "published_config", "teacher_description", "departures",
+           "vanilla_departures", "describe"]
+
+PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
+# Where the paper's teachers came from, per dataset; digit_mosaic has no paper: its teacher is trained here.
+PUBLISHED_TEACHER = {"cifar100": "published", "cub200": "published", "imagenet": "torchvision weights",
+                     "digit_mosaic": "trained here"}
+# Values that say where a file is, not what is trained (the teacher's origin is compared as `teacher`).
+_NOT_COMPARED = {"seed", "teacher_ckpt", "teachers_dir", "teacher_epochs", "teacher_lr", "teacher_lr_decay_stages"}
+
+
+def published_file(cfg: RunConfig) -> Path | None:
+    """The params file of the published experiment `cfg` runs, or None."""
+    folder = PARAMS_DIR / cfg.dataset
+    for variant in (cfg.variant, f"sd_{cfg.method}"):
+        path = folder / f"{cfg.teacher}-{cfg.student}-{variant}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def published_config(cfg: RunConfig) -> tuple[Path | None, RunConfig]:
+    """The published experiment's configuration at `cfg`'s seed (and M, when its file is the SD file of a plain
+    run); without a file, the dataset protocol with the method's defaults."""
+    import yaml
+    path = published_file(cfg)
+    values = yaml.safe_load(path.read_text()) if path else {
+        "dataset": cfg.dataset, "teacher": cfg.teacher, "student": cfg.student, "method": cfg.method, "M": cfg["M"]}
+    if path and path.stem.endswith(f"sd_{cfg.method}") and not cfg.decoupled:
+        values["M"] = "[1]"
+    return path, RunConfig.from_params({**values, "seed": cfg.seed})
+
+
+def teacher_description(source: dict | None, dataset: str) -> str:
+    """A few words on where a teacher came from: "published", "torchvision weights IMAGENET1K_V1",
+    "checkpoint <path>", "trained here" (with how its protocol differs from the dataset's)."""
+    if not source:
+        return "not recorded"
+    kind = source.get("source")
+    if kind == "torchvision weights":
+        return f"torchvision weights {source.get('weights')}"
+    if kind == "checkpoint":
+        return f"checkpoint {source.get('path')}"
+    if kind == "trained here":
+        standard = {**PROTOCOLS[dataset], "clip_grad_norm": DEFAULTS["clip_grad_norm"], "subset": 0,
+                    "seed": TEACHER_SEED}
+        protocol = source.get("protocol") or {}
+        changed = [f"{k} {_short(v)}" for k, v in protocol.items() if _short(v) != _short(standard.get(k))]
+        return "trained here" + (f" ({', '.join(changed)})" if changed else "")
+    return str(kind)
+
+
+def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None, dict]:
+    """The published params file (or None) and {parameter: [value used, published value]} (empty: as published)."""
+    path, published = published_config(cfg)
+    out = {}
+    if path is None and cfg.dataset != "digit_mosaic":
+        out["experiment"] = [f"{cfg.teacher}-{cfg.student}-{cfg.variant}", None]
+    ours, theirs = cfg.fingerprint, published.fingerprint
+    for key in ours:
+        if key not in _NOT_COMPARED and ours[key] != theirs.get(key):
+            out[key] = [ours[key], theirs.get(key)]
+    used = teacher_description(teacher_source, cfg.dataset)
+    expected = PUBLISHED_TEACHER[cfg.dataset]
+    if expected == "torchvision weights":
+        expected = f"torchvision weights {published.teacher_weights}"
+    if used != expected:
+        out["teacher"] = [used, expected]
+    return path, out
+
+
+def vanilla_departures(cfg: RunConfig, arch: str) -> tuple[Path | None, dict]:
+    """A model trained alone: its solver and speed switches against the published experiment it was started from
+    (the student's own solver) or, for another model, the dataset protocol."""
+    if arch == cfg.student:
+        path, published = published_config(cfg)
+    else:
+        path, published = None, RunConfig.from_params({"dataset": cfg.dataset, "seed": cfg.seed})
+    ours, theirs = {**cfg.solver, "pipeline": cfg.pipeline}, {**published.solver, "pipeline": published.pipeline}
+    return path, {k: [v, theirs[k]] for k, v in ours.items() if k != "seed" and v != theirs[k]}
+
+
+def _short(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def describe(found: dict | None) -> str:
+    """"as published", or the departures in a few words: "epochs 1 (240), subset 256 (0)"."""
+    if found is None:
+        return "departures not recorded"
+    if not found:
+        return "as published"
+    return ", ".join(f"{key} {_short(used)} ({'none published' if published is None else _short(published)})"
+                     for key, (used, published) in found.items())
