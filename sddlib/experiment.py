@@ -119,7 +119,8 @@ def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
 
 # --- runs ------------------------------------------------------------------------------------------
 def _vanilla_fingerprint(cfg: RunConfig, arch: str) -> dict:
-    return {"arch": arch, "dataset": cfg.dataset, **cfg.solver}
+    # the data pipeline draws its own augmentation: a run under the other one is another run
+    return {"arch": arch, "dataset": cfg.dataset, **cfg.solver, "pipeline": cfg.data_pipeline}
 
 
 def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
