@@ -23,15 +23,20 @@ def test_history_frame_is_indexed_by_epoch_and_rounded():
     assert frame.top1.tolist() == [70.1235, 76.5] and frame.train_loss.tolist() == [2.0, 1.0]
 
 
-def test_show_run_results_displays_summary_table_and_history(tmp_path, monkeypatch):
-    m = metrics(tmp_path)
-    (tmp_path / "cifar100" / m["run_name"]).mkdir(parents=True)
-    (tmp_path / "cifar100" / m["run_name"] / "metrics.json").write_text(json.dumps(m))
+def show(m, output_dir, monkeypatch):
+    """Write `m` as the run's metrics.json, show its results; the texts and the frames displayed."""
+    (output_dir / "cifar100" / m["run_name"]).mkdir(parents=True)
+    (output_dir / "cifar100" / m["run_name"] / "metrics.json").write_text(json.dumps(m))
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
     run_results.show_run_results(m)
-    texts = [o.data for o in shown if not isinstance(o, pd.DataFrame)]
-    frames = [o for o in shown if isinstance(o, pd.DataFrame)]
+    return ([o.data for o in shown if not isinstance(o, pd.DataFrame)],
+            [o for o in shown if isinstance(o, pd.DataFrame)])
+
+
+def test_show_run_results_displays_summary_table_and_history(tmp_path, monkeypatch):
+    m = metrics(tmp_path)
+    texts, frames = show(m, tmp_path, monkeypatch)
     assert texts == [run_results.ACCURACY_TEXT, run_results.HISTORY_TEXT] and len(frames) == 3
     summary, table, history = frames
     assert summary.loc[m["run_name"], "best top-1"] == 76.5 and summary.loc[m["run_name"], "paper SD-DKD"] == 77.30
@@ -43,13 +48,8 @@ def test_show_run_results_displays_summary_table_and_history(tmp_path, monkeypat
 
 def test_runs_not_as_published_are_shown_apart_with_their_departures(tmp_path, monkeypatch):
     m = {**metrics(tmp_path), "departures": {"epochs": [2, 240]}}
-    (tmp_path / "cifar100" / m["run_name"]).mkdir(parents=True)
-    (tmp_path / "cifar100" / m["run_name"] / "metrics.json").write_text(json.dumps(m))
-    shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
-    run_results.show_run_results(m)
-    texts = [o.data for o in shown if not isinstance(o, pd.DataFrame)]
-    summary, table, others, _ = [o for o in shown if isinstance(o, pd.DataFrame)]
+    texts, frames = show(m, tmp_path, monkeypatch)
+    summary, table, others, _ = frames
     assert texts == [run_results.ACCURACY_TEXT, run_results.DEPARTURES_TEXT, run_results.HISTORY_TEXT]
     assert summary.loc[m["run_name"], "protocol"] == "epochs 2 (240)"
     assert summary[["paper SD-DKD", "paper DKD"]].isna().all(axis=None)  # not the paper's experiment
