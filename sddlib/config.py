@@ -80,6 +80,9 @@ PROTOCOLS = {
 DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "ShuffleV1"), "cub200": ("resnet32x4", "ShuffleV1"),
                  "imagenet": ("ResNet50", "MobileNetV1"), "digit_mosaic": ("resnet14", "resnet8")}
 STEMS = {"cifar100": "cifar", "digit_mosaic": "cifar", "cub200": "cub", "imagenet": "torchvision"}
+# Speed switches (sddlib.acceleration): autocast precisions and torch.compile modes.
+PRECISIONS = ("fp32", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # The in-memory sets can live on the training device (sddlib.data's pipelines); file-based ones cannot.
 IN_MEMORY = ("cifar100", "digit_mosaic")
 # A teacher trained here always uses this seed: the cached teacher must not depend on which run came first.
@@ -237,6 +240,12 @@ class RunConfig(Mapping):
     run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
     figures: bool = _param(True, _flag, "write the region figures after training")
     progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
+    channels_last: bool = _param(False, _flag, "NHWC memory layout of the models and batches (the same fp32 "
+                                 "arithmetic, faster convolutions on GPUs)")
+    precision: str = _param("fp32", _choice(PRECISIONS), "'fp32', or 'bf16': the forward passes under bfloat16 "
+                            "autocast (changes the numbers: a departure from the paper)")
+    compile: str = _param("off", _choice(COMPILE_MODES), "torch.compile of the step's forward passes: 'off', "
+                          "'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'")
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -382,8 +391,12 @@ class RunConfig(Mapping):
     @property
     def fingerprint(self) -> dict:
         """Everything that decides the trained weights: equal fingerprints may continue each other's checkpoints.
-        (Paths, device, loader processes, figures and progress bars do not change the numbers.)"""
-        skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "progress", "run_name"}
+        (Paths, device, loader processes, figures, progress bars, memory layout and compilation do not change
+        them beyond fp32 rounding; precision does.)"""
+        skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "progress", "run_name",
+                "channels_last", "compile"}
+        if self.precision == "fp32":
+            skip.add("precision")  # the reference precision: runs recorded before the switch existed stay valid
         return {k: v for k, v in self.to_params().items() if k not in skip}
 
     # --- what lives outside the process -------------------------------------------------------------

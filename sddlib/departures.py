@@ -5,8 +5,9 @@ same values is recognised too): `params/<dataset>/<teacher>-<student>-<variant>.
 (M=[1]) without its own file the SD file run with M=[1] (the CIFAR-100 / CUB-200 baselines). A run is
 *as published* when every value that decides its numbers (the fingerprint, less the seed and the paths of
 teacher files) equals that experiment's, its teacher comes from where the paper's did (the authors'
-published teachers on CIFAR-100 and CUB-200, torchvision weights on ImageNet), and the speed switches are
-at their documented defaults (pipeline "auto").
+published teachers on CIFAR-100 and CUB-200, torchvision weights on ImageNet), and the switches that change
+the numbers are at their documented defaults (pipeline "auto", precision "fp32"). `channels_last` and
+`compile` compute the same fp32 function (tests/test_acceleration.py) and are not departures.
 
 Datasets without a paper (digit_mosaic) are compared with their dataset protocol and the method's
 defaults, with a teacher trained here under the dataset's teacher protocol. A run on a paper dataset whose
@@ -78,8 +79,9 @@ def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None
         out["experiment"] = [f"{cfg.teacher}-{cfg.student}-{cfg.variant}", None]
     ours, theirs = cfg.fingerprint, published.fingerprint
     for key in ours:
-        if key not in _NOT_COMPARED and ours[key] != theirs.get(key):
-            out[key] = [ours[key], theirs.get(key)]
+        published_value = theirs[key] if key in theirs else published[key]
+        if key not in _NOT_COMPARED and ours[key] != published_value:
+            out[key] = [ours[key], published_value]
     used = teacher_description(teacher_source, cfg.dataset)
     expected = PUBLISHED_TEACHER[cfg.dataset]
     if expected == "torchvision weights":
@@ -96,7 +98,9 @@ def vanilla_departures(cfg: RunConfig, arch: str) -> tuple[Path | None, dict]:
         path, published = published_config(cfg)
     else:
         path, published = None, RunConfig.from_params({"dataset": cfg.dataset, "seed": cfg.seed})
-    ours, theirs = {**cfg.solver, "pipeline": cfg.pipeline}, {**published.solver, "pipeline": published.pipeline}
+    numeric = ("pipeline", "precision")
+    ours = {**cfg.solver, **{k: cfg[k] for k in numeric}}
+    theirs = {**published.solver, **{k: published[k] for k in numeric}}
     return path, {k: [v, theirs[k]] for k, v in ours.items() if k != "seed" and v != theirs[k]}
 
 

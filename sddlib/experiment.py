@@ -119,8 +119,9 @@ def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
 
 # --- runs ------------------------------------------------------------------------------------------
 def _vanilla_fingerprint(cfg: RunConfig, arch: str) -> dict:
-    # the data pipeline draws its own augmentation: a run under the other one is another run
-    return {"arch": arch, "dataset": cfg.dataset, **cfg.solver, "pipeline": cfg.data_pipeline}
+    # the data pipeline draws its own augmentation and bf16 rounds otherwise: either makes another run
+    return {"arch": arch, "dataset": cfg.dataset, **cfg.solver, "pipeline": cfg.data_pipeline,
+            **({"precision": cfg.precision} if cfg.precision != "fp32" else {})}
 
 
 def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:

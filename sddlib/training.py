@@ -25,6 +25,7 @@ from fastai.metrics import accuracy, top_k_accuracy
 from fastai.optimizer import OptimWrapper
 from fastcore.basics import noop
 
+from .acceleration import SpeedSwitches
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
 from .config import RunConfig
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
@@ -119,12 +120,12 @@ def top5_accuracy(inp, targ):
 
 def build_learner(dls, model, params, cbs=()) -> Learner:
     """The one place a Learner is made: torch SGD (no dampening, no Nesterov) with L2 on every
-    parameter, the authors' step schedule, gradient clipping, top-1/top-5 metrics."""
+    parameter, the authors' step schedule, gradient clipping, top-1/top-5 metrics, the run's speed switches."""
     cfg = RunConfig.from_params(params)
     opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
                                                   nesterov=False, weight_decay=cfg.weight_decay))
     callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate), EpochLogger(), FiniteLoss(),
-                 SmoothLossOnDevice(), *cbs]
+                 SmoothLossOnDevice(), SpeedSwitches(cfg.channels_last, cfg.precision, cfg.compile), *cbs]
     if cfg.clip_grad_norm:
         callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=cfg.lr,
@@ -257,6 +258,10 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
     except torch.OutOfMemoryError:
         reason = (f"the GPU ran out of memory with batch_size={cfg.batch_size} on {cfg.device}; use a smaller "
                   "batch_size or run fewer jobs on this GPU at once.")
+    finally:  # fastai calls no after_fit when an exception escapes: no autocast hook may outlive the fit
+        for cb in learn.cbs:
+            if isinstance(cb, SpeedSwitches):
+                cb.release()
     write_json(out / "metrics.json", {"status": "failed", "reason": reason, "run_name": out.name,
                                       "dataset": cfg.dataset, "params": cfg.to_params(), "fingerprint": fingerprint,
                                       "history": recorder.rows})
