@@ -4,9 +4,11 @@ the reference's style, on synthetic data of CIFAR-100's shape (uint8 32 x 32 ima
     .venv/bin/python benchmarks/throughput.py                       # CPU: small models, few steps
     .venv/bin/python benchmarks/throughput.py --device cuda --steps 200 --json out.json
     .venv/bin/python benchmarks/throughput.py --device cuda --jobs 4   # + 4 concurrent runs of (a)
+    .venv/bin/python benchmarks/throughput.py --device cuda --precision bf16 --channels-last --compile reduce-overhead
 
 Three paths train the same SD-DKD step (M [1,2,4], batch 64, SGD + weight decay, gradient clipping):
-  (a) this project's default: the fastai Learner, device-resident data, the default speed switches;
+  (a) this project's default: the fastai Learner, device-resident data, the default speed switches
+      (or those given: --channels-last, --precision, --compile, each a run parameter of the same name);
   (b) this project with reference-style settings: per-image CPU transforms in DataLoader workers, fp32;
   (c) a plain PyTorch loop in the reference's style: torchvision transforms on PIL images,
       DataLoader(num_workers=2), fp32, `loss.item()` every step, the same losses.
@@ -155,6 +157,8 @@ def run_project(args, device, images, labels, reference_style: bool) -> dict:
     torch.manual_seed(0)
     params = dict(dataset="cifar100", teacher=args.teacher, student=args.student, method="dkd", M="[1,2,4]",
                   batch_size=args.batch_size, progress=False, device=str(device))
+    if not reference_style:
+        params.update(channels_last=args.channels_last, precision=args.precision, compile=args.compile)
     info = DatasetInfo("synthetic", [str(i) for i in range(100)], CIFAR_MEAN, CIFAR_STD, image_size=32)
     train_ds = TensorImageDataset(images, labels, transform=T.Compose([T.RandomCrop(32, padding=4),
                                                                       T.RandomHorizontalFlip()]),
@@ -210,7 +214,8 @@ def one_path(args) -> dict:
 def _spawn(args, path: str) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--_path", path, "--device", args.device, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--teacher", args.teacher, "--student", args.student,
-           "--batch-size", str(args.batch_size)]
+           "--batch-size", str(args.batch_size), "--precision", args.precision, "--compile", args.compile]
+    cmd += ["--channels-last"] if args.channels_last else []
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
 
@@ -230,6 +235,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--teacher", default=None, help="default resnet32x4 (CUDA) / resnet14 (CPU)")
     ap.add_argument("--student", default=None, help="default ShuffleV1 (CUDA) / resnet8 (CPU)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--channels-last", action="store_true", help="(a) with channels_last=True")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="(a) with this precision")
+    ap.add_argument("--compile", default="off", help="(a) with this torch.compile mode")
     ap.add_argument("--jobs", type=int, default=1, help="also run N concurrent copies of (a); aggregate images/s")
     ap.add_argument("--json", help="write the figures as JSON here")
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/results.md")
@@ -246,7 +254,9 @@ def main(argv=None) -> dict:
 
     results = {path: _result(_spawn(args, path)) for path in PATHS}
     device_name = torch.cuda.get_device_name(0) if cuda else f"{os.cpu_count()} CPU cores, {platform.machine()}"
+    switches = {"channels_last": args.channels_last, "precision": args.precision, "compile": args.compile}
     summary = {"device": device_name, "teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
+               "switches_a": switches,
                "steps": args.steps, "warmup": args.warmup, "torch": torch.__version__,
                "images_per_s": {k: round(v["images_per_s"], 1) for k, v in results.items()},
                "speedup_a_over_c": round(results["a"]["images_per_s"] / results["c"]["images_per_s"], 3),
@@ -275,7 +285,8 @@ def _table(s: dict) -> str:
     hours = lambda ips: EPOCHS * EPOCH_IMAGES / ips / 3600  # noqa: E731
     mib = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     lines = [f"{s['teacher']} -> {s['student']}, SD-DKD M [1,2,4], batch {s['batch_size']}, {s['steps']} timed steps "
-             f"after {s['warmup']}, on {s['device']} (torch {s['torch']})", "",
+             f"after {s['warmup']}, on {s['device']} (torch {s['torch']}); switches of (a): "
+             f"{', '.join(f'{k}={v}' for k, v in s['switches_a'].items())}", "",
              "| path | images/s | ms/step | peak device MiB | peak host MiB | vs (c) | 240 epochs | host reads/step |",
              "|---|---|---|---|---|---|---|---|"]
     for key, name in PATHS.items():
