@@ -1,6 +1,7 @@
 """Does the fast path train as well as the reference-style path? Full digit-mosaic runs, several seeds each.
 
     .venv/bin/python benchmarks/fidelity.py --seeds 0 1 2 --record
+    .venv/bin/python benchmarks/fidelity.py --subset 2000 --record      # a quarter of the mosaics (CPU)
     .venv/bin/python benchmarks/fidelity.py --device cuda -p precision bf16 -p channels_last true --record
 
 Both paths run the same experiment (`--method`, M [1,2,4], the digit_mosaic protocol, the same cached
@@ -42,13 +43,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--method", default="dkd", choices=("kd", "dkd", "nkd"))
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--subset", type=int, default=0, help="first n train and test mosaics (0: all 8000 / 2000)")
     ap.add_argument("--output-dir", default=str(REPO / "outputs" / "benchmarks" / "fidelity"))
     ap.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
                     help="a speed switch of the fast path, e.g. -p precision bf16")
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/results.md")
     args = ap.parse_args(argv)
     switches = {key: yaml.safe_load(value) for key, value in args.parameter}
-    common = dict(dataset="digit_mosaic", method=args.method, M="[1,2,4]", device=args.device,
+    common = dict(dataset="digit_mosaic", method=args.method, M="[1,2,4]", device=args.device, subset=args.subset,
                   output_dir=args.output_dir, figures=False, progress=False)
     paths = {"fast": dict(pipeline="auto", **switches), "reference": dict(pipeline="workers")}
     results = {name: [] for name in paths}
@@ -63,7 +65,8 @@ def main(argv=None) -> dict:
         f"{os.cpu_count()} CPU cores, {platform.machine()}"
     switch_text = ", ".join(f"{k}={v}" for k, v in switches.items()) or "default switches"
     lines = [f"{cfg.teacher} -> {cfg.student}, SD-{args.method.upper()} M [1,2,4], digit_mosaic protocol "
-             f"({cfg.epochs} epochs), seeds {args.seeds}, on {device} (torch {torch.__version__}); "
+             f"({cfg.epochs} epochs, {'all' if not args.subset else f'first {args.subset}'} mosaics), "
+             f"seeds {args.seeds}, on {device} (torch {torch.__version__}); "
              f"fast = device pipeline, {switch_text}; reference = worker transforms, fp32", "",
              "| path | best top-1 per seed | last top-1 per seed | best mean ± std | last mean ± std | s per run |",
              "|---|---|---|---|---|---|"]

@@ -14,6 +14,11 @@ stop the others; all failures are listed at the end and the exit status is 1. Ea
 "as published" or how it departs from its published experiment (`sddlib.departures`), and the summary
 counts the runs as published. Jobs never share a run
 folder: two files that name the same one are refused, and a run folder is locked while it trains.
+
+`--jobs N` runs N experiments at once on the same device (small CIFAR models leave most of a large GPU
+idle). Before any starts, each distinct configuration's memory is measured (`sddlib.run_memory`: two real
+steps in a fresh process) and a job count whose runs would not fit the device's free memory is refused in
+one sentence; the summary gives the aggregate training images/s of the sweep.
 """
 from __future__ import annotations
 
@@ -111,7 +116,14 @@ def main(argv=None) -> int:
             print(f"{verb}  {path} -> {job['out']}  [{job['notebook']}]")
             jobs.append(job)
 
-    start, done = time.time(), (0, 0)
+    start, done = time.time(), (0, 0, 0)
+    if not args.dry_run and jobs and args.jobs > 1 and len(jobs) > 1:
+        from .run_memory import check_jobs_fit
+        try:
+            print(check_jobs_fit([job["params"] for job in jobs], min(args.jobs, len(jobs))), flush=True)
+        except ValueError as err:
+            print(f"FAILED  nothing ran: {err}", file=sys.stderr)
+            return 1
     if not args.dry_run and jobs:
         if args.jobs > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
@@ -120,8 +132,10 @@ def main(argv=None) -> int:
                 done = _report(results, failures)
         else:
             done = _report(((job, execute(job, args.kernel)) for job in jobs), failures)
-        print(f"{done[0]} done, {skipped} skipped, {len(failures)} failed in {time.time() - start:.0f} s; "
-              f"{done[1]} of {done[0]} done as published")
+        seconds = time.time() - start
+        print(f"{done[0]} done, {skipped} skipped, {len(failures)} failed in {seconds:.0f} s; "
+              f"{done[1]} of {done[0]} done as published; {done[2] / seconds:.0f} training images/s in all "
+              "(runs started afresh)")
     for path, reason in failures:
         print(f"FAILED  {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
@@ -134,21 +148,25 @@ def _outcome(future) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-def _report(results, failures) -> tuple[int, int]:
-    """Print each finished job (a done run says "as published" or its departures); count done and as published."""
+def _report(results, failures) -> tuple[int, int, int]:
+    """Print each finished job (a done run says "as published" or its departures); count done, as published,
+    and the images trained by the runs that started afresh (resumed ones trained only part of theirs)."""
     from .departures import describe
     from .experiment import load_metrics
-    done = published = 0
+    from .run_memory import train_images
+    done = published = images = 0
     for job, reason in results:
         if reason:
             print(f"failed  {job['file']}: {reason}", flush=True)
             failures.append((job["file"], reason))
             continue
-        departures = load_metrics(Path(job["out"]).parent / "metrics.json").get("departures")
-        print(f"done  {job['file']}: {describe(departures)}", flush=True)
+        metrics = load_metrics(Path(job["out"]).parent / "metrics.json")
+        print(f"done  {job['file']}: {describe(metrics.get('departures'))}", flush=True)
         done += 1
-        published += departures == {}
-    return done, published
+        published += metrics.get("departures") == {}
+        if not job["resumes"]:
+            images += train_images(metrics["params"]) * len(metrics["history"])
+    return done, published, images
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """sddlib.sweep on a tiny throwaway notebook (not the dataset notebooks): skip, failures, --jobs, -p, --dry-run."""
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -64,6 +65,8 @@ def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert f"{tmp / 'fail.yaml'}: RuntimeError: asked to fail" in captured.err  # listed, one line
     assert str(tmp / "ok.yaml") not in captured.err
+    assert re.search(r"memory: 2 jobs x [\d.]+ GiB \(largest run, .*, measured\) of [\d.]+ GiB free on host memory",
+                     captured.out)          # both configurations measured before either started
     metrics = load_metrics(run / "metrics.json")  # the other run completed
     assert metrics is not None and (run / "notebook.ipynb").is_file()
     # -p overrides reached the notebook (values parsed as YAML; M stays text), the file's own values too

@@ -1,0 +1,111 @@
+"""Images/s the ImageNet and CUB-200 training loaders sustain on this machine (no model: the loader alone).
+
+    .venv/bin/python benchmarks/loader.py --record
+    .venv/bin/python benchmarks/loader.py --dataset imagenet --workers 2 4 8 --batches 40
+
+The datasets cannot be downloaded here, so the script writes each one's real on-disk layout
+(tests/fake_datasets.py) with photo-like JPEGs of the datasets' typical size (500 x 375, quality 90,
+smooth content with texture, about the bytes per image of the real sets) and times the project's own
+training loader (`sddlib.data.get_dataloaders`: decoding, RandomResizedCrop(224), flip, normalisation in
+DataLoader worker processes, persistent workers, pinned memory on CUDA) for each worker count, after one
+warm-up batch. A GPU trains ResNet-50 -> MobileNetV1 at some thousands of images/s; a loader slower than
+that leaves it idle, which this table makes visible before a user pays for the GPU hours.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+RESULTS = REPO / "benchmarks" / "results.md"
+
+
+def _photo_like(path: Path, rng) -> int:
+    """Replace a JPEG's pixels by smooth, textured content of the same size; return its new size in bytes."""
+    from PIL import Image
+    w, h = Image.open(path).size
+    coarse = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+    texture = rng.normal(0, 20, (h, w, 3))  # ~105 KiB at 500 x 375: about ImageNet's mean file size
+    img = Image.fromarray(np.clip(np.asarray(img) + texture, 0, 255).astype(np.uint8))
+    img.save(path, "JPEG", quality=90)
+    return path.stat().st_size
+
+
+def write_dataset(name: str, root: Path, n_images: int) -> float:
+    """The dataset's layout with `n_images` training images; returns the mean JPEG size in KiB."""
+    from fake_datasets import write_tiny_cub200, write_tiny_imagenet
+    n_classes = 10
+    if name == "imagenet":
+        write_tiny_imagenet(root, n_classes=n_classes, per_class=n_images // n_classes, size=500)
+    else:
+        write_tiny_cub200(root, n_classes=n_classes, per_class=2 * n_images // n_classes, size=500)  # half are train
+    rng = np.random.default_rng(0)
+    sizes = [_photo_like(p, rng) for p in sorted(root.rglob("*")) if p.suffix.lower() in (".jpeg", ".jpg")]
+    return float(np.mean(sizes)) / 1024
+
+
+def loader_rate(name: str, root: Path, workers: int, batch_size: int, batches: int) -> float:
+    from sddlib.data import get_dataloaders
+    dls = get_dataloaders(name, root, bs=batch_size, num_workers=workers, device="cpu")
+    it = iter(dls.train)
+    next(it)  # workers started, first batch decoded
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            it = iter(dls.train)
+            x, _ = next(it)
+        seen += len(x)
+    return seen / (time.perf_counter() - start)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", nargs="+", default=["imagenet", "cub200"], choices=("imagenet", "cub200"))
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--images", type=int, default=640, help="training images written per dataset")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per setting")
+    ap.add_argument("--record", action="store_true", help="append the table to benchmarks/results.md")
+    args = ap.parse_args(argv)
+    import torch
+    machine = f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}"
+    lines = [f"training loader alone, batch {args.batch_size}, {args.batches} timed batches after one, on {machine}",
+             "", "| dataset | mean JPEG KiB | worker processes | images/s | one epoch of the real set |",
+             "|---|---|---|---|---|"]
+    epoch_images = {"imagenet": 1_281_167, "cub200": 5_994}
+    rates = {}
+    with tempfile.TemporaryDirectory(prefix="sdd-loader-") as tmp:
+        for name in args.dataset:
+            root = Path(tmp) / name
+            kib = write_dataset(name, root, args.images)
+            for workers in args.workers:
+                rate = loader_rate(name, root, workers, args.batch_size, args.batches)
+                rates[(name, workers)] = rate
+                epoch = epoch_images[name] / rate
+                lines.append(f"| {name} | {kib:.0f} | {workers} | {rate:.0f} | "
+                             f"{epoch / 3600:.1f} h |" if epoch > 3600 else
+                             f"| {name} | {kib:.0f} | {workers} | {rate:.0f} | {epoch:.0f} s |")
+    table = "\n".join(lines)
+    print(table)
+    if args.record:
+        command = " ".join(["benchmarks/loader.py", *(argv if argv is not None else sys.argv[1:])])
+        with RESULTS.open("a") as f:
+            f.write(f"\n### loader.py, {datetime.date.today()}, {os.cpu_count()} CPU cores\n\n`{command}`\n\n{table}\n")
+    return rates
+
+
+if __name__ == "__main__":
+    main()

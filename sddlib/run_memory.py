@@ -1,0 +1,120 @@
+"""How much memory one run takes, measured, so a sweep never starts more runs on a device than fit.
+
+Small CIFAR models leave most of a large GPU idle, so `sweep --jobs N` runs N experiments on one
+device at once; too many and every run dies of out-of-memory hours in. `run_memory(params)` measures a
+run before any starts: two training steps of its real step (teacher, student, distillation loss, batch
+size, speed switches) on random batches of the dataset's image shape, in a fresh subprocess so that the
+figure is this run's alone. On CUDA it is the allocator's peak, plus the dataset the device pipeline
+keeps there, plus the CUDA context; on the CPU the process's peak resident memory (the data included).
+`check_jobs_fit` refuses a job count whose runs would not fit what the device has free, in one sentence.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = ["DATASET_SIZES", "train_images", "run_memory", "check_jobs_fit"]
+
+# (train images, test images, image side) of each dataset as the loaders yield them.
+DATASET_SIZES = {"cifar100": (50_000, 10_000, 32), "digit_mosaic": (8_000, 2_000, 32),
+                 "cub200": (5_994, 5_794, 224), "imagenet": (1_281_167, 50_000, 224)}
+CUDA_CONTEXT_BYTES = 512 * 2**20  # the CUDA context and cuDNN workspaces the allocator does not see
+HEADROOM = 0.9                    # never plan more than this share of the free memory
+_PROBE_KEYS = ("dataset", "data_dir", "teacher", "student", "method", "M", "batch_size", "subset", "device", "pipeline",
+               "channels_last", "precision", "compile")
+
+
+def train_images(params) -> int:
+    """Images one epoch of the run trains on (its subset, if any)."""
+    from .config import RunConfig
+    cfg = RunConfig.from_params(params)
+    n = DATASET_SIZES[cfg.dataset][0]
+    return min(cfg.subset, n) if cfg.subset else n
+
+
+def _device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+def _probe(params: dict) -> int:
+    """Bytes the run needs at its peak (runs in the measuring subprocess)."""
+    from fastai.data.core import DataLoaders
+
+    from .config import RunConfig, _dataset_classes
+    from .data.build import TensorImageDataset
+    from .data.device import DeviceImageDL
+    from .distill import DistillationCallback
+    from .models import create_model
+    from .training import build_learner
+
+    cfg = RunConfig.from_params({**params, "progress": False})
+    device = _device(cfg.device)
+    n_train, n_test, side = DATASET_SIZES[cfg.dataset]
+    num_classes = _dataset_classes(cfg.dataset, cfg.data_dir) or 1000
+    images = torch.randint(0, 256, (2 * cfg.batch_size, 3, side, side), dtype=torch.uint8)
+    labels = torch.randint(0, num_classes, (2 * cfg.batch_size,))
+    stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device=device)
+    train = DeviceImageDL(TensorImageDataset(images, labels), bs=cfg.batch_size, shuffle=True, drop_last=True,
+                          **stats)
+    valid = DeviceImageDL(TensorImageDataset(images[:cfg.batch_size], labels[:cfg.batch_size]),
+                          bs=cfg.batch_size, **stats)
+    teacher = create_model(cfg.teacher, num_classes=num_classes, stem=cfg.stem)
+    student = create_model(cfg.student, num_classes=num_classes, stem=cfg.stem)
+    distill = DistillationCallback(teacher, cfg.method, cfg.scales, **cfg.loss_kwargs)
+    build_learner(DataLoaders(train, valid, device=device), student, cfg, cbs=[distill]).fit(1)
+    if device.type != "cuda":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    resident = (min(cfg.subset, n_train) if cfg.subset else n_train) + n_test
+    data = resident * 3 * side * side if cfg.data_pipeline == "device" else 0
+    return torch.cuda.max_memory_reserved(device) + data + CUDA_CONTEXT_BYTES
+
+
+def run_memory(params) -> int:
+    """Peak bytes of one run of `params`, measured in a fresh process."""
+    from .config import RunConfig
+    cfg = RunConfig.from_params(params)
+    probe = {k: cfg[k] for k in _PROBE_KEYS}
+    code = ("import json, sys; from sddlib.run_memory import _probe; "
+            "print(json.dumps(_probe(json.loads(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(probe)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"measuring the memory of {cfg.name} failed: {last}")
+    return int(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("cannot tell how much host memory is free (no MemAvailable in /proc/meminfo).")
+
+
+def check_jobs_fit(params_list, jobs: int) -> str:
+    """Measure each distinct configuration once; raise ValueError (one sentence) when `jobs` of the largest
+    would not fit the device's free memory; otherwise return a line saying what was measured."""
+    from .config import RunConfig
+    configs = [RunConfig.from_params(p) for p in params_list]
+    distinct = {tuple(str(c[k]) for k in _PROBE_KEYS): c for c in configs}
+    sizes = {c.name: run_memory(c) for c in distinct.values()}
+    largest_name = max(sizes, key=sizes.get)
+    largest = sizes[largest_name]
+    device = _device(configs[0].device)
+    free = _free_bytes(device)
+    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+    where = f"{device}" if device.type == "cuda" else "host memory"
+    if jobs * largest > HEADROOM * free:
+        fit = max(int(HEADROOM * free // largest), 0)
+        raise ValueError(f"--jobs {jobs} needs about {jobs} x {gib(largest)} = {gib(jobs * largest)} "
+                         f"({largest_name}, measured) but {where} has {gib(free)} free; use --jobs {fit} or fewer.")
+    return (f"memory: {jobs} jobs x {gib(largest)} (largest run, {largest_name}, measured) of {gib(free)} "
+            f"free on {where}")
