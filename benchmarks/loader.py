@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/loader.py --record
     .venv/bin/python benchmarks/loader.py --dataset imagenet --workers 2 4 8 --batches 40
+    .venv/bin/python benchmarks/loader.py --device cuda --pipeline workers device_decode   # nvJPEG on a GPU
 
 The datasets cannot be downloaded here, so the script writes each one's real on-disk layout
 (tests/fake_datasets.py) with photo-like JPEGs of the datasets' typical size (500 x 375, quality 90,
 smooth content with texture, about the bytes per image of the real sets) and times the project's own
 training loader (`sddlib.data.get_dataloaders`: decoding, RandomResizedCrop(224), flip, normalisation in
-DataLoader worker processes, persistent workers, pinned memory on CUDA) for each worker count, after one
-warm-up batch. A GPU trains ResNet-50 -> MobileNetV1 at some thousands of images/s; a loader slower than
+DataLoader worker processes, persistent workers, pinned memory on CUDA; or, with `device_decode`, workers
+that only read the bytes and decoding plus augmentation on `--device`) for each worker count, after one
+warm-up batch, until the batch is on the device. A GPU trains ResNet-50 -> MobileNetV1 at some thousands of images/s; a loader slower than
 that leaves it idle, which this table makes visible before a user pays for the GPU hours.
 """
 from __future__ import annotations
@@ -55,9 +57,12 @@ def write_dataset(name: str, root: Path, n_images: int) -> float:
     return float(np.mean(sizes)) / 1024
 
 
-def loader_rate(name: str, root: Path, workers: int, batch_size: int, batches: int) -> float:
+def loader_rate(name: str, root: Path, pipeline: str, workers: int, batch_size: int, batches: int,
+                device: str) -> float:
+    import torch
+
     from sddlib.data import get_dataloaders
-    dls = get_dataloaders(name, root, bs=batch_size, num_workers=workers, device="cpu")
+    dls = get_dataloaders(name, root, bs=batch_size, num_workers=workers, device=device, pipeline=pipeline)
     it = iter(dls.train)
     next(it)  # workers started, first batch decoded
     start, seen = time.perf_counter(), 0
@@ -68,6 +73,8 @@ def loader_rate(name: str, root: Path, workers: int, batch_size: int, batches: i
             it = iter(dls.train)
             x, _ = next(it)
         seen += len(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
     return seen / (time.perf_counter() - start)
 
 
@@ -75,6 +82,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", nargs="+", default=["imagenet", "cub200"], choices=("imagenet", "cub200"))
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--pipeline", nargs="+", default=["workers", "device_decode"],
+                    choices=("workers", "device_decode"))
+    ap.add_argument("--device", default="cpu", help="where batches go (and device_decode decodes)")
     ap.add_argument("--images", type=int, default=640, help="training images written per dataset")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--batches", type=int, default=20, help="timed batches per setting")
@@ -82,22 +92,24 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     import torch
     machine = f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}"
+    if args.device.startswith("cuda"):
+        machine += f", batches to {torch.cuda.get_device_name(0)}"
     lines = [f"training loader alone, batch {args.batch_size}, {args.batches} timed batches after one, on {machine}",
-             "", "| dataset | mean JPEG KiB | worker processes | images/s | one epoch of the real set |",
-             "|---|---|---|---|---|"]
+             "", "| dataset | mean JPEG KiB | pipeline | worker processes | images/s | one epoch of the real set |",
+             "|---|---|---|---|---|---|"]
     epoch_images = {"imagenet": 1_281_167, "cub200": 5_994}
     rates = {}
     with tempfile.TemporaryDirectory(prefix="sdd-loader-") as tmp:
         for name in args.dataset:
             root = Path(tmp) / name
             kib = write_dataset(name, root, args.images)
-            for workers in args.workers:
-                rate = loader_rate(name, root, workers, args.batch_size, args.batches)
-                rates[(name, workers)] = rate
-                epoch = epoch_images[name] / rate
-                lines.append(f"| {name} | {kib:.0f} | {workers} | {rate:.0f} | "
-                             f"{epoch / 3600:.1f} h |" if epoch > 3600 else
-                             f"| {name} | {kib:.0f} | {workers} | {rate:.0f} | {epoch:.0f} s |")
+            for pipeline in args.pipeline:
+                for workers in args.workers:
+                    rate = loader_rate(name, root, pipeline, workers, args.batch_size, args.batches, args.device)
+                    rates[(name, pipeline, workers)] = rate
+                    epoch = epoch_images[name] / rate
+                    lines.append(f"| {name} | {kib:.0f} | {pipeline} | {workers} | {rate:.0f} | "
+                                 + (f"{epoch / 3600:.1f} h |" if epoch > 3600 else f"{epoch:.0f} s |"))
     table = "\n".join(lines)
     print(table)
     if args.record:

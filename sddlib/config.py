@@ -236,7 +236,9 @@ class RunConfig(Mapping):
     pipeline: str = _param("auto", _choice(("auto",) + PIPELINES),
                            "training data: 'device' keeps an in-memory set (CIFAR-100, digit mosaics) on the training "
                            "device and augments whole batches there, 'workers' transforms per image in DataLoader "
-                           "workers (the reference's way), 'auto' is 'device' where the dataset allows it")
+                           "workers (the reference's way), 'device_decode' decodes the JPEG files of ImageNet and "
+                           "CUB-200 on the training device (nvJPEG on a GPU), 'auto' is 'device' for in-memory sets "
+                           "and 'workers' for files")
     run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
     figures: bool = _param(True, _flag, "write the region figures after training")
     progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
@@ -288,7 +290,10 @@ class RunConfig(Mapping):
             _check_model(role, values[role], stem)
         if values["pipeline"] == "device" and values["dataset"] not in IN_MEMORY:
             raise ConfigError(f"pipeline='device' is not available for {values['dataset']} (its images are files, "
-                              "decoded per image); use 'workers' or 'auto'.")
+                              "decoded per image); use 'workers', 'device_decode' or 'auto'.")
+        if values["pipeline"] == "device_decode" and values["dataset"] in IN_MEMORY:
+            raise ConfigError(f"pipeline='device_decode' is not available for {values['dataset']} (its images are "
+                              "in memory, not JPEG files); use 'device', 'workers' or 'auto'.")
         longest = max(values["epochs"], protocol["epochs"])
         for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
             if values[key] and values[key][-1] > longest:

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 
 from .info import DatasetInfo
 
-__all__ = ["DatasetNotFoundError", "TensorImageDataset", "ImageListDataset", "PIPELINES", "check_pipeline",
+__all__ = ["DatasetNotFoundError", "TensorImageDataset", "ImageListDataset", "PIPELINES", "IN_MEMORY_PIPELINES",
+           "FILE_PIPELINES", "check_pipeline",
            "make_dataloaders"]
 
 
@@ -74,10 +75,12 @@ def default_workers(in_memory: bool) -> int:
     return 0 if in_memory else min(8, os.cpu_count() or 1)
 
 
-PIPELINES = ("device", "workers")
+PIPELINES = ("device", "workers", "device_decode")
+IN_MEMORY_PIPELINES = ("device", "workers")        # uint8 tensors: batched on the device, or per image in workers
+FILE_PIPELINES = ("workers", "device_decode")      # image files: decoded in workers, or on the device
 
 
-def check_pipeline(pipeline, dataset: str, choices=PIPELINES) -> str:
+def check_pipeline(pipeline, dataset: str, choices) -> str:
     if pipeline not in choices:
         raise ValueError(f"pipeline={pipeline!r} is not available for {dataset}; use one of "
                          f"{', '.join(map(repr, choices))}.")
@@ -92,7 +95,8 @@ def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, 
     pipeline="workers" is the reference's: per-image transforms in DataLoader workers. "device" (in-memory
     `TensorImageDataset`s only) keeps the uint8 images on `device` and applies `augment` (the keyword
     arguments `padding` and `flip` of `DeviceImageDL`, the same crop/flip the train transform draws) to
-    whole batches there."""
+    whole batches there. "device_decode" (`ImageListDataset`s whose transforms are tensor-capable) has the
+    workers read file bytes only and decodes and transforms on `device` (`DeviceDecodeDL`)."""
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.torch_core import default_device
@@ -103,6 +107,11 @@ def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, 
         train = DeviceImageDL(train_ds, bs=bs, mean=info.mean, std=info.std, shuffle=True, drop_last=drop_last,
                               device=device, seed=seed, **(augment or {}))
         valid = DeviceImageDL(valid_ds, bs=val_bs or bs, mean=info.mean, std=info.std, device=device, seed=seed + 1)
+    elif pipeline == "device_decode":
+        from .device_decode import DeviceDecodeDL
+        opts = dict(mean=info.mean, std=info.std, num_workers=num_workers, device=device)
+        train = DeviceDecodeDL(train_ds, bs=bs, shuffle=True, drop_last=drop_last, seed=seed, **opts)
+        valid = DeviceDecodeDL(valid_ds, bs=val_bs or bs, seed=seed + 1, **opts)
     else:
         # workers stay alive across epochs (no re-spawn per epoch) and hand over pinned batches on CUDA
         opts = dict(num_workers=num_workers, pin_memory=device.type == "cuda" and num_workers > 0,

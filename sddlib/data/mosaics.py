@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .build import TensorImageDataset, check_pipeline, default_workers, make_dataloaders, short_error, subset_size
+from .build import IN_MEMORY_PIPELINES, TensorImageDataset, check_pipeline, default_workers, make_dataloaders, short_error, subset_size
 from .info import DatasetInfo
 
 __all__ = ["MosaicLayout", "MosaicDataset", "make_digit_mosaics", "load_digit_mosaics", "mosaic_cache_path",
@@ -269,6 +269,6 @@ def digit_mosaic(data_dir=None, *, bs=64, subset=0, n_train=8000, n_test=2000, n
     nw = default_workers(True) if num_workers is None else num_workers
     info = DatasetInfo("digit_mosaic", classes, mean, std, image_size=MOSAIC_SIZE)
     return make_dataloaders(dss["train"], dss["test"], info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                            device=device, pipeline=check_pipeline(pipeline, "digit_mosaic"),
+                            device=device, pipeline=check_pipeline(pipeline, "digit_mosaic", IN_MEMORY_PIPELINES),
                             augment=dict(padding=2, flip=False))
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .build import (DatasetNotFoundError, ImageListDataset, TensorImageDataset, check_pipeline, default_workers,
+from .build import (FILE_PIPELINES, IN_MEMORY_PIPELINES, DatasetNotFoundError, ImageListDataset, TensorImageDataset,
+                    check_pipeline, default_workers,
                     make_dataloaders, need_dir, short_error, subset_size)
 from .info import DatasetInfo
 
@@ -90,12 +91,22 @@ def cifar100(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None
     nw = default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo("cifar100", classes, CIFAR100_MEAN, CIFAR100_STD, image_size=32)
     return make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                            device=device, pipeline=check_pipeline(pipeline, "cifar100"),
+                            device=device, pipeline=check_pipeline(pipeline, "cifar100", IN_MEMORY_PIPELINES),
                             augment=dict(padding=4, flip=True))
 
 
 # ----------------------------------------------------------------------------------------------
 # ImageNet
+
+
+def _file_transforms(pipeline: str, train_steps: list, test_steps: list):
+    """The train and test transforms of an image-file set: the geometric steps, then (in workers) ToTensor and
+    the ImageNet normalisation; on the device the loader scales and normalises whole batches itself."""
+    from torchvision import transforms as T
+    if pipeline == "device_decode":
+        return T.Compose(train_steps), T.Compose(test_steps)
+    tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(train_steps + tail), T.Compose(test_steps + tail)
 
 
 def _imagenet_class_names(root: Path, wnids):
@@ -127,7 +138,7 @@ def imagenet(data_dir, *, bs=256, subset=0, num_workers=None, seed=0, device=Non
     from torchvision import transforms as T
     from torchvision.datasets import ImageFolder
 
-    check_pipeline(pipeline, "imagenet (image files, decoded per image)", ("workers",))
+    check_pipeline(pipeline, "imagenet (image files)", FILE_PIPELINES)
     root = need_dir(data_dir, "imagenet")
     tr_dir, va_dir = root / "train", root / "val"
 
@@ -142,9 +153,8 @@ def imagenet(data_dir, *, bs=256, subset=0, num_workers=None, seed=0, device=Non
                "ILSVRC-2012 from image-net.org and put train/ and val/ class folders there")
         raise DatasetNotFoundError(f"ImageNet not found under {root} (expected {tr_dir}/<wnid>/*.JPEG and "
                                    f"{va_dir}/<wnid>/*.JPEG); {how}.")
-    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tfm = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    test_tfm = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+    train_tfm, test_tfm = _file_transforms(pipeline, [T.RandomResizedCrop(224), T.RandomHorizontalFlip()],
+                                           [T.Resize(256), T.CenterCrop(224)])
     tr, va = ImageFolder(str(tr_dir)), ImageFolder(str(va_dir))
     if tr.classes != va.classes:
         raise DatasetNotFoundError(f"ImageNet under {root} has different class folders in train/ ({len(tr.classes)}) "
@@ -155,7 +165,7 @@ def imagenet(data_dir, *, bs=256, subset=0, num_workers=None, seed=0, device=Non
     nw = default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo("imagenet", classes, IMAGENET_MEAN, IMAGENET_STD, image_size=224)
     return make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                            device=device)
+                            device=device, pipeline=pipeline)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,7 +195,7 @@ def cub200(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, 
     ImageFolder-based reader; train drops the last incomplete batch (reference: drop_last=True)."""
     from torchvision import transforms as T
 
-    check_pipeline(pipeline, "cub200 (image files, decoded per image)", ("workers",))
+    check_pipeline(pipeline, "cub200 (image files)", FILE_PIPELINES)
     root = need_dir(data_dir, "cub200")
     base = root / "CUB_200_2011"
     needed = ["images.txt", "train_test_split.txt", "image_class_labels.txt", "classes.txt"]
@@ -219,13 +229,13 @@ def cub200(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, 
         raise DatasetNotFoundError(f"CUB-200-2011 metadata under {base} is inconsistent ({short_error(e)}); re-extract "
                                    f"{CUB_ARCHIVE} there.") from e
     tr, te = sorted(split[True]), sorted(split[False])  # ImageFolder order, as the authors' reader
-    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tfm = T.Compose([T.Resize((256, 256)), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    test_tfm = T.Compose([T.Resize((256, 256)), T.CenterCrop(224), T.ToTensor(), norm])
+    train_tfm, test_tfm = _file_transforms(pipeline, [T.Resize((256, 256)), T.RandomCrop(224),
+                                                      T.RandomHorizontalFlip()],
+                                           [T.Resize((256, 256)), T.CenterCrop(224)])
     train_ds = ImageListDataset(tr[:subset_size(len(tr), subset)], train_tfm, classes)
     valid_ds = ImageListDataset(te[:subset_size(len(te), subset)], test_tfm, classes)
     nw = default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo("cub200", classes, IMAGENET_MEAN, IMAGENET_STD, image_size=224)
     return make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=True, num_workers=nw, seed=seed,
-                            device=device)
+                            device=device, pipeline=pipeline)
 
