@@ -237,6 +237,8 @@ class RunConfig(Mapping):
     run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
     figures: bool = _param(True, _flag, "write the region figures after training")
     progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
+    sync_bn: bool = _param(None, _optional(_flag), "runs on several processes (torchrun): BatchNorm statistics over "
+                           "the global batch (SyncBatchNorm, GPUs only); None: on for ImageNet, as the authors ran it")
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -273,6 +275,8 @@ class RunConfig(Mapping):
         for key in ("T", "alpha", "beta", "gamma", "exclude_target"):
             values[key] = (method.loss_defaults[key] if values[key] is None else values[key]) \
                 if key in method.loss_defaults else None
+        if values["sync_bn"] is None:
+            values["sync_bn"] = values["dataset"] == "imagenet"
         stem = STEMS[values["dataset"]]
         for role, default in zip(("teacher", "student"), DEFAULT_PAIRS[values["dataset"]]):
             values[role] = default if values[role] is None else values[role]
