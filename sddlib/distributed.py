@@ -257,11 +257,12 @@ class DistributedTraining(Callback):
     """Fit on every process of the group: DistributedDataParallel around the model (SyncBatchNorm first when
     `sync_bn`), validation on the plain model holding rank 0's buffers, and every number the run records
     (training loss, validation loss and metrics, distillation terms and region counts) taken over all processes.
-    fastai's own DistributedTrainer averages nothing and pads the test set, hence this callback."""
+    (fastai's own DistributedTrainer/DistributedDL pads the test set with repeated images and draws per-item indices,
+    which the device-resident loader has not, hence this callback.)"""
     order = 11  # after TrainEvalCallback has put the model on the device, before the Recorder (50)
 
     def __init__(self, sync_bn: bool):
-        self.sync_bn = sync_bn
+        self.sync_bn, self.ddp = sync_bn, None
 
     def before_fit(self):
         model = self.learn.model
@@ -283,6 +284,8 @@ class DistributedTraining(Callback):
                 cb._watch.rows = list(rows)
 
     def before_validate(self):
+        if self.ddp is None:
+            return  # a validation outside fit: the model is not wrapped
         with torch.no_grad():
             for buffer in self.plain.buffers():  # BatchNorm running statistics: rank 0's everywhere
                 moved = buffer.to(_comm_device())
@@ -297,10 +300,11 @@ class DistributedTraining(Callback):
             sums = _all_reduce(torch.tensor(sums, dtype=torch.float64)).tolist()
             for m, total, count in zip(metrics, sums, sums[len(metrics):]):
                 m.total, m.count = total, int(count)
-        self.learn.model = self.ddp
+        if self.ddp is not None:
+            self.learn.model = self.ddp
 
     def after_fit(self):
-        self.learn.model = self.plain
+        self.learn.model, self.ddp = self.plain, None
 
 
 def callbacks(cfg) -> list:
@@ -327,13 +331,15 @@ def launch(params, nproc: int, force: bool = False) -> dict:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                               bufsize=1) as proc:
-            tail = []
+            tail, errors = [], []
             for line in proc.stdout:
                 print(line, end="", flush=True)
                 tail = (tail + [line.rstrip()])[-20:]
+                if line.startswith(("error: ", "failed: ")) and line.rstrip() not in errors:  # sddlib's sentences
+                    errors.append(line.rstrip())
         if proc.returncode:
-            raise RuntimeError(f"the run on {nproc} processes failed (exit status {proc.returncode}); its log ends:\n"
-                               + "\n".join(tail))
+            raise RuntimeError(f"the run on {nproc} processes failed (exit status {proc.returncode}): "
+                               + ("\n".join(errors) if errors else "its log ends:\n" + "\n".join(tail)))
     metrics = load_metrics(cfg.directory / "metrics.json")
     if metrics is None:
         raise RuntimeError(f"the run on {nproc} processes ended without a complete {cfg.directory / 'metrics.json'}.")

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("files", nargs="+", help="params/<dataset>/*.yaml files")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
                     help="override a parameter in every file, e.g. -p M \"[1]\" -p seed 1")
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    ap.add_argument("--jobs", type=int, help="runs at once (default: 1; with --executor slurm: no limit)")
     ap.add_argument("--notebook", help="run this notebook instead of notebooks/<dataset>.ipynb")
     ap.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     ap.add_argument("--force", action="store_true", help="re-run runs whose metrics.json is complete")
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     if not args.dry_run and jobs:
         if args.executor:
             done = _report(submit(jobs, args, overrides), failures)
-        elif args.jobs > 1 and len(jobs) > 1:
+        elif (args.jobs or 1) > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
                 futures = {pool.submit(execute, job, args.kernel): job for job in jobs}
                 results = ((futures[f], _outcome(f)) for f in as_completed(futures))
@@ -170,12 +170,12 @@ def submit(jobs: list[dict], args, overrides: dict):
                                slurm_partition=args.partition, slurm_array_parallelism=args.jobs)
     for job in jobs:
         job["nproc"] = args.gpus_per_job
-    wave = args.jobs if args.executor == "local" else len(jobs)  # Slurm limits the array itself
-    for first in range(0, len(jobs), max(wave, 1)):
-        batch = jobs[first:first + max(wave, 1)]
+    wave = max(args.jobs or 1, 1) if args.executor == "local" else len(jobs)  # Slurm limits the array itself
+    for first in range(0, len(jobs), wave):
+        batch = jobs[first:first + wave]
         submitted = executor.map_array(RunJob(), batch, [args.kernel] * len(batch))
-        print(f"submitted {len(batch)} job(s) to {args.executor}: {submitted[0].job_id.split('_')[0]}...; logs in "
-              f"{log_dir}", flush=True)
+        print(f"submitted {len(batch)} job(s) to {args.executor} (first: {submitted[0].job_id}); logs in {log_dir}",
+              flush=True)
         for job, handle in zip(batch, submitted):
             try:
                 reason = handle.result()

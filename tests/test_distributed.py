@@ -161,17 +161,25 @@ def test_a_global_batch_on_two_processes_takes_the_single_process_step(tmp_path,
 
 
 # --- a whole run on 2 processes -----------------------------------------------------------------------------
-# torchrun runs the CLI; each rank also saves the weights it holds after the fit (test-side patch only).
+# torchrun runs the CLI; each rank also saves the weights it holds after the fit, and with a third argument
+# "kill" rank 0 SIGKILLs itself right after the first epoch's checkpoint (test-side patches only).
 CLI_DUMPING_WEIGHTS = r"""
-import sys, torch
-from sddlib import __main__ as cli, distributed, experiment
+import os, signal, sys, torch
+from sddlib import __main__ as cli, distributed, experiment, training
+if sys.argv[2] == "kill":
+    after_epoch = training.RunRecorder.after_epoch
+    def after_epoch_then_die(self):
+        after_epoch(self)
+        if distributed.is_main():
+            os.kill(os.getpid(), signal.SIGKILL)
+    training.RunRecorder.after_epoch = after_epoch_then_die
 fit = experiment.fit_resumable
 def fit_and_dump(learn, *args, **kwargs):
     recorder = fit(learn, *args, **kwargs)
     torch.save(learn.model.state_dict(), f"{sys.argv[1]}/rank{distributed.rank()}.pt")
     return recorder
 experiment.fit_resumable = fit_and_dump
-sys.exit(cli.main(sys.argv[2:]))
+sys.exit(cli.main(sys.argv[3:]))
 """
 
 
@@ -191,17 +199,24 @@ def params_file(folder: Path, **params) -> Path:
 
 @pytest.mark.slow  # trains on 2 processes
 def test_two_processes_train_one_run(tmp_path, teacher_file, mosaics):
+    """Interrupted after epoch 1 and run again: identical weights on both ranks, the accuracy of one process
+    evaluating them, exactly one set of outputs."""
     data, out = mosaics, tmp_path / "outputs"
     cfg_file = params_file(tmp_path, **RUN, teacher_ckpt=str(teacher_file), data_dir=str(data), output_dir=str(out))
     script = tmp_path / "cli.py"
     script.write_text(CLI_DUMPING_WEIGHTS)
-    done = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path),
-                           "-f", str(cfg_file)], env=env(), capture_output=True, text=True, timeout=600)
+    launch = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    run = experiment.run_dir({**RUN, "output_dir": str(out)})
+    killed = subprocess.run([*launch, "kill", "-f", str(cfg_file)], env=env(), capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode != 0 and (run / "checkpoint.pth").is_file() and not (run / "metrics.json").exists()
+    done = subprocess.run([*launch, "run", "-f", str(cfg_file)], env=env(), capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming {run.name} after epoch 1/2" in done.stdout   # both ranks continue from rank 0's checkpoint
 
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # BN buffers too
-    run = experiment.run_dir({**RUN, "output_dir": str(out)})
     saved = torch.load(run / "student.pth")["model"]
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
 
@@ -223,16 +238,16 @@ def test_two_processes_train_one_run(tmp_path, teacher_file, mosaics):
                                                      "student_best.pth"]
     assert len(list((run / "figures").glob("*.png"))) == len(metrics["figures"])
     epochs = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
-    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
+    assert [line.split()[1] for line in epochs] == ["2/2"]
 
 
 @pytest.mark.slow  # trains a teacher and a student on 2 "nodes"
 def test_two_nodes_over_a_localhost_rendezvous(tmp_path, mosaics):
     """The README's multi-node command with --nnodes 2, one process per node; the teacher is trained by both
-    nodes together and cached once."""
+    nodes together and cached once. The data goes through per-image transforms (fastai DataLoaders, `ShardedDL`)."""
     out = tmp_path / "outputs"
     cfg_file = params_file(tmp_path, **{**RUN, "epochs": 1, "lr_decay_stages": None}, teacher_epochs=1,
-                           data_dir=str(mosaics), output_dir=str(out))
+                           pipeline="workers", num_workers=0, data_dir=str(mosaics), output_dir=str(out))
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [subprocess.Popen([*TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
                                "--rdzv_endpoint", endpoint, "-m", "sddlib", "-f", str(cfg_file)],
@@ -240,7 +255,8 @@ def test_two_nodes_over_a_localhost_rendezvous(tmp_path, mosaics):
              for node in (0, 1)]
     logs = [node.communicate(timeout=600) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], logs[0][1][-2000:] + logs[1][1][-2000:]
-    metrics = experiment.load_metrics(experiment.run_dir({**RUN, "output_dir": str(out)}) / "metrics.json")
+    metrics = experiment.load_metrics(experiment.run_dir({**RUN, "output_dir": str(out), "pipeline": "workers"})
+                                      / "metrics.json")
     assert metrics["distributed"]["world_size"] == 2 and metrics["teacher_source"]["source"] == "trained here"
     assert (out / "teachers" / "digit_mosaic" / "resnet8.pth").is_file()
     teacher_run = experiment.load_metrics(out / "digit_mosaic" / "resnet8-alone-seed0" / "metrics.json")
@@ -249,12 +265,14 @@ def test_two_nodes_over_a_localhost_rendezvous(tmp_path, mosaics):
 
 
 @pytest.mark.slow  # executes a notebook that starts 2 training processes
-def test_a_notebook_runs_on_two_processes(tmp_path, teacher_file):
+def test_a_notebook_runs_on_two_processes(tmp_path):
     import papermill as pm
 
     from fake_datasets import write_tiny_cifar100
     data = tmp_path / "cifar"
     write_tiny_cifar100(data, n_train=32, n_test=16)
+    teacher_file = tmp_path / "teacher.pth"
+    torch.save({"model": create_model("resnet8", num_classes=100).state_dict()}, teacher_file)
     output = tmp_path / "cifar100.executed.ipynb"
     pm.execute_notebook(str(REPO / "notebooks" / "cifar100.ipynb"), str(output), cwd=str(REPO), kernel_name="python3",
                         progress_bar=False, parameters=dict(
@@ -269,3 +287,11 @@ def test_a_notebook_runs_on_two_processes(tmp_path, teacher_file):
     metrics = experiment.load_metrics(run)
     assert metrics["distributed"]["world_size"] == 2 and metrics["variant"] == "sd_dkd"
     assert (run.parent / "figures").is_dir()
+
+
+@pytest.mark.slow  # starts 2 processes
+def test_a_launched_run_that_fails_says_why(tmp_path):
+    with pytest.raises(RuntimeError, match=r"the run on 2 processes failed \(exit status 1\): error: teacher "
+                                           r"checkpoint .*missing.pth does not exist;"):
+        distributed.launch({**RUN, "teacher_ckpt": str(tmp_path / "missing.pth"), "output_dir": str(tmp_path)}, 2)
+    assert not (tmp_path / "digit_mosaic").exists()
