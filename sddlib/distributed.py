@@ -315,7 +315,8 @@ def callbacks(cfg) -> list:
 # --- a notebook launching torchrun -----------------------------------------------------------------------
 def launch(params, nproc: int, force: bool = False) -> dict:
     """Run one experiment on `nproc` local processes (`torchrun --standalone -m sddlib`), print its log as it
-    comes (rank 0's lines) and return its metrics; a failed run raises with the end of its log."""
+    comes (rank 0's lines) and return its metrics; a failed run raises with its error sentences (or the end of
+    its log)."""
     import yaml
 
     from .config import RunConfig
@@ -324,7 +325,8 @@ def launch(params, nproc: int, force: bool = False) -> dict:
     per_rank_batch(cfg.batch_size, nproc)
     with tempfile.TemporaryDirectory() as tmp:
         params_file = Path(tmp) / "params.yaml"
-        params_file.write_text(yaml.safe_dump(cfg.to_params()))
+        # the log comes back line by line: one line per epoch, no progress bars
+        params_file.write_text(yaml.safe_dump({**cfg.to_params(), "progress": False}))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                    "-m", "sddlib", "-f", str(params_file)] + (["--force"] if force else [])
         print(" ".join(command[1:]), flush=True)
