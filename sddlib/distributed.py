@@ -44,7 +44,7 @@ from .config import ConfigError
 
 __all__ = ["world_size", "rank", "is_main", "process_group", "per_rank_batch", "check", "Shard", "ShardedDL",
            "shard_dataloaders", "whole", "sum_over_shards", "run_on_main", "main_only", "DistributedTraining",
-           "describe", "launch"]
+           "callbacks", "describe", "launch"]
 
 
 # --- who am I --------------------------------------------------------------------------------------

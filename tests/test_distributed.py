@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 from fastai.data.load import DataLoader
 
 from sddlib import distributed, experiment
@@ -277,8 +276,8 @@ def test_a_notebook_runs_on_two_processes(tmp_path):
     pm.execute_notebook(str(REPO / "notebooks" / "cifar100.ipynb"), str(output), cwd=str(REPO), kernel_name="python3",
                         progress_bar=False, parameters=dict(
                             nproc=2, teacher="resnet8", student="resnet8", lr=0.05, epochs=1, batch_size=8,
-                            lr_decay_stages=[1], subset=32, device="cpu", progress=False, teacher_ckpt=str(teacher_file),
-                            data_dir=str(data), output_dir=str(tmp_path / "outputs")))
+                            lr_decay_stages=[1], subset=32, device="cpu", progress=False,
+                            teacher_ckpt=str(teacher_file), data_dir=str(data), output_dir=str(tmp_path / "outputs")))
     cells = json.loads(output.read_text())["cells"]
     logged = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
                      for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
