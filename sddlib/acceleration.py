@@ -40,7 +40,8 @@ def _to_float(output):
 
 class SpeedSwitches(Callback):
     """Apply a run's speed switches to the Learner's model and, with distillation, the teacher."""
-    order = 90  # before DistillationCallback (100): inputs are converted before it captures the batch
+    # before DistributedTraining (11) wraps the model in DDP, and before DistillationCallback (100) captures the batch
+    order = 10
 
     def __init__(self, channels_last: bool = False, precision: str = "fp32", compile: str = "off"):
         if precision not in PRECISIONS:

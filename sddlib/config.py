@@ -248,6 +248,8 @@ class RunConfig(Mapping):
                             "autocast (changes the numbers: a departure from the paper)")
     compile: str = _param("off", _choice(COMPILE_MODES), "torch.compile of the step's forward passes: 'off', "
                           "'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'")
+    sync_bn: bool = _param(None, _optional(_flag), "runs on several processes (torchrun): BatchNorm statistics over "
+                           "the global batch (SyncBatchNorm, GPUs only); None: on for ImageNet, as the authors ran it")
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -284,6 +286,8 @@ class RunConfig(Mapping):
         for key in ("T", "alpha", "beta", "gamma", "exclude_target"):
             values[key] = (method.loss_defaults[key] if values[key] is None else values[key]) \
                 if key in method.loss_defaults else None
+        if values["sync_bn"] is None:
+            values["sync_bn"] = values["dataset"] == "imagenet"
         stem = STEMS[values["dataset"]]
         for role, default in zip(("teacher", "student"), DEFAULT_PAIRS[values["dataset"]]):
             values[role] = default if values[role] is None else values[role]

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from fastai.torch_core import set_seed
 
+from . import distributed
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                           read_checkpoint, run_lock, save_checkpoint, teacher_cache_path, write_checkpoint,
                           write_json)
@@ -91,6 +92,7 @@ def evaluate(model: nn.Module, dl, device) -> tuple[float, float]:
             correct1 += (top5[:, 0] == y).sum().item()
             correct5 += (top5 == y[:, None]).any(1).sum().item()
             total += y.numel()
+    correct1, correct5, total = distributed.sum_over_shards(dl, correct1, correct5, total)
     return 100 * correct1 / max(total, 1), 100 * correct5 / max(total, 1)
 
 
@@ -101,8 +103,10 @@ def _device(name: str) -> torch.device:
 
 
 def _dataloaders(cfg: RunConfig, device):
-    return get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
-                           num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline)
+    """The run's loaders; on several processes each holds its share of every batch (`sddlib.distributed`)."""
+    return distributed.shard_dataloaders(get_dataloaders(
+        cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset, num_workers=cfg.num_workers, seed=cfg.seed,
+        device=device, pipeline=cfg.data_pipeline))
 
 
 def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
@@ -133,8 +137,9 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
     out = vanilla_dir(cfg, arch)
     fingerprint = _vanilla_fingerprint(cfg, arch)
     cfg.check_environment(teacher_needed=False)
-    with run_lock(out):
-        done = _complete(out, fingerprint, force)
+    distributed.check(cfg, _device(cfg.device))
+    with distributed.main_only(run_lock(out)):
+        done = distributed.run_on_main(_complete, out, fingerprint, force)
         if done is not None:
             return done
         set_seed(cfg.seed, reproducible=True)
@@ -143,13 +148,11 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
         model = create_model(arch, num_classes=dls.info.num_classes, stem=cfg.stem)
         name = out.name
         recorder = fit_resumable(build_learner(dls, model, cfg), cfg, out, fingerprint, force, "model_best.pth")
-        save_checkpoint(model, out / "model.pth", epoch=cfg.epochs)
         metrics = _summary(cfg, recorder.rows, name=name, variant="alone", arch=arch, fingerprint=fingerprint)
         metrics["protocol"] = cfg.solver
         _record_departures(metrics, *vanilla_departures(cfg, arch))
         metrics["wall_time_s"] = recorder.elapsed_s
-        write_json(out / "metrics.json", metrics)
-        (out / RESUME_FILE).unlink(missing_ok=True)
+        distributed.run_on_main(_write_vanilla, model, out, cfg.epochs, metrics)  # the others wait for the files
     print(f"{arch} alone: best top-1 {metrics['best_top1']:.2f}, last {metrics['last_top1']:.2f}; "
           f"{describe(metrics.get('departures'))}", flush=True)
     return metrics
@@ -164,11 +167,22 @@ def train_teacher(params) -> Path:
     print(f"no checkpoint for teacher {cfg.teacher} on {cfg.dataset}: training it for {protocol['epochs']} epochs "
           f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']})", flush=True)
     teacher_cfg = cfg.teacher_training_config()
-    metrics = run_vanilla(teacher_cfg, arch=cfg.teacher)
-    trained = read_checkpoint(vanilla_dir(teacher_cfg, cfg.teacher) / "model.pth", "teacher")
-    write_checkpoint(cached, {"model": trained["model"], "protocol": protocol, "top1": metrics["last_top1"]})
+    metrics = run_vanilla(teacher_cfg, arch=cfg.teacher)  # on several processes: all train it, rank 0 caches it
+    distributed.run_on_main(_cache_teacher, vanilla_dir(teacher_cfg, cfg.teacher) / "model.pth", cached,
+                            protocol, metrics["last_top1"])
     print(f"teacher cached at {cached} (top-1 {metrics['last_top1']:.2f})", flush=True)
     return cached
+
+
+def _write_vanilla(model: nn.Module, out: Path, epochs: int, metrics: dict) -> None:
+    save_checkpoint(model, out / "model.pth", epoch=epochs)
+    write_json(out / "metrics.json", metrics)
+    (out / RESUME_FILE).unlink(missing_ok=True)
+
+
+def _cache_teacher(trained: Path, cached: Path, protocol: dict, top1: float) -> None:
+    state = read_checkpoint(trained, "teacher")
+    write_checkpoint(cached, {"model": state["model"], "protocol": protocol, "top1": top1})
 
 
 def _cached_teacher(cfg: RunConfig, model: nn.Module):
@@ -187,6 +201,12 @@ def _cached_teacher(cfg: RunConfig, model: nn.Module):
                                                               "protocol": protocol}
 
 
+def _published_cifar100_teacher(cfg: RunConfig, model: nn.Module):
+    fetch_cifar100_teachers(cfg.data_dir)
+    path = cifar100_teacher_path(cfg.data_dir, cfg.teacher)
+    return load_checkpoint(model, path, arch=cfg.teacher), {"source": "published", "path": str(path)}
+
+
 def get_teacher(params, dls) -> tuple[nn.Module, dict]:
     """The teacher for a run and where it came from: torchvision weights > given checkpoint > published
     folder (`teachers_dir`) > cache (same teacher protocol only) > published CIFAR-100 release > trained here
@@ -203,19 +223,18 @@ def get_teacher(params, dls) -> tuple[nn.Module, dict]:
         path = teacher_file_in(cfg.teachers_dir, cfg.teacher)
         return load_checkpoint(teacher, path, arch=cfg.teacher), {"source": "published", "path": str(path)}
     cache_dir = teacher_cache_path(cfg.output_dir, cfg.dataset, cfg.teacher).parent
-    with run_lock(cache_dir, wait=True, name=f".{cfg.teacher}.lock"):  # one process trains it, the others wait
-        found = _cached_teacher(cfg, teacher)
+    # one run trains it, the others wait; the processes of one run read it on rank 0, which hands it to the others
+    with distributed.main_only(run_lock(cache_dir, wait=True, name=f".{cfg.teacher}.lock")):
+        found = distributed.run_on_main(_cached_teacher, cfg, teacher)
         if found is not None:
             return found
         if cfg.dataset == "cifar100" and not cfg.subset:
             try:
-                fetch_cifar100_teachers(cfg.data_dir)
-                path = cifar100_teacher_path(cfg.data_dir, cfg.teacher)
-                return load_checkpoint(teacher, path, arch=cfg.teacher), {"source": "published", "path": str(path)}
+                return distributed.run_on_main(_published_cifar100_teacher, cfg, teacher)
             except CheckpointError as err:
                 print(f"published teacher unavailable ({err}); training one instead", flush=True)
         train_teacher(cfg)
-        return _cached_teacher(cfg, teacher)
+        return distributed.run_on_main(_cached_teacher, cfg, teacher)
 
 
 def _environment() -> dict:
@@ -251,7 +270,7 @@ def _summary(cfg: RunConfig, rows: list[dict], name: str, variant: str, fingerpr
         "last_top1": rows[-1]["top1"], "last_top5": rows[-1]["top5"],
         "teacher_top1": None, "teacher_top5": None,
         "params": cfg.to_params(), "fingerprint": fingerprint, "history": rows, "wall_time_s": None,
-        **_environment(),
+        "distributed": distributed.describe(cfg), **_environment(),
     }
 
 
@@ -264,9 +283,10 @@ def run(params, force: bool = False) -> dict:
     """
     cfg = RunConfig.from_params(params)
     cfg.check_environment()
+    distributed.check(cfg, _device(cfg.device))
     out, fingerprint = cfg.directory, cfg.fingerprint
-    with run_lock(out):
-        done = _complete(out, fingerprint, force)
+    with distributed.main_only(run_lock(out)):
+        done = distributed.run_on_main(_complete, out, fingerprint, force)
         if done is not None:
             print(f"{out} is complete; returning its metrics (force=True re-runs it); "
                   f"{describe(done.get('departures'))}", flush=True)
@@ -283,15 +303,17 @@ def run(params, force: bool = False) -> dict:
                                        complementary_weight=cfg.complementary_weight, **cfg.loss_kwargs)
         learn = build_learner(dls, student, cfg, cbs=[distill])
         recorder = fit_resumable(learn, cfg, out, fingerprint, force, "student_best.pth", distill)
-        save_checkpoint(student, out / "student.pth", epoch=cfg.epochs)
         metrics = _summary(cfg, recorder.rows, name=cfg.name, variant=cfg.variant, fingerprint=fingerprint)
         metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source)
         _record_departures(metrics, *departures(cfg, teacher_source))
+        if not distributed.is_main():
+            return metrics  # the same numbers; rank 0 writes them (and draws the figures alone)
+        save_checkpoint(student, out / "student.pth", epoch=cfg.epochs)
         if cfg.figures:
             from .viz import save_run_figures
             baseline = _baseline_student(cfg, dls.info.num_classes)
             metrics["figures"] = [str(f.relative_to(out)) for f in
-                                  save_run_figures(teacher, student, dls, cfg.scales, distill,
+                                  save_run_figures(teacher, student, distributed.whole(dls), cfg.scales, distill,
                                                    out / "figures", baseline_student=baseline)]
         metrics["wall_time_s"] = recorder.elapsed_s
         write_json(out / "metrics.json", metrics)

@@ -4,6 +4,7 @@
     python -m sddlib.sweep params/cifar100/*.yaml --jobs 2 -p M "[1]"   # their plain baselines (CIFAR-100, CUB-200;
                                                                        # ImageNet baselines are their own files)
     python -m sddlib.sweep params/cifar100/*.yaml -p seed 1 -p subset 200 -p epochs 2 --dry-run
+    python -m sddlib.sweep params/cifar100/*.yaml --executor slurm --partition gpu --gpus-per-job 1  # a cluster
 
 Each file runs `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the `-p`
 overrides (values parsed as YAML; text parameters such as M stay text), writing the executed notebook to
@@ -19,6 +20,12 @@ folder: two files that name the same one are refused, and a run folder is locked
 idle). Before any starts, each distinct configuration's memory is measured (`sddlib.run_memory`: two real
 steps in a fresh process) and a job count whose runs would not fit the device's free memory is refused in
 one sentence; the summary gives the aggregate training images/s of the sweep.
+
+`--executor slurm` submits every run as a job of one Slurm job array through submitit (`--jobs`: how many
+run at once, `--timeout-min` per attempt); a job that is preempted or reaches its time limit is requeued
+and its run resumes from its last completed epoch. `--gpus-per-job N` > 1 gives each job N GPUs and runs
+its notebook with `nproc=N` (torchrun on that node). `--executor local` takes the same path with local
+processes (`--jobs` at a time). Failed jobs are listed with their log files (`--log-dir`).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import submitit
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: notebooks run there to import sddlib
@@ -72,9 +80,10 @@ def execute(job: dict, kernel=None) -> str | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if job["complete"]:  # --force: let the notebook's run() start afresh, keep the old result beside it
         (out.parent / "metrics.json").replace(out.parent / "metrics.previous.json")
+    processes = {"nproc": job["nproc"]} if job.get("nproc", 1) > 1 else {}  # the notebook launches torchrun
     try:
-        papermill.execute_notebook(job["notebook"], str(out), parameters=job["params"], cwd=str(ROOT),
-                                   kernel_name=kernel, progress_bar=False)
+        papermill.execute_notebook(job["notebook"], str(out), parameters={**job["params"], **processes},
+                                   cwd=str(ROOT), kernel_name=kernel, progress_bar=False)
     except Exception as err:  # noqa: BLE001 - any failure is reported, the sweep goes on
         text = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
         return f"{(text.strip().splitlines() or [''])[0][:300]} (see {out})"
@@ -89,11 +98,20 @@ def main(argv=None) -> int:
     ap.add_argument("files", nargs="+", help="params/<dataset>/*.yaml files")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
                     help="override a parameter in every file, e.g. -p M \"[1]\" -p seed 1")
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    ap.add_argument("--jobs", type=int, help="runs at once (default: 1; with --executor slurm: no limit)")
     ap.add_argument("--notebook", help="run this notebook instead of notebooks/<dataset>.ipynb")
     ap.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     ap.add_argument("--force", action="store_true", help="re-run runs whose metrics.json is complete")
     ap.add_argument("--dry-run", action="store_true", help="list what would run and exit")
+    cluster = ap.add_argument_group("cluster (submitit)")
+    cluster.add_argument("--executor", choices=("slurm", "local"),
+                         help="submit each run as a job: slurm (a job array) or local processes; default: this process")
+    cluster.add_argument("--partition", help="Slurm partition")
+    cluster.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per run; > 1 trains it with torchrun")
+    cluster.add_argument("--cpus-per-job", type=int, default=8, help="CPU cores per run (data loading workers)")
+    cluster.add_argument("--timeout-min", type=int, default=24 * 60,
+                         help="time limit of one attempt in minutes; a run that reaches it is requeued and resumes")
+    cluster.add_argument("--log-dir", help="where the jobs' logs go (default: <output_dir>/submitit)")
     args = ap.parse_args(argv)
 
     failures, jobs, seen, skipped = [], [], {}, 0
@@ -117,15 +135,17 @@ def main(argv=None) -> int:
             jobs.append(job)
 
     start, done = time.time(), (0, 0, 0)
-    if not args.dry_run and jobs and args.jobs > 1 and len(jobs) > 1:
-        from .run_memory import check_jobs_fit
+    if not args.dry_run and jobs and args.executor != "slurm" and (args.jobs or 1) > 1 and len(jobs) > 1:
+        from .run_memory import check_jobs_fit  # the runs share this machine's device
         try:
             print(check_jobs_fit([job["params"] for job in jobs], min(args.jobs, len(jobs))), flush=True)
         except ValueError as err:
             print(f"FAILED  nothing ran: {err}", file=sys.stderr)
             return 1
     if not args.dry_run and jobs:
-        if args.jobs > 1 and len(jobs) > 1:
+        if args.executor:
+            done = _report(submit(jobs, args, overrides), failures)
+        elif (args.jobs or 1) > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
                 futures = {pool.submit(execute, job, args.kernel): job for job in jobs}
                 results = ((futures[f], _outcome(f)) for f in as_completed(futures))
@@ -139,6 +159,43 @@ def main(argv=None) -> int:
     for path, reason in failures:
         print(f"FAILED  {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """One params file's run as a submitit job. Preempted or out of time, it is requeued (submitit calls
+    `checkpoint`) and the notebook resumes the run from its last completed epoch."""
+
+    def __call__(self, job: dict, kernel=None) -> str | None:
+        return execute(job, kernel)
+
+    def checkpoint(self, job: dict, kernel=None):
+        # the first attempt already set a --force run's old metrics aside; the next one continues the run
+        return submitit.helpers.DelayedSubmission(self, {**job, "complete": False}, kernel)
+
+
+def submit(jobs: list[dict], args, overrides: dict):
+    """Submit the runs through submitit (one job array on Slurm, `--jobs` local processes at a time) and yield
+    (job, None or a reason naming its log) as they finish."""
+    from .config import DEFAULTS
+    log_dir = Path(args.log_dir or Path(overrides.get("output_dir") or ROOT / DEFAULTS["output_dir"]) / "submitit")
+    executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster=args.executor)
+    executor.update_parameters(name="sddlib-sweep", timeout_min=args.timeout_min, gpus_per_node=args.gpus_per_job,
+                               cpus_per_task=args.cpus_per_job, tasks_per_node=1, nodes=1,
+                               slurm_partition=args.partition, slurm_array_parallelism=args.jobs)
+    for job in jobs:
+        job["nproc"] = args.gpus_per_job
+    wave = max(args.jobs or 1, 1) if args.executor == "local" else len(jobs)  # Slurm limits the array itself
+    for first in range(0, len(jobs), wave):
+        batch = jobs[first:first + wave]
+        submitted = executor.map_array(RunJob(), batch, [args.kernel] * len(batch))
+        print(f"submitted {len(batch)} job(s) to {args.executor} (first: {submitted[0].job_id}); logs in {log_dir}",
+              flush=True)
+        for job, handle in zip(batch, submitted):
+            try:
+                reason = handle.result()
+            except Exception as err:  # noqa: BLE001 - a job that died (killed, out of memory, ...): its last words
+                reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1][:300]}"
+            yield job, reason and f"{reason} (log: {handle.paths.stderr})"
 
 
 def _outcome(future) -> str | None:

@@ -25,6 +25,7 @@ from fastai.metrics import accuracy, top_k_accuracy
 from fastai.optimizer import OptimWrapper
 from fastcore.basics import noop
 
+from . import distributed
 from .acceleration import SpeedSwitches
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
 from .config import RunConfig
@@ -125,7 +126,8 @@ def build_learner(dls, model, params, cbs=()) -> Learner:
     opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
                                                   nesterov=False, weight_decay=cfg.weight_decay))
     callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate), EpochLogger(), FiniteLoss(),
-                 SmoothLossOnDevice(), SpeedSwitches(cfg.channels_last, cfg.precision, cfg.compile), *cbs]
+                 SmoothLossOnDevice(), *distributed.callbacks(cfg),
+                 SpeedSwitches(cfg.channels_last, cfg.precision, cfg.compile), *cbs]
     if cfg.clip_grad_norm:
         callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=cfg.lr,
@@ -189,9 +191,12 @@ class RunRecorder(Callback):
                           "top5": 100 * row["top5_accuracy"], "lr": self.opt.hypers[-1]["lr"]})
         if self.distill is not None:
             self.rows[-1].update({k: v for k, v in self.distill.history[-1].items() if k != "epoch"})
-        model = self.learn.model
-        if self.rows[-1]["top1"] > self.best:
-            self.best = self.rows[-1]["top1"]
+        model = getattr(self.learn.model, "module", self.learn.model)  # unwrapped from DistributedDataParallel
+        better = self.rows[-1]["top1"] > self.best
+        self.best = max(self.best, self.rows[-1]["top1"])
+        if not distributed.is_main():
+            return  # every process keeps the same rows; rank 0 writes
+        if better:
             save_checkpoint(model, self.out / self.best_name, epoch=self.epoch + 1, top1=self.best)
         smooth = self.recorder.smooth_loss
         save_checkpoint(model, self.out / RESUME_FILE, fingerprint=self.fingerprint, epoch=self.epoch + 1,
@@ -235,7 +240,7 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
                   distill: DistillationCallback | None = None) -> RunRecorder:
     """Fit for `cfg.epochs`, continuing from the run folder's checkpoint of the same configuration; a
     non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.json."""
-    resume = _resume_state(out, fingerprint, force)
+    resume = distributed.run_on_main(_resume_state, out, fingerprint, force)  # rank 0 reads it, every process gets it
     recorder = RunRecorder(out, fingerprint, distill, best_name, resume)
     start_epoch = 0
     if resume is not None:
@@ -262,7 +267,8 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
         for cb in learn.cbs:
             if isinstance(cb, SpeedSwitches):
                 cb.release()
-    write_json(out / "metrics.json", {"status": "failed", "reason": reason, "run_name": out.name,
-                                      "dataset": cfg.dataset, "params": cfg.to_params(), "fingerprint": fingerprint,
-                                      "history": recorder.rows})
+    if distributed.is_main():
+        write_json(out / "metrics.json", {"status": "failed", "reason": reason, "run_name": out.name,
+                                          "dataset": cfg.dataset, "params": cfg.to_params(),
+                                          "fingerprint": fingerprint, "history": recorder.rows})
     raise RunFailedError(f"{out.name}: {reason}") from None

@@ -59,3 +59,13 @@ def test_device_decode_is_for_files_only():
     with pytest.raises(ConfigError, match="pipeline='device_decode' is not available for cifar100"):
         RunConfig.from_params({"dataset": "cifar100", "pipeline": "device_decode"})
     assert RunConfig.from_params({"dataset": "imagenet", "pipeline": "device_decode"}).data_pipeline == "device_decode"
+
+
+def test_each_process_decodes_its_share_of_every_batch(imagenet_dir):
+    from sddlib.distributed import Shard, ShardedDL
+    dls = get_dataloaders("imagenet", imagenet_dir, bs=6, num_workers=0, device="cpu", pipeline="device_decode")
+    parts = [ShardedDL(dls.valid, Shard(rank, 2, False)) for rank in (0, 1)]
+    (x0, y0), (x1, y1) = (_batches(p) for p in parts)
+    whole, labels = _batches(dls.valid)
+    assert x0.shape == (6, 3, 224, 224) and torch.equal(torch.cat([y0[:3], y1[:3], y0[3:], y1[3:]]), labels)
+    torch.testing.assert_close(torch.cat([x0[:3], x1[:3], x0[3:], x1[3:]]), whole)

@@ -135,3 +135,28 @@ def test_parse_overrides():
     assert sweep.parse_overrides([("seed", "1"), ("M", "[1]"), ("lr_decay_stages", "[1, 2]"),
                                   ("figures", "false"), ("device", "cpu")]) == {
         "seed": 1, "M": "[1]", "lr_decay_stages": [1, 2], "figures": False, "device": "cpu"}
+
+
+@pytest.mark.slow  # starts job processes that execute notebooks
+def test_submitit_local_executor_runs_and_lists_failed_jobs_with_their_logs(setup, capsys):
+    """--executor local: the cluster path (submitit jobs) with local processes."""
+    tmp, out, args = setup
+    logs = tmp / "logs"
+    code = sweep.main([str(tmp / "ok.yaml"), str(tmp / "fail.yaml"), "--executor", "local", "--jobs", "2",
+                       "--gpus-per-job", "0", "--log-dir", str(logs), *args])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "submitted 2 job(s) to local" in captured.out and "1 done, 0 skipped, 1 failed" in captured.out
+    failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and f"{tmp / 'fail.yaml'}: RuntimeError: asked to fail" in failed[0]
+    log = Path(failed[0].rsplit("(log: ", 1)[1].rstrip(")"))
+    assert log.is_file() and log.parent.parent == logs
+    run = out / "cifar100" / "resnet32x4-ShuffleV1-dkd-M1-seed1"
+    assert load_metrics(run / "metrics.json")["params"]["epochs"] == 2 and (run / "notebook.ipynb").is_file()
+
+
+def test_a_requeued_job_resumes_its_run():
+    """A preempted or timed-out job is submitted again with the same run; --force's setting aside is not repeated."""
+    job = {"file": "a.yaml", "complete": True, "out": "x/notebook.ipynb"}
+    again = sweep.RunJob().checkpoint(job, "python3")
+    assert again.function.__class__ is sweep.RunJob and again.args == ({**job, "complete": False}, "python3")

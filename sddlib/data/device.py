@@ -42,19 +42,21 @@ class DeviceImageDL(DataLoader):
     `sddlib.data.build.TensorImageDataset`); it stays the loader's `dataset`, so item access, `layout` and
     `vocab` work as for the reference loader, while batches never touch it. `padding` > 0 turns on the
     reference's random crop, `flip` its horizontal flip; every batch is then scaled to [0, 1] and
-    normalised with `mean`/`std`. Shuffling and augmentation draw from a device generator seeded once per
+    normalised with `mean`/`std`. With `shard` (`sddlib.distributed.Shard`) `bs` is the global batch and the
+    loader yields this process's part of each one, cut after the draws, so N processes together see the
+    batches one process sees. Shuffling and augmentation draw from a device generator seeded once per
     epoch from fastai's own per-loader RNG (`self.rng`), so the order is reproducible from the loader's seed
     and restorable by restoring that RNG.
     """
 
     def __init__(self, dataset, *, bs: int, mean, std, shuffle=False, drop_last=False, padding: int = 0,
-                 flip: bool = False, device=None, seed: int = 0):
+                 flip: bool = False, device=None, seed: int = 0, shard=None):
         images = dataset.images
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"DeviceImageDL needs uint8 B x C x H x W images, got {images.dtype} {tuple(images.shape)}.")
         device = torch.device(device) if device is not None else images.device
         super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, device=device)
-        self.padding, self.flip = int(padding), bool(flip)
+        self.padding, self.flip, self.shard = int(padding), bool(flip), shard
         self.norm_stats = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
         self.rng = random.Random(seed)
         self._move(device)
@@ -79,19 +81,35 @@ class DeviceImageDL(DataLoader):
         gen.manual_seed(self.rng.randint(0, 2**62))
         n = len(images)
         order = torch.randperm(n, generator=gen, device=dev) if self.shuffle else torch.arange(n, device=dev)
+        if self.shard is not None:
+            order = self.shard.order(order)
+            n = len(order)
         mean, std = self._stats
         stop = n - n % self.bs if self.drop_last else n
         for start in range(0, stop, self.bs):
             idx = order[start:start + self.bs]
-            x = images[idx]
+            b = len(idx)
             if self.padding or self.flip:
-                b = len(idx)
                 offsets = (torch.randint(0, 2 * self.padding + 1, (b, 2), generator=gen, device=dev)
                            if self.padding else torch.zeros(b, 2, dtype=torch.long, device=dev))
                 flips = (torch.rand(b, generator=gen, device=dev) < 0.5 if self.flip
                          else torch.zeros(b, dtype=torch.bool, device=dev))
+            if self.shard is not None:  # this process's part of the global batch, with the draws one process makes
+                part = self.shard.part(b)
+                if part.start == part.stop:
+                    continue
+                idx = idx[part]
+                if self.padding or self.flip:
+                    offsets, flips = offsets[part], flips[part]
+            x = images[idx]
+            if self.padding or self.flip:
                 x = crop_flip(x, offsets, flips, self.padding)
             yield (x.float().div_(255).sub_(mean).div_(std), targets[idx])
+
+    def __len__(self):
+        if self.shard is None:
+            return super().__len__()
+        return self.shard.batches(self.n, self.bs, self.drop_last)
 
     def one_batch(self):
         return next(iter(self))
@@ -99,7 +117,7 @@ class DeviceImageDL(DataLoader):
     def new(self, dataset=None, cls=None, **kwargs):
         """A copy with other loader options (fastai's `get_preds` asks for an unshuffled one)."""
         options = dict(bs=self.bs, mean=self.norm_stats[0], std=self.norm_stats[1], shuffle=self.shuffle, drop_last=self.drop_last,
-                       padding=self.padding, flip=self.flip, device=self.device)
+                       padding=self.padding, flip=self.flip, device=self.device, shard=self.shard)
         options.update({k: v for k, v in kwargs.items() if k in options})
         return DeviceImageDL(self.dataset if dataset is None else dataset, **options,
                              seed=self.rng.randint(0, 2**31))

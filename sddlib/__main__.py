@@ -1,0 +1,80 @@
+"""One experiment from the command line, with papermill's parameter flags; the same command runs on one
+process or, under torchrun, on many (`sddlib.distributed`).
+
+    python -m sddlib -f params/imagenet/ResNet50-MobileNetV1-sd_dkd.yaml -p epochs 1 -p device cpu
+    torchrun --nproc_per_node 8 -m sddlib -f params/imagenet/ResNet50-MobileNetV1-sd_dkd.yaml
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --rdzv_endpoint node0:29500 -m sddlib -f <file>
+
+`-f` reads a params file, each `-p KEY VALUE` sets one parameter (VALUE parsed as YAML, text parameters
+such as M stay text), later ones win. The run is `experiment.run` (a distillation), or with `--alone` the
+student (or `--alone ARCH`) trained alone with cross-entropy (`experiment.run_vanilla`). A bad parameter,
+dataset or checkpoint ends with one sentence and exit status 2; a run that fails (non-finite loss, out of
+memory) with exit status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m sddlib", description=__doc__.split("\n\n")[0])
+    ap.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE",
+                    help="a params/ file (flat YAML); several are merged in order")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="set a parameter, e.g. -p epochs 1 -p M \"[1]\"")
+    ap.add_argument("--alone", nargs="?", const="", metavar="ARCH",
+                    help="train ARCH (default: the student) alone with cross-entropy instead of distilling")
+    ap.add_argument("--force", action="store_true", help="run again even if metrics.json is complete")
+    return ap.parse_args(argv)
+
+
+def load_params(files, pairs) -> dict:
+    """The parameters of `-f` files and `-p` pairs, as papermill merges them."""
+    from .sweep import parse_overrides
+    params = {}
+    for path in files:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            from .config import ConfigError
+            raise ConfigError(f"{path} is not a params file; give a flat YAML mapping of parameters (key: value).")
+        params.update(values)
+    params.update(parse_overrides(pairs))
+    return params
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from . import distributed, experiment
+    from .checkpoints import CheckpointError, RunLockedError
+    from .config import ConfigError, RunConfig
+    from .data import DatasetNotFoundError
+    from .training import RunFailedError
+    try:
+        params = load_params(args.parameters_file, args.parameter)
+        with distributed.process_group(RunConfig.from_params(params).device) as device:
+            params["device"] = device
+            # rank 0 prints the log; the others keep their errors (stderr) only
+            quiet = open(os.devnull, "w") if not distributed.is_main() else None
+            with quiet or contextlib.nullcontext(), contextlib.redirect_stdout(quiet or sys.stdout):
+                if args.alone is None:
+                    experiment.run(params, force=args.force)
+                else:
+                    experiment.run_vanilla(params, arch=args.alone or None, force=args.force)
+    except (ConfigError, CheckpointError, DatasetNotFoundError, RunLockedError, FileNotFoundError,
+            yaml.YAMLError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RunFailedError as err:
+        print(f"failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
