@@ -404,9 +404,7 @@ class RunConfig(Mapping):
         them beyond fp32 rounding; precision does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "progress", "run_name",
                 "channels_last", "compile"}
-        if self.precision == "fp32":
-            skip.add("precision")  # the reference precision: runs recorded before the switch existed stay valid
-        return {k: v for k, v in self.to_params().items() if k not in skip}
+        return _without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip})
 
     # --- what lives outside the process -------------------------------------------------------------
     def check_environment(self, teacher_needed: bool = True) -> None:
@@ -431,6 +429,15 @@ class RunConfig(Mapping):
             model = create_model(self.teacher, num_classes=num_classes or 1000, stem=self.stem)
             load_checkpoint(model, path, arch=self.teacher, role="teacher", check_shapes=num_classes is not None)
             break
+
+
+# Parameters added after runs were first recorded, with the value every earlier run had: a fingerprint names
+# them only when they differ from it, so the runs and checkpoints recorded before they existed stay valid.
+_ADDED_LATER = {"precision": "fp32", "sync_bn": False}
+
+
+def _without_unchanged_additions(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k not in _ADDED_LATER or v != _ADDED_LATER[k]}
 
 
 PARAMETERS = tuple("M" if f.name == "scales" else f.name for f in dataclasses.fields(RunConfig))
