@@ -148,6 +148,21 @@ def test_class_token_transformers(name, prefix):
     assert torch.allclose(regions[..., 1:], expected[..., 1:], atol=1e-5)
 
 
+def test_distilled_deit_in_training():
+    """timm's distilled DeiT: plain training scores every region with the mean of its two heads, as its
+    prediction does; distilled_training=True (separate class and distillation logits) is refused."""
+    model = _timm("deit_tiny_distilled_patch16_224", img_size=64, depth=1).train()
+    sd, x = ScaleDecoupled(model, SCALES), torch.randn(2, 3, 64, 64)
+    logits, regions = sd(x)
+    assert torch.equal(regions[..., 0], logits) and torch.allclose(logits, model(x), atol=1e-6)
+    model.set_distilled_training(True)
+    with pytest.raises(ValueError, match=r"returns 2 logit tensors .* call model.set_distilled_training\(False\)"):
+        sd(x)
+    with torch.no_grad():
+        eval_logits, eval_regions = sd.eval()(x)
+    assert eval_regions.shape == (2, K, 21) and torch.equal(eval_logits, model(x))   # eval: timm averages
+
+
 def test_average_pooling_transformer_any_patch_grid():
     """A ViT without class token that averages its patch tokens (fc_norm after pooling), at a
     non-square input through dynamic_img_size: a 6x8 grid."""
