@@ -26,7 +26,7 @@ from .data.build import PIPELINES
 from .losses import dkd_loss, kd_loss, nkd_loss
 from .regions import parse_scales
 
-__all__ = ["ConfigError", "Method", "METHODS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS", "DEFAULTS",
+__all__ = ["ConfigError", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS", "DEFAULTS",
            "teacher_file_in"]
 
 
@@ -82,6 +82,8 @@ DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "ShuffleV1"), "cub200": ("resnet32x4
 STEMS = {"cifar100": "cifar", "digit_mosaic": "cifar", "cub200": "cub", "imagenet": "torchvision"}
 # The in-memory sets can live on the training device (sddlib.data's pipelines); file-based ones cannot.
 IN_MEMORY = ("cifar100", "digit_mosaic")
+# "sgd" is the paper's solver; "adamw" is for students that SGD does not train from scratch in a short schedule.
+OPTIMIZERS = ("sgd", "adamw")
 # A teacher trained here always uses this seed: the cached teacher must not depend on which run came first.
 TEACHER_SEED = 0
 
@@ -237,6 +239,13 @@ class RunConfig(Mapping):
     run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
     figures: bool = _param(True, _flag, "write the region figures after training")
     progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
+    optimizer: str = _param("sgd", _choice(OPTIMIZERS),
+                            "'sgd': the paper's SGD (momentum, L2 on every parameter); 'adamw': AdamW with "
+                            "decoupled weight decay, none on norms, biases, position embeddings and class tokens "
+                            "(timm's convention for transformers trained from scratch; not the paper's protocol)")
+    lr_warmup_epochs: float = _param(0.0, _float(low=0, what="a finite number >= 0"),
+                                     "the LR rises linearly from 0 over this many epochs, step by step (0: none, "
+                                     "as published)")
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -360,7 +369,7 @@ class RunConfig(Mapping):
     def solver(self) -> dict:
         """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
         keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
-                "clip_grad_norm", "subset", "seed")
+                "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs")
         return {k: self.to_params()[k] for k in keys}
 
     @property
@@ -377,7 +386,8 @@ class RunConfig(Mapping):
     def teacher_training_config(self) -> RunConfig:
         """The configuration under which the teacher is trained alone."""
         protocol = self.teacher_protocol
-        return self.replace(**protocol, student=self.teacher, run_name="")
+        student_only = {k: DEFAULTS[k] for k in ("optimizer", "lr_warmup_epochs")}  # the teacher's solver is SGD
+        return self.replace(**protocol, **student_only, student=self.teacher, run_name="")
 
     @property
     def fingerprint(self) -> dict:

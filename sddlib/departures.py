@@ -4,7 +4,8 @@ The published experiment of a run is its params file, found by what it runs (so 
 same values is recognised too): `params/<dataset>/<teacher>-<student>-<variant>.yaml`, or for a plain run
 (M=[1]) without its own file the SD file run with M=[1] (the CIFAR-100 / CUB-200 baselines). A run is
 *as published* when every value that decides its numbers (the fingerprint, less the seed and the paths of
-teacher files) equals that experiment's, its teacher comes from where the paper's did (the authors'
+teacher files; the optimizer and LR warm-up included, so an AdamW run is never beside the paper's SGD) equals
+that experiment's, its teacher comes from where the paper's did (the authors'
 published teachers on CIFAR-100 and CUB-200, torchvision weights on ImageNet), and the speed switches are
 at their documented defaults (pipeline "auto").
 
