@@ -129,7 +129,8 @@ def _patch_grid(model, x):
     return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
 
-@pytest.mark.parametrize("name,prefix", [("vit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)])
+@pytest.mark.parametrize("name,prefix", [("vit_tiny_patch16_224", 1), ("deit_tiny_patch16_224", 1),
+                                         ("deit_tiny_distilled_patch16_224", 2)])
 def test_class_token_transformers(name, prefix):
     """Regions are patch-token means scored by the head the class token goes through; the global
     region is the model's own (class-token) logit; class and distillation tokens are not in the grid."""
