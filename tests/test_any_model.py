@@ -195,7 +195,7 @@ def test_hybrid_transformer_any_patch_grid():
 
 
 def test_registered_vit_students():
-    for name in ("ViT_micro_p4", "DeiT_Tiny_p4"):
+    for name in ("ViT_micro_p4", "DeiT_Tiny_p4", "ViT_micro_convstem"):
         model = create_model(name, num_classes=K).eval()
         with torch.no_grad():
             logits, regions = ScaleDecoupled(model, SCALES)(torch.randn(1, 3, 32, 32))
