@@ -26,8 +26,8 @@ from .data.build import PIPELINES
 from .losses import dkd_loss, kd_loss, nkd_loss
 from .regions import parse_scales
 
-__all__ = ["ConfigError", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS", "DEFAULTS",
-           "teacher_file_in"]
+__all__ = ["ConfigError", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS",
+           "DEFAULTS", "teacher_file_in"]
 
 
 class ConfigError(ValueError):

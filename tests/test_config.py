@@ -175,7 +175,8 @@ def test_lr_warmup_rises_step_by_step_then_follows_the_stages():
     ({"device": "tpu"}, r"device='tpu' is not accepted; device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ({"run_name": "../elsewhere"}, "run_name='../elsewhere' is not accepted"),
     ({"optimizer": "adam"}, r"^optimizer 'adam' is unknown \(did you mean 'adamw'\?\); use one of adamw, sgd\.$"),
-    ({"lr_warmup_epochs": -1}, r"^lr_warmup_epochs=-1 is not accepted; lr_warmup_epochs must be a finite number >= 0\.$"),
+    ({"lr_warmup_epochs": -1},
+     r"^lr_warmup_epochs=-1 is not accepted; lr_warmup_epochs must be a finite number >= 0\.$"),
 ])
 def test_bad_values_stop_with_one_sentence(bad, message):
     with pytest.raises(ConfigError, match=message) as err:

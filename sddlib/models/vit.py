@@ -24,7 +24,7 @@ from ._registry import register
 __all__ = ["VIT_SPECS", "conv_stem"]
 
 _MICRO = dict(embed_dim=96, depth=4, num_heads=3)
-# name -> (timm architecture, overrides, convolutional stem widths or None for patch 4): 32 px inputs, an 8x8 token grid.
+# name -> (timm architecture, overrides, conv stem widths or None for patch 4): 32 px inputs, 8x8 tokens.
 VIT_SPECS = {
     # DeiT-Tiny's width and depth (192 wide, 12 blocks, 3 heads, 5.4M parameters).
     "DeiT_Tiny_p4": ("deit_tiny_patch16_224", dict(), None),
