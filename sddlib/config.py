@@ -26,8 +26,8 @@ from .data.build import PIPELINES
 from .losses import dkd_loss, kd_loss, nkd_loss
 from .regions import parse_scales
 
-__all__ = ["ConfigError", "Method", "METHODS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS", "DEFAULTS",
-           "teacher_file_in"]
+__all__ = ["ConfigError", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS",
+           "DEFAULTS", "teacher_file_in"]
 
 
 class ConfigError(ValueError):
@@ -85,6 +85,8 @@ PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # The in-memory sets can live on the training device (sddlib.data's pipelines); file-based ones cannot.
 IN_MEMORY = ("cifar100", "digit_mosaic")
+# "sgd" is the paper's solver; "adamw" is for students that SGD does not train from scratch in a short schedule.
+OPTIMIZERS = ("sgd", "adamw")
 # A teacher trained here always uses this seed: the cached teacher must not depend on which run came first.
 TEACHER_SEED = 0
 
@@ -250,6 +252,13 @@ class RunConfig(Mapping):
                           "'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'")
     sync_bn: bool = _param(None, _optional(_flag), "runs on several processes (torchrun): BatchNorm statistics over "
                            "the global batch (SyncBatchNorm, GPUs only); None: on for ImageNet, as the authors ran it")
+    optimizer: str = _param("sgd", _choice(OPTIMIZERS),
+                            "'sgd': the paper's SGD (momentum, L2 on every parameter); 'adamw': AdamW with "
+                            "decoupled weight decay, none on norms, biases, position embeddings and class tokens "
+                            "(timm's convention for transformers trained from scratch; not the paper's protocol)")
+    lr_warmup_epochs: float = _param(0.0, _float(low=0, what="a finite number >= 0"),
+                                     "the LR rises linearly from 0 over this many epochs, step by step (0: none, "
+                                     "as published)")
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -378,8 +387,8 @@ class RunConfig(Mapping):
     def solver(self) -> dict:
         """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
         keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
-                "clip_grad_norm", "subset", "seed")
-        return {k: self.to_params()[k] for k in keys}
+                "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs")
+        return _without_unchanged_additions({k: self.to_params()[k] for k in keys})
 
     @property
     def teacher_protocol(self) -> dict:
@@ -395,7 +404,8 @@ class RunConfig(Mapping):
     def teacher_training_config(self) -> RunConfig:
         """The configuration under which the teacher is trained alone."""
         protocol = self.teacher_protocol
-        return self.replace(**protocol, student=self.teacher, run_name="")
+        student_only = {k: DEFAULTS[k] for k in ("optimizer", "lr_warmup_epochs")}  # the teacher's solver is SGD
+        return self.replace(**protocol, **student_only, student=self.teacher, run_name="")
 
     @property
     def fingerprint(self) -> dict:
@@ -433,7 +443,7 @@ class RunConfig(Mapping):
 
 # Parameters added after runs were first recorded, with the value every earlier run had: a fingerprint names
 # them only when they differ from it, so the runs and checkpoints recorded before they existed stay valid.
-_ADDED_LATER = {"precision": "fp32", "sync_bn": False}
+_ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_warmup_epochs": 0.0}
 
 
 def _without_unchanged_additions(values: dict) -> dict:

@@ -4,10 +4,11 @@ The published experiment of a run is its params file, found by what it runs (so 
 same values is recognised too): `params/<dataset>/<teacher>-<student>-<variant>.yaml`, or for a plain run
 (M=[1]) without its own file the SD file run with M=[1] (the CIFAR-100 / CUB-200 baselines). A run is
 *as published* when every value that decides its numbers (the fingerprint, less the seed and the paths of
-teacher files) equals that experiment's, its teacher comes from where the paper's did (the authors'
-published teachers on CIFAR-100 and CUB-200, torchvision weights on ImageNet), and the switches that change
-the numbers are at their documented defaults (pipeline "auto", precision "fp32"). `channels_last` and
-`compile` compute the same fp32 function (tests/test_acceleration.py) and are not departures.
+teacher files; the optimizer and LR warm-up included, so an AdamW run is never beside the paper's SGD) equals
+that experiment's, its teacher comes from where the paper's did (the authors' published teachers on CIFAR-100
+and CUB-200, torchvision weights on ImageNet), and the switches that change the numbers are at their
+documented defaults (pipeline "auto", precision "fp32"). `channels_last` and `compile` compute the same fp32
+function (tests/test_acceleration.py) and are not departures.
 
 Datasets without a paper (digit_mosaic) are compared with their dataset protocol and the method's
 defaults, with a teacher trained here under the dataset's teacher protocol. A run on a paper dataset whose
@@ -101,6 +102,7 @@ def vanilla_departures(cfg: RunConfig, arch: str) -> tuple[Path | None, dict]:
     numeric = ("pipeline", "precision")
     ours = {**cfg.solver, **{k: cfg[k] for k in numeric}}
     theirs = {**published.solver, **{k: published[k] for k in numeric}}
+    theirs = {k: theirs[k] if k in theirs else published[k] for k in ours}  # solvers omit additions left at their old value
     return path, {k: [v, theirs[k]] for k, v in ours.items() if k != "seed" and v != theirs[k]}
 
 

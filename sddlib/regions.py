@@ -198,8 +198,14 @@ class ScaleDecoupled(nn.Module):
       the image (tokens that have attended to the whole image, as a CNN's late features see far
       beyond their cell), and region 0 (the global region) is the model's own class-token logit,
       so the global term of SD is the ordinary KD term on the model's output.
+    A distilled DeiT (class and distillation tokens) is scored as timm scores it for prediction: the
+    mean of its two heads, for the model's logits and for every region alike (a region fills both token
+    positions). In training with `distilled_training=True` timm returns the two heads separately, for
+    DeiT's own loss that trains them towards different targets; averaging them there would silently drop
+    that loss, so SD refuses it and asks for `set_distilled_training(False)` (timm's plain training mode).
     Refused (one sentence, before any torch shape error): models without spatial features, heads
-    that pool other than by averaging or the class token (max, attention pooling mix positions).
+    that pool other than by averaging or the class token (max, attention pooling mix positions), heads
+    that return more than one logit tensor.
     """
 
     def __init__(self, model: nn.Module, scales=(1, 2, 4)):
@@ -223,6 +229,12 @@ class ScaleDecoupled(nn.Module):
         features = self._features(x)
         grid, as_head_input = self._grid(features, x)
         logits = self._head(features)
+        if isinstance(logits, (tuple, list)):
+            raise ValueError(
+                f"{type(self.model).__name__}'s head returns {len(logits)} logit tensors (timm's DeiT does so in "
+                "training when distilled_training=True, for DeiT's own loss on its distillation token), but SD "
+                "distils one logit per region; call model.set_distilled_training(False), and its head averages "
+                "the class and distillation heads as timm's DeiT does at inference.")
         regions = pool_regions(grid, self.scales)                               # B x C x N
         B, C, N = regions.shape
         region_logits = self._head(as_head_input(regions.transpose(1, 2).reshape(B * N, C)))

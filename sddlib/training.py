@@ -43,17 +43,23 @@ class RunFailedError(RuntimeError):
 
 
 class StepLR(Callback):
-    """The authors' step schedule: lr * rate^(number of stages the 1-based epoch has passed)."""
+    """The authors' step schedule: lr * rate^(number of stages the 1-based epoch has passed); with
+    `warmup_epochs` > 0 the LR first rises linearly from 0, step by step (not in the authors' protocol)."""
     order = 1
 
-    def __init__(self, lr, stages, rate):
-        self.lr, self.stages, self.rate = lr, list(stages), rate
+    def __init__(self, lr, stages, rate, warmup_epochs=0.0):
+        self.lr, self.stages, self.rate, self.warmup_epochs = lr, list(stages), rate, warmup_epochs
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.rate ** sum(epoch > s for s in self.stages)
 
     def before_epoch(self):
         self.opt.set_hyper("lr", self.lr_at(self.epoch + 1))
+
+    def before_batch(self):
+        if self.training and self.epoch < self.warmup_epochs:
+            done = self.epoch + (self.iter + 1) / self.n_iter   # epochs done after this step
+            self.opt.set_hyper("lr", self.lr_at(self.epoch + 1) * min(1.0, done / self.warmup_epochs))
 
 
 class EpochLogger(Callback):
@@ -119,19 +125,34 @@ def top5_accuracy(inp, targ):
     return top_k_accuracy(inp, targ, k=min(5, inp.shape[-1]))
 
 
+def _weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """timm's convention for transformers: no weight decay on norms, biases and the model's
+    `no_weight_decay()` parameters (position embeddings, class/distillation tokens)."""
+    from timm.optim import param_groups_weight_decay
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
+
+
 def build_learner(dls, model, params, cbs=()) -> Learner:
     """The one place a Learner is made: torch SGD (no dampening, no Nesterov) with L2 on every
-    parameter, the authors' step schedule, gradient clipping, top-1/top-5 metrics, the run's speed switches."""
+    parameter, the authors' step schedule, gradient clipping, top-1/top-5 metrics, the run's speed switches.
+    optimizer="adamw" (not the paper's) uses torch AdamW with timm's weight-decay groups instead of SGD."""
     cfg = RunConfig.from_params(params)
-    opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
-                                                  nesterov=False, weight_decay=cfg.weight_decay))
-    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate), EpochLogger(), FiniteLoss(),
-                 SmoothLossOnDevice(), *distributed.callbacks(cfg),
+    splitter = None
+    if cfg.optimizer == "adamw":
+        opt_func = partial(OptimWrapper, opt=torch.optim.AdamW)
+        splitter = partial(_weight_decay_groups, weight_decay=cfg.weight_decay)
+    else:
+        opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
+                                                      nesterov=False, weight_decay=cfg.weight_decay))
+    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate, cfg.lr_warmup_epochs), EpochLogger(),
+                 FiniteLoss(), SmoothLossOnDevice(), *distributed.callbacks(cfg),
                  SpeedSwitches(cfg.channels_last, cfg.precision, cfg.compile), *cbs]
     if cfg.clip_grad_norm:
         callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=cfg.lr,
-                    metrics=[accuracy, top5_accuracy], wd=None, wd_bn_bias=True, train_bn=True, cbs=callbacks)
+                    metrics=[accuracy, top5_accuracy], wd=None, wd_bn_bias=True, train_bn=True, cbs=callbacks,
+                    **({"splitter": splitter} if splitter else {}))
     if not cfg.progress:
         from fastai.callback.progress import ProgressCallback
         learn.remove_cb(ProgressCallback)

@@ -129,7 +129,8 @@ def _patch_grid(model, x):
     return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
 
-@pytest.mark.parametrize("name,prefix", [("vit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)])
+@pytest.mark.parametrize("name,prefix", [("vit_tiny_patch16_224", 1), ("deit_tiny_patch16_224", 1),
+                                         ("deit_tiny_distilled_patch16_224", 2)])
 def test_class_token_transformers(name, prefix):
     """Regions are patch-token means scored by the head the class token goes through; the global
     region is the model's own (class-token) logit; class and distillation tokens are not in the grid."""
@@ -146,6 +147,21 @@ def test_class_token_transformers(name, prefix):
     assert model.num_prefix_tokens == prefix and model.global_pool == "token"
     assert torch.equal(logits, own) and torch.equal(regions[..., 0], own)
     assert torch.allclose(regions[..., 1:], expected[..., 1:], atol=1e-5)
+
+
+def test_distilled_deit_in_training():
+    """timm's distilled DeiT: plain training scores every region with the mean of its two heads, as its
+    prediction does; distilled_training=True (separate class and distillation logits) is refused."""
+    model = _timm("deit_tiny_distilled_patch16_224", img_size=64, depth=1).train()
+    sd, x = ScaleDecoupled(model, SCALES), torch.randn(2, 3, 64, 64)
+    logits, regions = sd(x)
+    assert torch.equal(regions[..., 0], logits) and torch.allclose(logits, model(x), atol=1e-6)
+    model.set_distilled_training(True)
+    with pytest.raises(ValueError, match=r"returns 2 logit tensors .* call model.set_distilled_training\(False\)"):
+        sd(x)
+    with torch.no_grad():
+        eval_logits, eval_regions = sd.eval()(x)
+    assert eval_regions.shape == (2, K, 21) and torch.equal(eval_logits, model(x))   # eval: timm averages
 
 
 def test_average_pooling_transformer_any_patch_grid():
@@ -179,7 +195,7 @@ def test_hybrid_transformer_any_patch_grid():
 
 
 def test_registered_vit_students():
-    for name in ("ViT_micro_p4", "DeiT_Tiny_p4"):
+    for name in ("ViT_micro_p4", "DeiT_Tiny_p4", "ViT_micro_convstem"):
         model = create_model(name, num_classes=K).eval()
         with torch.no_grad():
             logits, regions = ScaleDecoupled(model, SCALES)(torch.randn(1, 3, 32, 32))

@@ -66,6 +66,71 @@ def test_one_teacher_protocol_per_dataset_whatever_the_student():
     assert (protocol["epochs"], protocol["lr"], protocol["lr_decay_stages"]) == (3, 0.1, [2])
 
 
+def test_the_optimizer_is_the_papers_sgd_unless_asked():
+    cfg = RunConfig.from_params({"dataset": "digit_mosaic", "student": "ViT_micro_p4"})
+    assert (cfg.optimizer, cfg.lr_warmup_epochs) == ("sgd", 0.0)
+    adamw = cfg.replace(optimizer="adamw", lr=1e-3, weight_decay=0.05, lr_warmup_epochs=1)
+    assert adamw.solver["optimizer"] == "adamw" and adamw.fingerprint["lr_warmup_epochs"] == 1.0
+    assert adamw.fingerprint != cfg.replace(lr=1e-3, weight_decay=0.05, lr_warmup_epochs=1).fingerprint
+    # the teacher is trained under the dataset's SGD protocol whatever the student's solver
+    teacher = adamw.teacher_training_config()
+    assert (teacher.optimizer, teacher.lr_warmup_epochs, teacher.lr, teacher.weight_decay) == ("sgd", 0.0, 0.05, 5e-4)
+    assert adamw.teacher_protocol == cfg.teacher_protocol
+
+
+def test_adamw_skips_weight_decay_on_norms_biases_and_tokens():
+    from fastai.data.core import DataLoaders
+    from sddlib.training import StepLR, build_learner
+    vit = create_model("ViT_micro_p4", num_classes=10)
+    cfg = RunConfig.from_params({"dataset": "digit_mosaic", "student": "ViT_micro_p4", "optimizer": "adamw",
+                                 "lr": 1e-3, "weight_decay": 0.05, "lr_warmup_epochs": 0.5, "progress": False})
+    learn = build_learner(DataLoaders([], [], device="cpu"), vit, cfg)
+    learn.create_opt()
+    assert isinstance(learn.opt.opt, torch.optim.AdamW)
+    decay = {id(p): g["weight_decay"] for g in learn.opt.opt.param_groups for p in g["params"]}
+    names = dict(vit.named_parameters())
+    assert len(decay) == len(names)
+    assert decay[id(names["pos_embed"])] == decay[id(names["cls_token"])] == 0.0
+    assert decay[id(names["blocks.0.norm1.weight"])] == decay[id(names["head.bias"])] == 0.0
+    assert decay[id(names["blocks.0.attn.qkv.weight"])] == decay[id(names["patch_embed.proj.weight"])] == 0.05
+    sgd = build_learner(DataLoaders([], [], device="cpu"), create_model("resnet8", num_classes=10),
+                        {"dataset": "digit_mosaic", "progress": False})
+    sgd.create_opt()
+    assert isinstance(sgd.opt.opt, torch.optim.SGD) and {g["weight_decay"] for g in sgd.opt.opt.param_groups} == {5e-4}
+    warmup = next(cb for cb in learn.cbs if isinstance(cb, StepLR))
+    assert warmup.warmup_epochs == 0.5
+
+
+def test_lr_warmup_rises_step_by_step_then_follows_the_stages():
+    from fastai.callback.core import Callback
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from torch.utils.data import TensorDataset
+    from sddlib.training import build_learner
+
+    class Lrs(Callback):
+        order = 2  # after StepLR
+
+        def before_fit(self):
+            self.seen = []
+
+        def before_batch(self):
+            if self.training:
+                self.seen.append(self.opt.hypers[0]["lr"])
+
+    ds = TensorDataset(torch.randn(40, 3, 4, 4), torch.randint(0, 2, (40,)))
+    dls = DataLoaders(DataLoader(ds, bs=10), DataLoader(ds, bs=20), device="cpu")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    params = {"dataset": "digit_mosaic", "epochs": 3, "lr": 0.1, "lr_decay_stages": [2], "lr_decay_rate": 0.5,
+              "lr_warmup_epochs": 1.5, "progress": False}
+    lrs = Lrs()
+    learn = build_learner(dls, model, params, cbs=[lrs])
+    with learn.no_logging():
+        learn.fit(3)
+    expected = [0.1 * k / 6 for k in range(1, 7)] + [0.1] * 2 + [0.05] * 4   # 4 steps per epoch
+    assert lrs.seen == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("bad,message", [
     # the cases a new user hit (issue 9)
     ({"T": 0}, r"^T=0 is not accepted; T must be a finite number > 0\.$"),
@@ -109,6 +174,9 @@ def test_one_teacher_protocol_per_dataset_whatever_the_student():
     ({"M": "[1,3]"}, r"scales '\[1,3\]' is not supported"),
     ({"device": "tpu"}, r"device='tpu' is not accepted; device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ({"run_name": "../elsewhere"}, "run_name='../elsewhere' is not accepted"),
+    ({"optimizer": "adam"}, r"^optimizer 'adam' is unknown \(did you mean 'adamw'\?\); use one of adamw, sgd\.$"),
+    ({"lr_warmup_epochs": -1},
+     r"^lr_warmup_epochs=-1 is not accepted; lr_warmup_epochs must be a finite number >= 0\.$"),
 ])
 def test_bad_values_stop_with_one_sentence(bad, message):
     with pytest.raises(ConfigError, match=message) as err:

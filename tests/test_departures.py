@@ -8,7 +8,7 @@ import yaml
 
 from sddlib import experiment, report
 from sddlib.config import RunConfig
-from sddlib.departures import PARAMS_DIR, departures, describe, published_file
+from sddlib.departures import PARAMS_DIR, departures, describe, published_file, vanilla_departures
 from tests.fake_datasets import write_tiny_cifar100
 
 SD_KD = PARAMS_DIR / "cifar100" / "resnet32x4-ShuffleV1-sd_kd.yaml"
@@ -45,6 +45,16 @@ def test_speed_switches_are_as_published_only_at_their_defaults():
     assert departures(config(pipeline="auto"), PUBLISHED_TEACHER)[1] == {}
     assert departures(config(pipeline="workers"), PUBLISHED_TEACHER)[1] == {"pipeline": ["workers", "auto"]}
     assert departures(config(pipeline="device"), PUBLISHED_TEACHER)[1] == {"pipeline": ["device", "auto"]}
+
+
+def test_an_optimizer_other_than_the_papers_sgd_is_a_departure():
+    cfg = config(optimizer="adamw", lr_warmup_epochs=5)
+    assert departures(cfg, PUBLISHED_TEACHER)[1] == {"optimizer": ["adamw", "sgd"], "lr_warmup_epochs": [5.0, 0.0]}
+    assert describe(departures(cfg, PUBLISHED_TEACHER)[1]) == "optimizer adamw (sgd), lr_warmup_epochs 5 (0)"
+    demo = RunConfig.from_params({"dataset": "digit_mosaic", "student": "ViT_micro_p4", "optimizer": "adamw"})
+    teacher = {"source": "trained here", "protocol": demo.teacher_protocol}
+    assert departures(demo, teacher)[1] == {"optimizer": ["adamw", "sgd"]}     # the teacher itself is as published
+    assert vanilla_departures(demo, "ViT_micro_p4")[1] == {"optimizer": ["adamw", "sgd"]}
 
 
 def test_teacher_sources_and_experiments_without_a_file():

@@ -18,7 +18,7 @@ from sddlib.regions import ScaleDecoupled
 CIFAR_NAMES = ("resnet8 resnet14 resnet20 resnet32 resnet44 resnet56 resnet110 resnet8x4 "
                "resnet32x4 ResNet18 ResNet50 wrn_16_1 wrn_16_2 wrn_40_1 wrn_40_2 vgg8 vgg11 vgg13 "
                "vgg16 vgg19 MobileNetV2 ShuffleV1 ShuffleV2").split()
-VIT_NAMES = ["DeiT_Tiny_p4", "ViT_micro_p4"]   # timm transformers for 32px inputs (sddlib/models/vit.py)
+VIT_NAMES = ["DeiT_Tiny_p4", "ViT_micro_p4", "ViT_micro_convstem"]   # timm transformers for 32px inputs (sddlib/models/vit.py)
 
 # (channels, height, width) of forward_features on 32x32 inputs, as the reference computes it:
 # CIFAR resnets/WRNs end at 8x8, ResNet18/50 and ShuffleV1/V2 at 4x4, VGG at 4x4 (its 4th pool
