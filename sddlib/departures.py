@@ -102,7 +102,8 @@ def vanilla_departures(cfg: RunConfig, arch: str) -> tuple[Path | None, dict]:
     numeric = ("pipeline", "precision")
     ours = {**cfg.solver, **{k: cfg[k] for k in numeric}}
     theirs = {**published.solver, **{k: published[k] for k in numeric}}
-    theirs = {k: theirs[k] if k in theirs else published[k] for k in ours}  # solvers omit additions left at their old value
+    # a solver omits the parameters added later while they keep their old value
+    theirs = {k: theirs[k] if k in theirs else published[k] for k in ours}
     return path, {k: [v, theirs[k]] for k, v in ours.items() if k != "seed" and v != theirs[k]}
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .build import IN_MEMORY_PIPELINES, TensorImageDataset, check_pipeline, default_workers, make_dataloaders, short_error, subset_size
+from .build import (IN_MEMORY_PIPELINES, TensorImageDataset, check_pipeline, default_workers, make_dataloaders,
+                    short_error, subset_size)
 from .info import DatasetInfo
 
 __all__ = ["MosaicLayout", "MosaicDataset", "make_digit_mosaics", "load_digit_mosaics", "mosaic_cache_path",
