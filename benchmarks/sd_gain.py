@@ -99,8 +99,21 @@ def _run_times(runs: pd.DataFrame) -> str:
     return ", ".join(f"{report.METHOD_NAMES.get(v, 'student alone')} {t / 60:.1f} min" for v, t in medians.items())
 
 
+def missing_runs(runs: pd.DataFrame, seeds) -> str:
+    """The runs of this benchmark not complete (yet), e.g. "DKD seeds 1, 2; SD-DKD seed 2"; empty when none."""
+    done = set(zip(runs["variant"], runs["seed"]))
+    missing = []
+    for variant in ("alone", *(v for m in BASE_METHODS for v in (m, f"sd_{m}"))):
+        left = [s for s in seeds if (variant, s) not in done]
+        if left:
+            name = "student alone" if variant == "alone" else report.METHOD_NAMES[variant]
+            missing.append(f"{name} seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}")
+    return "; ".join(missing)
+
+
 def section(args, runs, table, gains) -> str:
     command = "benchmarks/sd_gain.py " + " ".join(shlex.quote(a) for a in args.argv)
+    missing = missing_runs(runs, args.seeds)
     machine = (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
     lines = [f"{SECTION}, {datetime.date.today()}, {machine}", "",
@@ -115,8 +128,11 @@ def section(args, runs, table, gains) -> str:
              report.to_markdown(report.format_table(table)[["Method", "M", "Ours best top-1", "Ours last top-1"]]),
              "SD gain per base method, paired by seed (SD-X − X of the same seed: mean ± std over seeds):", "",
              report.to_markdown(report.format_gains(gains).drop(columns=["Teacher", "Student"])),
-             f"Median wall time per run (under other jobs' load on the shared cores, {args.jobs} job(s) × "
-             f"{args.threads} thread(s): not a timing benchmark): {_run_times(runs)}.", ""]
+             *([f"**Not complete when this was recorded: {missing}** (the table's n says what each row rests on; the "
+                "same command without --summary-only trains them: complete runs are skipped, the rest resume).", ""]
+               if missing else []),
+             f"Median wall time per run, as the runs recorded it (trained while other jobs shared the cores: not a "
+             f"timing benchmark): {_run_times(runs)}.", ""]
     return "\n".join(lines) + "\n"
 
 
