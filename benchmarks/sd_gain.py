@@ -64,21 +64,25 @@ def _train(kind: str, params: dict) -> str:
 
 
 def train_all(args) -> None:
-    """The teacher first (the alone runs, which do not need it, fill the other workers meanwhile), then the
-    distillations seed by seed, KD and SD-KD first: an interrupted call leaves the headline pair complete."""
+    """The teacher first, with students alone (which do not need it) on the other workers meanwhile; then KD
+    and SD-KD seed by seed (the headline pair: a call stopped early leaves as many complete pairs as it
+    could), then the remaining students alone, then DKD and NKD the same way."""
     cfg = experiment.RunConfig.from_params(run_params("kd", SD_SCALES, 0, args))
     cached = Path(args.output_dir) / "teachers" / "digit_mosaic" / f"{TEACHER}.pth"
-    alone = [("alone", run_params(None, "[1]", seed, args)) for seed in args.seeds]
-    distill = [("distill", run_params(method, scales, seed, args))
-               for method in BASE_METHODS for seed in args.seeds for scales in ("[1]", SD_SCALES)]
+    alone = [run_params(None, "[1]", seed, args) for seed in args.seeds]
+    alone = [p for p in alone if experiment.load_metrics(experiment.vanilla_dir(p, STUDENT) / "metrics.json") is None]
+    fillers = alone[:args.jobs - 1] if not cached.is_file() else []
+    pairs = {method: [("distill", run_params(method, scales, seed, args))
+                      for seed in args.seeds for scales in ("[1]", SD_SCALES)] for method in BASE_METHODS}
+    later = [*pairs["kd"], *[("alone", p) for p in alone[len(fillers):]], *pairs["dkd"], *pairs["nkd"]]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(args.threads,)) as pool:
-        first = [pool.submit(_train, "teacher", cfg.to_params())] if not cached.is_file() else []
-        pending = [pool.submit(_train, kind, params) for kind, params in alone]
-        for job in first:
+        teacher = [pool.submit(_train, "teacher", cfg.to_params())] if not cached.is_file() else []
+        pending = [pool.submit(_train, "alone", params) for params in fillers]
+        for job in teacher:  # the distillations need it cached
             print(job.result(), "ready", flush=True)
-        pending += [pool.submit(_train, kind, params) for kind, params in distill]
+        pending += [pool.submit(_train, kind, params) for kind, params in later]
         for job in pending:
             print(job.result(), flush=True)
     print(f"all runs complete after {time.perf_counter() - started:.0f} s in this call", flush=True)
