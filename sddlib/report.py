@@ -27,7 +27,8 @@ from .departures import describe, teacher_description
 
 __all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
            "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table",
-           "departures_table", "run_summary", "format_table", "format_departures", "to_markdown", "write_tables"]
+           "departures_table", "sd_gains", "run_summary", "format_table", "format_gains", "format_departures",
+           "to_markdown", "write_tables"]
 
 PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
@@ -237,6 +238,35 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     return pd.DataFrame(rows, columns=columns).astype({"n_runs": int})
 
 
+def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> pd.DataFrame:
+    """SD-X − X paired by seed, one row per (teacher, student) pair and base method: the mean and (sample) std
+    of the per-seed gains (best and last epoch), in how many of the `n_seeds` seeds (those with both runs) SD
+    was ahead at the best epoch, and the seed-to-seed std of the plain method's best top-1 (the noise a single
+    seed carries). A gain of means (`results_table`) cannot say whether every seed agrees; this can."""
+    columns = ["teacher", "student", "method", "n_seeds", "gain_best", "gain_best_std", "gain_last",
+               "gain_last_std", "sd_ahead", "plain_best_std"]
+    if not len(runs):
+        return pd.DataFrame(columns=columns)
+    runs = runs[(runs["dataset"] == dataset) & (runs["as_published"].astype(bool) | (not published_only))]
+    runs = _keep_authors_baselines(runs[runs["variant"] != "alone"], dataset)
+    rows = []
+    for (teacher, student), pair in runs.groupby(["teacher", "student"], sort=False):
+        for method in ("kd", "dkd", "nkd"):
+            plain = pair[pair["variant"] == method].drop_duplicates("seed", keep="last").set_index("seed")
+            sd = pair[pair["variant"] == f"sd_{method}"].drop_duplicates("seed", keep="last").set_index("seed")
+            seeds = sorted(set(plain.index) & set(sd.index))
+            if not seeds:
+                continue
+            best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
+            last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
+            (gain_best, gain_best_std), (gain_last, gain_last_std) = _stats(best), _stats(last)
+            rows.append({"teacher": teacher, "student": student, "method": method, "n_seeds": len(seeds),
+                         "gain_best": gain_best, "gain_best_std": gain_best_std, "gain_last": gain_last,
+                         "gain_last_std": gain_last_std, "sd_ahead": int((best > 0).sum()),
+                         "plain_best_std": _stats(plain.loc[seeds, "best_top1"])[1]})
+    return pd.DataFrame(rows, columns=columns)
+
+
 DEPARTURE_COLUMNS = ["teacher", "student", "method", "M", "seed", "best_top1", "last_top1", "teacher_top1",
                      "teacher_from", "departures", "run_name"]
 
@@ -310,6 +340,19 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
         out["Paper top-5"] = df["paper_top5"].map(_num)
     out["Teacher from"] = df["teacher_from"]
     return out.fillna("").reset_index(drop=True)
+
+
+def format_gains(df: pd.DataFrame) -> pd.DataFrame:
+    """`sd_gains` as strings: "+0.83 ± 0.25", "3 of 3 seeds"."""
+    def signed(mean, std):
+        return _num(mean, True) + ("" if pd.isna(std) else f" ± {std:.2f}")
+    return pd.DataFrame({
+        "Teacher": df["teacher"], "Student": df["student"],
+        "Method": [f"{METHOD_NAMES['sd_' + m]} − {METHOD_NAMES[m]}" for m in df["method"]],
+        "SD gain, best top-1": [signed(m, s) for m, s in zip(df.gain_best, df.gain_best_std)],
+        "SD gain, last top-1": [signed(m, s) for m, s in zip(df.gain_last, df.gain_last_std)],
+        "SD ahead (best)": [f"{k} of {n} seeds" for k, n in zip(df.sd_ahead, df.n_seeds)],
+        "Seed-to-seed std of the plain method": df["plain_best_std"].map(_num)}).reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:

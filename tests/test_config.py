@@ -251,7 +251,7 @@ def test_through_papermill_the_sentence_ends_the_output(tmp_path):
     output = tmp_path / "quickstart.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(str(REPO / "notebooks" / "quickstart.ipynb"), str(output), cwd=str(REPO),
-                            parameters=dict(seed="a", output_dir=str(tmp_path / "out"),
+                            parameters=dict(seeds=["a"], output_dir=str(tmp_path / "out"),
                                             data_dir=str(tmp_path / "data")),
                             kernel_name="python3", progress_bar=False)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err.value)).strip().splitlines()

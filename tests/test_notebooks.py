@@ -92,12 +92,22 @@ def test_imagenet_notebook(work):
 
 def test_quickstart_notebook(work):
     out = work["outputs"] / "quickstart"
-    execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["kd", "dkd"],
-            output_dir=str(out), data_dir=str(work["root"] / "mosaics"), teacher="resnet14")
-    variants = sorted(json.loads(p.read_text())["variant"] for p in out.glob("digit_mosaic/*/metrics.json"))
-    assert variants == ["alone", "alone", "dkd", "kd", "sd_dkd", "sd_kd"]
-    sd_kd = next(out.glob("digit_mosaic/*-sd_kd-*"))
-    assert_figures(sd_kd)
+    nb = execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["kd", "dkd"],
+                 seeds=[0, 1], output_dir=str(out), data_dir=str(work["root"] / "mosaics"), teacher="resnet14")
+    metrics = [json.loads(p.read_text()) for p in out.glob("digit_mosaic/*/metrics.json")]
+    assert sorted(m["run_name"] for m in metrics if m["variant"] == "alone") == [
+        "resnet14-alone-seed0", "resnet8-alone-seed0", "resnet8-alone-seed1"]       # one teacher for both seeds
+    assert sorted((m["variant"], m["seed"]) for m in metrics if m["variant"] != "alone") == sorted(
+        (v, s) for v in ("kd", "sd_kd", "dkd", "sd_dkd") for s in (0, 1))
+    assert all(m["params"]["lr"] == 0.05 and m["params"]["lr_decay_stages"] == [5, 7] for m in metrics)  # protocol
+    for m in metrics:                                   # figures for the SD runs of the first seed only
+        shown = m["variant"].startswith("sd_") and m["seed"] == 0
+        assert (out / "digit_mosaic" / m["run_name"] / "figures").is_dir() == shown, m["run_name"]
+    assert_figures(out / "digit_mosaic" / "resnet14-resnet8-sd_kd-M124-seed0")
+    text = json.dumps(nb, ensure_ascii=False)
+    assert "(n=2)" in text and "± " in text                                   # mean ± std over the two seeds
+    assert "of 2 seeds" in text                                               # the paired SD gains
+    assert text.count("image/png") == 6
 
 
 def test_results_notebook_renders_the_tables(work):

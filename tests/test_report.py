@@ -256,3 +256,27 @@ def test_plain_runs_elsewhere_are_the_same_config_with_m1(tmp_path):
         cifar, cub = report.results_table(runs, "cifar100"), report.results_table(runs, "cub200")
     assert cifar.set_index(["teacher", "student", "method"]).loc[("resnet32x4", "ShuffleV1", "kd"), "n_runs"] == 1
     assert cub.set_index(["teacher", "student", "method"]).loc[("vgg13", "vgg8", "kd"), "n_runs"] == 1
+
+
+def test_sd_gains_pair_runs_by_seed(tmp_path):
+    root = tmp_path / "outputs"
+    for seed, (plain, sd) in enumerate([(93.5, 94.55), (93.8, 94.9), (94.1, 94.0)]):
+        write(root, metrics(method="kd", scales=[1], seed=seed, best=plain, last=plain - 0.5))
+        write(root, metrics(method="kd", scales=[1, 2, 4], seed=seed, best=sd, last=sd - 0.25))
+    write(root, metrics(method="dkd", scales=[1, 2, 4], seed=0, best=80.0))       # no DKD run to pair with
+    write(root, metrics(method="nkd", scales=[1], seed=0, best=70.0, departures={"epochs": [8, 240]}))
+    write(root, metrics(method="nkd", scales=[1, 2, 4], seed=0, best=71.0, departures={"epochs": [8, 240]}))
+    runs = report.load_runs(root)
+    gains = report.sd_gains(runs, "cifar100")
+    assert list(gains.method) == ["kd"]                         # DKD unpaired; NKD not as published
+    kd = gains.iloc[0]
+    assert kd.n_seeds == 3 and kd.sd_ahead == 2
+    assert kd.gain_best == pytest.approx((1.05 + 1.1 - 0.1) / 3)
+    assert kd.gain_best_std == pytest.approx(pd.Series([1.05, 1.1, -0.1]).std())
+    assert kd.gain_last == pytest.approx(kd.gain_best + 0.25)
+    assert kd.plain_best_std == pytest.approx(0.3)
+    assert list(report.sd_gains(runs, "cifar100", published_only=False).method) == ["kd", "nkd"]
+    text = report.format_gains(gains).iloc[0]
+    assert text["Method"] == "SD-KD − KD" and text["SD ahead (best)"] == "2 of 3 seeds"
+    assert text["SD gain, best top-1"] == "+0.68 ± 0.68"
+    assert report.sd_gains(runs.iloc[0:0], "cifar100").empty

@@ -1,0 +1,187 @@
+"""SD's gain on the digit mosaics, measured over several seeds: the quickstart's pair (resnet14 -> resnet8)
+under the full digit_mosaic protocol, the student alone and KD, DKD and NKD, each plain (M=[1]) and scale
+decoupled (M=[1,2,4]), for every seed.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --seeds 0 1 2 --jobs 2 --record
+
+The settings are the quickstart notebook's defaults: the dataset's protocol (8 epochs, batch 64, SGD lr 0.05
+x0.1 after epochs 5 and 7, weight decay 5e-4), the teacher trained here under that protocol (seed 0, one
+teacher for every seed), each method's loss defaults, DKD/NKD warm-up 2 epochs (the paper: 20 of 240).
+Runs go to `--output-dir` (default outputs/sd_gain/); complete runs are skipped and interrupted ones resume,
+so a rerun only trains what is missing. The summary gives, per method, best and last top-1 as mean ± std (n)
+(`sddlib.report.results_table`), and per base method the SD gain paired by seed, with the number of seeds
+in which SD was ahead (`sddlib.report.sd_gains`); `--record` writes it to benchmarks/results.md, replacing
+the section an earlier call wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout: this sddlib, not another one on the path
+from sddlib import experiment, report  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results.md"
+SECTION = "### sd_gain.py"
+TEACHER, STUDENT, SD_SCALES = "resnet14", "resnet8", "[1,2,4]"
+BASE_METHODS = ("kd", "dkd", "nkd")
+WARMUP = {"kd": 0, "dkd": 2, "nkd": 2}  # the quickstart's: SD-KD has none (as the authors'), DKD/NKD 2 of 8 epochs
+
+
+def run_params(method: str | None, scales: str, seed: int, args) -> dict:
+    """One run's parameters; `method=None` is the student alone."""
+    params = dict(dataset="digit_mosaic", teacher=TEACHER, student=STUDENT, method=method or "kd", M=scales,
+                  seed=seed, subset=args.subset, data_dir=args.data_dir, output_dir=args.output_dir, device=args.device,
+                  figures=False, progress=False)
+    if method:
+        params["warmup_epochs"] = WARMUP[method]
+    return params
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _train(kind: str, params: dict) -> str:
+    """One job in a worker process: the teacher, a student alone, or a distillation."""
+    if kind == "teacher":
+        experiment.train_teacher(params)
+        return f"teacher {params['teacher']}"
+    metrics = experiment.run_vanilla(params) if kind == "alone" else experiment.run(params)
+    return f"{metrics['run_name']}: best {metrics['best_top1']:.2f}, last {metrics['last_top1']:.2f}"
+
+
+def train_all(args) -> None:
+    """The teacher first, with students alone (which do not need it) on the other workers meanwhile; then KD
+    and SD-KD seed by seed (the headline pair: a call stopped early leaves as many complete pairs as it
+    could), then the remaining students alone, then DKD and NKD the same way."""
+    cfg = experiment.RunConfig.from_params(run_params("kd", SD_SCALES, 0, args))
+    cached = Path(args.output_dir) / "teachers" / "digit_mosaic" / f"{TEACHER}.pth"
+    alone = [run_params(None, "[1]", seed, args) for seed in args.seeds]
+    alone = [p for p in alone if experiment.load_metrics(experiment.vanilla_dir(p, STUDENT) / "metrics.json") is None]
+    fillers = alone[:args.jobs - 1] if not cached.is_file() else []
+    pairs = {method: [("distill", run_params(method, scales, seed, args))
+                      for seed in args.seeds for scales in ("[1]", SD_SCALES)] for method in BASE_METHODS}
+    later = [*pairs["kd"], *[("alone", p) for p in alone[len(fillers):]], *pairs["dkd"], *pairs["nkd"]]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(args.threads,)) as pool:
+        teacher = [pool.submit(_train, "teacher", cfg.to_params())] if not cached.is_file() else []
+        pending = [pool.submit(_train, "alone", params) for params in fillers]
+        for job in teacher:  # the distillations need it cached
+            print(job.result(), "ready", flush=True)
+        pending += [pool.submit(_train, kind, params) for kind, params in later]
+        for job in pending:
+            print(job.result(), flush=True)
+    print(f"all runs complete after {time.perf_counter() - started:.0f} s in this call", flush=True)
+
+
+def summary(args) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """This benchmark's runs (the seeds asked for), the per-method table and the paired SD gains."""
+    runs = report.load_runs(Path(args.output_dir) / "digit_mosaic")
+    runs = runs[(runs["seed"].isin(args.seeds)) & (runs["student"] == STUDENT)
+                & ((runs["variant"] == "alone") | (runs["teacher"] == TEACHER))]
+    table = report.results_table(runs, "digit_mosaic", published_only=False)
+    table = table[(table.teacher == TEACHER) & (table.student == STUDENT)]
+    return runs, table, report.sd_gains(runs, "digit_mosaic", published_only=False)
+
+
+def _run_times(runs: pd.DataFrame) -> str:
+    medians = runs.groupby("variant", sort=False)["wall_time_s"].median()
+    return ", ".join(f"{report.METHOD_NAMES.get(v, 'student alone')} {t / 60:.1f} min" for v, t in medians.items())
+
+
+def missing_runs(runs: pd.DataFrame, seeds) -> str:
+    """The runs of this benchmark not complete (yet), e.g. "DKD seeds 1, 2; SD-DKD seed 2"; empty when none."""
+    done = set(zip(runs["variant"], runs["seed"]))
+    missing = []
+    for variant in ("alone", *(v for m in BASE_METHODS for v in (m, f"sd_{m}"))):
+        left = [s for s in seeds if (variant, s) not in done]
+        if left:
+            name = "student alone" if variant == "alone" else report.METHOD_NAMES[variant]
+            missing.append(f"{name} seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}")
+    return "; ".join(missing)
+
+
+def section(args, runs, table, gains) -> str:
+    command = "benchmarks/sd_gain.py " + " ".join(shlex.quote(a) for a in args.argv)
+    missing = missing_runs(runs, args.seeds)
+    machine = (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}"
+               + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+    lines = [f"{SECTION}, {datetime.date.today()}, {machine}", "",
+             f"`{command}`", "",
+             f"{TEACHER} → {STUDENT} on the digit mosaics (8,000 train / 2,000 test images), the full digit_mosaic "
+             "protocol (8 epochs, batch 64, SGD lr 0.05, x0.1 after epochs 5 and 7, weight decay 5e-4), DKD/NKD "
+             "warm-up 2 epochs, each method's loss defaults: the quickstart's defaults (one seed there). Seeds "
+             f"{', '.join(map(str, args.seeds))}; a seed sets the initialisation, the batch order and the crops, and "
+             "also draws that seed's mosaics (from the same disjoint train/test scans). One teacher, trained here "
+             "under the same protocol (seed 0); its row is its accuracy on each seed's test mosaics. Top-1 (%) on "
+             "the test set, mean ± std over seeds (n runs); best = best epoch, last = final epoch.", "",
+             report.to_markdown(report.format_table(table)[["Method", "M", "Ours best top-1", "Ours last top-1"]]),
+             "SD gain per base method, paired by seed (SD-X − X of the same seed: mean ± std over seeds):", "",
+             report.to_markdown(report.format_gains(gains).drop(columns=["Teacher", "Student"])),
+             *([f"**Not complete when this was recorded: {missing}** (the table's n says what each row rests on; the "
+                "same command without --summary-only trains them: complete runs are skipped, the rest resume).", ""]
+               if missing else []),
+             f"Median wall time per run, as the runs recorded it (trained while other jobs shared the cores: not a "
+             f"timing benchmark): {_run_times(runs)}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def record(text: str) -> None:
+    """Put the section into benchmarks/results.md, replacing the one an earlier call wrote (up to the next
+    '### ' heading)."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith(SECTION)), None)
+    if start is None:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("### ")), len(lines))
+        new = "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
+    RESULTS.write_text(new)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run (default 0 1 2)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--output-dir", default=str(REPO / "outputs" / "sd_gain"))
+    parser.add_argument("--data-dir", default=str(REPO / "data"), help="where the mosaics are cached")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--subset", type=int, default=0, help="first n images only: a smoke test, not the benchmark")
+    parser.add_argument("--record", action="store_true", help="write the summary into benchmarks/results.md")
+    parser.add_argument("--summary-only", action="store_true", help="train nothing; summarise the runs there are")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs {args.jobs} / --threads {args.threads}: both must be positive integers.")
+    if args.record and args.subset:
+        parser.error("--record with --subset: a smoke test's numbers are not the benchmark; drop one of them.")
+    if not args.summary_only:
+        train_all(args)
+    runs, table, gains = summary(args)
+    if table.empty or gains.empty:
+        sys.exit(f"no complete runs of seeds {args.seeds} under {args.output_dir}; run without --summary-only.")
+    text = section(args, runs, table, gains)
+    print(text)
+    if args.record:
+        record(text)
+        print(f"recorded in {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
