@@ -37,11 +37,6 @@ def train_images(params) -> int:
     return min(cfg.subset, n) if cfg.subset else n
 
 
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        "cpu" if name == "auto" else name)
-
-
 def _probe(params: dict) -> int:
     """Bytes the run needs at its peak (runs in the measuring subprocess)."""
     from fastai.data.core import DataLoaders
@@ -50,6 +45,7 @@ def _probe(params: dict) -> int:
     from .data.build import TensorImageDataset
     from .data.device import DeviceImageDL
     from .distill import DistillationCallback
+    from .experiment import _device
     from .models import create_model
     from .training import build_learner
 
@@ -103,6 +99,7 @@ def check_jobs_fit(params_list, jobs: int) -> str:
     """Measure each distinct configuration once; raise ValueError (one sentence) when `jobs` of the largest
     would not fit the device's free memory; otherwise return a line saying what was measured."""
     from .config import RunConfig
+    from .experiment import _device
     configs = [RunConfig.from_params(p) for p in params_list]
     distinct = {tuple(str(c[k]) for k in _PROBE_KEYS): c for c in configs}
     sizes = {c.name: run_memory(c) for c in distinct.values()}
