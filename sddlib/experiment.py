@@ -243,14 +243,15 @@ def _environment() -> dict:
                                 cwd=Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    from importlib.metadata import version
+
     import fastai
-    import torchvision
 
     from . import __version__
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "gpu": gpu},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "torchvision": torchvision.__version__, "fastai": fastai.__version__,
+                         "torchvision": version("torchvision"), "fastai": fastai.__version__,
                          "numpy": np.__version__, "sddlib": __version__},
             "git_commit": commit}
 
