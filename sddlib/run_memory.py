@@ -3,14 +3,17 @@
 Small CIFAR models leave most of a large GPU idle, so `sweep --jobs N` runs N experiments on one
 device at once; too many and every run dies of out-of-memory hours in. `run_memory(params)` measures a
 run before any starts: two training steps of its real step (teacher, student, distillation loss, batch
-size, speed switches) on random batches of the dataset's image shape, in a fresh subprocess so that the
-figure is this run's alone. On CUDA it is the allocator's peak, plus the dataset the device pipeline
-keeps there, plus the CUDA context; on the CPU the process's peak resident memory (the data included).
+size, speed switches) on random batches of the dataset's image shape, each in a process of its own so that
+the figure is this run's alone: one fresh subprocess imports the training code once and forks a child per
+configuration (a fresh interpreter per configuration would pay those imports, ~15 s here, every time). On
+CUDA it is the allocator's peak, plus the dataset the device pipeline keeps there, plus the CUDA context;
+on the CPU the child's peak resident memory (the imports and the data included, as in a fresh process).
 `check_jobs_fit` refuses a job count whose runs would not fit what the device has free, in one sentence.
 """
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -71,19 +74,56 @@ def _probe(params: dict) -> int:
     return torch.cuda.max_memory_reserved(device) + data + CUDA_CONTEXT_BYTES
 
 
+def _probe_in_child(params: dict) -> dict:
+    """`_probe(params)` in a child forked from this process: {"bytes": n} or {"error": its last line}. The
+    measuring process has only imported modules (no thread pool, no CUDA context yet), so forking is safe."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: measure, report through the pipe, and leave without running any cleanup
+        os.close(read)
+        try:
+            answer = {"bytes": _probe(params)}
+        except BaseException as err:  # noqa: BLE001 - any failure is reported to the parent
+            answer = {"error": f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}"}
+        os.write(write, json.dumps(answer).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return json.loads(text) if text else {"error": f"the measuring process died (wait status {status})"}
+
+
+def _probe_each(probes: list[dict]) -> list[dict]:
+    """Runs in the measuring subprocess: import the training code once, then measure each probe in a child."""
+    import torch._dynamo  # noqa: F401 - what every child would otherwise import itself (torch.optim imports
+    from . import experiment, training  # noqa: F401 - torch._dynamo on first use)
+    return [_probe_in_child(params) for params in probes]
+
+
+def _measure(configs) -> dict[str, int]:
+    """Peak bytes of each configuration (by name), measured in one fresh subprocess."""
+    probes = [{k: cfg[k] for k in _PROBE_KEYS} for cfg in configs]
+    code = ("import json, sys; from sddlib.run_memory import _probe_each; "
+            "print(json.dumps(_probe_each(json.loads(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(probes)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"measuring the memory of {', '.join(cfg.name for cfg in configs)} failed: {last}")
+    sizes = {}
+    for cfg, answer in zip(configs, json.loads(done.stdout.strip().splitlines()[-1])):
+        if "error" in answer:
+            raise RuntimeError(f"measuring the memory of {cfg.name} failed: {answer['error']}")
+        sizes[cfg.name] = int(answer["bytes"])
+    return sizes
+
+
 def run_memory(params) -> int:
     """Peak bytes of one run of `params`, measured in a fresh process."""
     from .config import RunConfig
     cfg = RunConfig.from_params(params)
-    probe = {k: cfg[k] for k in _PROBE_KEYS}
-    code = ("import json, sys; from sddlib.run_memory import _probe; "
-            "print(json.dumps(_probe(json.loads(sys.argv[1]))))")
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(probe)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"measuring the memory of {cfg.name} failed: {last}")
-    return int(json.loads(done.stdout.strip().splitlines()[-1]))
+    return _measure([cfg])[cfg.name]
 
 
 def _free_bytes(device: torch.device) -> int:
@@ -102,7 +142,7 @@ def check_jobs_fit(params_list, jobs: int) -> str:
     from .experiment import _device
     configs = [RunConfig.from_params(p) for p in params_list]
     distinct = {tuple(str(c[k]) for k in _PROBE_KEYS): c for c in configs}
-    sizes = {c.name: run_memory(c) for c in distinct.values()}
+    sizes = _measure(list(distinct.values()))
     largest_name = max(sizes, key=sizes.get)
     largest = sizes[largest_name]
     device = _device(configs[0].device)

@@ -74,7 +74,7 @@ def plan(path, overrides: dict, notebook=None) -> dict:
 
 
 def execute(job: dict, kernel=None) -> str | None:
-    """Run one planned job; return None on success or a one-line reason."""
+    """Run one planned job's notebook; return None when it ran through, or a one-line reason."""
     import papermill
     out = Path(job["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,10 +87,7 @@ def execute(job: dict, kernel=None) -> str | None:
     except Exception as err:  # noqa: BLE001 - any failure is reported, the sweep goes on
         text = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
         return f"{(text.strip().splitlines() or [''])[0][:300]} (see {out})"
-    from .experiment import load_metrics
-    if load_metrics(out.parent / "metrics.json") is None:  # never count a run that did not say "complete"
-        return f"the notebook finished without a complete metrics.json (see {out})"
-    return None
+    return None  # `_report` checks the metrics.json, so a job process never imports the training code
 
 
 def main(argv=None) -> int:
@@ -213,11 +210,12 @@ def _report(results, failures) -> tuple[int, int, int]:
     from .run_memory import train_images
     done = published = images = 0
     for job, reason in results:
-        if reason:
+        metrics = None if reason else load_metrics(Path(job["out"]).parent / "metrics.json")
+        if metrics is None:  # never count a run that did not say "complete"
+            reason = reason or f"the notebook finished without a complete metrics.json (see {job['out']})"
             print(f"failed  {job['file']}: {reason}", flush=True)
             failures.append((job["file"], reason))
             continue
-        metrics = load_metrics(Path(job["out"]).parent / "metrics.json")
         print(f"done  {job['file']}: {describe(metrics.get('departures'))}", flush=True)
         done += 1
         published += metrics.get("departures") == {}

@@ -1,16 +1,19 @@
 """Never lose or fake a run: SIGKILLed runs resume to identical results, other configurations are never
 continued silently, non-finite losses fail the run, one process per run folder, no pickled code runs."""
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from sddlib import checkpoints, experiment
+from sddlib import checkpoints, distill, experiment
 from sddlib.checkpoints import CheckpointError, RunLockedError
 from sddlib.models import create_model
 
@@ -20,39 +23,57 @@ RUN = dict(dataset="digit_mosaic", teacher="resnet8", student="resnet8", method=
            subset=64, batch_size=16, lr_decay_stages=[2], warmup_epochs=2, progress=False, figures=False,
            device="cpu")
 
-# The child runs experiment.run; a kill point makes it SIGKILL itself there (test-side patches only).
-CHILD = r"""
-import json, os, signal, sys
-from pathlib import Path
-from sddlib import experiment, distill
-params, kill = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-def die():
-    os.kill(os.getpid(), signal.SIGKILL)
-if kill and kill[0] == "batch":          # in the middle of an epoch, after the loss of batch n
-    original, calls = distill.DistillationCallback.after_loss, [0]
-    def after_loss(self):
-        original(self)
-        calls[0] += self.training
-        if calls[0] == kill[1]:
-            die()
-    distill.DistillationCallback.after_loss = after_loss
-if kill and kill[0] == "write":          # the n-th write of a file: written and synced, not yet renamed
-    original_replace, calls = os.replace, [0]
-    def replace(src, dst):
-        if Path(dst).name == kill[1]:
-            calls[0] += 1
-            if calls[0] == kill[2]:
+# Each run is a child process that the test may SIGKILL. The children are forked by multiprocessing's
+# forkserver, which imports sddlib once for the whole module: a fresh interpreter per child would spend
+# ~15 s on imports each time. A forked child is still a process of its own, started after nothing but imports.
+FORKSERVER = multiprocessing.get_context("forkserver")
+FORKSERVER.set_forkserver_preload(["sddlib.experiment", "torch._dynamo"])
+
+
+def _run_in_child(params, kill, log):
+    """The child: experiment.run(params), printing to `log`; a kill point makes it SIGKILL itself there (test-side
+    patches only)."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kill and kill[0] == "batch":          # in the middle of an epoch, after the loss of batch n
+        original, calls = distill.DistillationCallback.after_loss, [0]
+
+        def after_loss(self):
+            original(self)
+            calls[0] += self.training
+            if calls[0] == kill[1]:
                 die()
-        original_replace(src, dst)
-    os.replace = replace
-experiment.run(params)
-"""
+        distill.DistillationCallback.after_loss = after_loss
+    if kill and kill[0] == "write":          # the n-th write of a file: written and synced, not yet renamed
+        original_replace, calls = os.replace, [0]
+
+        def replace(src, dst):
+            if Path(dst).name == kill[1]:
+                calls[0] += 1
+                if calls[0] == kill[2]:
+                    die()
+            original_replace(src, dst)
+        os.replace = replace
+    experiment.run(params)
 
 
 def child(params, kill=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", CHILD, json.dumps(params), json.dumps(kill)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    """Run `params` in a child process; its exit code (-SIGKILL when killed) and everything it printed."""
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "child.log"
+        process = FORKSERVER.Process(target=_run_in_child, args=(params, kill, str(log)))
+        process.start()
+        process.join(600)
+        if process.exitcode is None:
+            process.kill()
+            raise TimeoutError(f"the child running {params} did not finish in 600 s")
+        text = log.read_text()
+    return SimpleNamespace(returncode=process.exitcode, stdout=text, stderr=text)
 
 
 @pytest.fixture(scope="module")

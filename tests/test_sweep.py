@@ -13,20 +13,24 @@ from sddlib.experiment import load_metrics
 pytest.importorskip("papermill")
 
 PARAMETERS = 'dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
+# A stand-in for a dataset notebook that imports nothing heavy (a kernel that imports sddlib takes ~15 s to
+# start here): it writes the metrics.json of a run named as sddlib names runs, with the parameters it was given.
 WORK = """\
 if student == "vgg8":
     raise RuntimeError("asked to fail")
 silent = student == "ShuffleV2"   # ends without writing a complete metrics.json
-import json
-from sddlib import experiment
-p = experiment.resolve_params({k: v for k, v in dict(globals()).items() if k in experiment.DEFAULTS})
-out = experiment.run_dir(p)
-out.mkdir(parents=True, exist_ok=True)
+import json, pathlib
+p = {k: v for k, v in dict(globals()).items() if k in ("dataset", "teacher", "student", "method", "M", "seed", "epochs",
+                                                        "subset", "batch_size", "T", "data_dir", "output_dir")}
 scales = [int(s) for s in p["M"].strip("[]").split(",")]
+variant = p["method"] if scales == [1] else "sd_" + p["method"]
+name = f"{p['teacher']}-{p['student']}-{variant}-M{''.join(map(str, scales))}-seed{p['seed']}"
+out = pathlib.Path(p["output_dir"]) / p["dataset"] / name
+out.mkdir(parents=True, exist_ok=True)
 if not silent: (out / "metrics.json").write_text(json.dumps({
-    "status": "complete", "run_name": experiment.run_name(p), "dataset": p["dataset"], "teacher": p["teacher"],
+    "status": "complete", "run_name": name, "dataset": p["dataset"], "teacher": p["teacher"],
     "student": p["student"], "method": p["method"], "scales": scales, "sd": scales != [1],
-    "variant": p["method"] if scales == [1] else "sd_" + p["method"], "seed": p["seed"], "best_top1": 50.0,
+    "variant": variant, "seed": p["seed"], "best_top1": 50.0,
     "best_top5": 80.0, "best_epoch": 1, "last_top1": 49.0, "last_top5": 79.0, "teacher_top1": 60.0,
     "params": p, "history": [], "wall_time_s": 0.0, "hardware": {}, "versions": {}, "git_commit": None,
     "figures": []}))
@@ -45,7 +49,8 @@ def setup(tmp_path):
     (tmp_path / "fail.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: vgg8\nmethod: kd\n")
     out = tmp_path / "out"
     args = ["--notebook", str(tmp_path / "tiny.ipynb"), "-p", "output_dir", str(out), "-p", "seed", "1",
-            "-p", "M", "[1]", "-p", "epochs", "2", "-p", "subset", "200", "-p", "data_dir", str(tmp_path / "d")]
+            "-p", "M", "[1]", "-p", "epochs", "2", "-p", "subset", "200", "-p", "batch_size", "8",
+            "-p", "data_dir", str(tmp_path / "d")]
     return tmp_path, out, args
 
 
@@ -94,7 +99,7 @@ def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
     assert "1 done, 0 skipped, 0 failed" in text and "; 0 of 1 done as published" in text
     assert f"done  {tmp / 'ok.yaml'}: epochs 2 (240), subset 200 (0)" in text  # each run: as published or what changed
     assert calls == [({**yaml.safe_load((tmp / "ok.yaml").read_text()), "output_dir": str(out), "seed": 1,
-                       "M": "[1]", "epochs": 2, "subset": 200, "data_dir": str(tmp / "d")}, str(sweep.ROOT))]
+                       "M": "[1]", "epochs": 2, "subset": 200, "batch_size": 8, "data_dir": str(tmp / "d")}, str(sweep.ROOT))]
     assert load_metrics(run / "metrics.previous.json") == metrics and load_metrics(run / "metrics.json")
     metrics = load_metrics(run / "metrics.json")
     as_published = json.dumps({**metrics, "departures": {}})
