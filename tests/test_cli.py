@@ -1,8 +1,5 @@
 """`python -m sddlib`: papermill's -f/-p flags, one run in one process, one sentence for a bad parameter."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +10,6 @@ from sddlib import experiment
 from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def sddlib_cli(*args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "sddlib", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
 
 
 def test_parameters_merge_like_papermill(tmp_path):
@@ -39,24 +30,28 @@ def test_a_bad_parameter_is_one_sentence(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.slow  # trains a ResNet-50 -> MobileNetV1 epoch on a tiny ImageNet in a subprocess
-def test_the_imagenet_params_file_runs_in_one_process(tmp_path):
-    """The README's command, as written, with the data, teacher and outputs pointed at a tiny ImageNet."""
+@pytest.mark.slow  # trains a ResNet-50 -> MobileNetV1 epoch on a tiny ImageNet
+def test_the_imagenet_params_file_runs_in_one_process(tmp_path, capsys, monkeypatch):
+    """The README's command, as written (its arguments to the CLI's main, in this process: `python -m sddlib` as
+    a process is what torchrun starts in test_distributed), with the data, teacher and outputs pointed at a tiny
+    ImageNet."""
     from fake_datasets import write_tiny_imagenet
     data = write_tiny_imagenet(tmp_path / "imagenet", n_classes=3, per_class=4)
     teacher = tmp_path / "resnet50.pth"
     torch.manual_seed(0)
     torch.save({"model": create_model("ResNet50", num_classes=3, stem="torchvision").state_dict()}, teacher)
-    done = sddlib_cli("-f", "params/imagenet/ResNet50-MobileNetV1-sd_dkd.yaml", "-p", "epochs", "1", "-p", "device",
-                      "cpu", "-p", "batch_size", "4", "-p", "teacher_weights", "", "-p", "teacher_ckpt", str(teacher),
-                      "-p", "data_dir", str(data), "-p", "output_dir", str(tmp_path / "out"), "-p", "figures", "false",
-                      "-p", "progress", "false", "-p", "num_workers", "0")
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.chdir(REPO)
+    code = cli.main(["-f", "params/imagenet/ResNet50-MobileNetV1-sd_dkd.yaml", "-p", "epochs", "1", "-p", "device",
+                     "cpu", "-p", "batch_size", "4", "-p", "teacher_weights", "", "-p", "teacher_ckpt", str(teacher),
+                     "-p", "data_dir", str(data), "-p", "output_dir", str(tmp_path / "out"), "-p", "figures", "false",
+                     "-p", "progress", "false", "-p", "num_workers", "0"])
+    done = capsys.readouterr()
+    assert code == 0, done.err[-3000:]
     run = tmp_path / "out" / "imagenet" / "ResNet50-MobileNetV1-sd_dkd-M124-seed0"
     metrics = experiment.load_metrics(run / "metrics.json")
     assert metrics["variant"] == "sd_dkd" and metrics["params"]["T"] == 1.0 and metrics["params"]["sync_bn"] is True
     assert metrics["distributed"] == {"world_size": 1, "per_rank_batch": 4, "sync_bn": False, "backend": None}
-    assert "epoch 1/1" in done.stdout and done.stdout.strip().splitlines()[-1].startswith(run.name)
+    assert "epoch 1/1" in done.out and done.out.strip().splitlines()[-1].startswith(run.name)
     # --alone: the student trained alone, the same flags
     alone = cli.main(["-f", str(REPO / "params/imagenet/ResNet50-MobileNetV1-sd_dkd.yaml"), "--alone", "-p", "epochs",
                       "1", "-p", "device", "cpu", "-p", "batch_size", "4", "-p", "data_dir", str(data), "-p",

@@ -3,6 +3,7 @@ step as one process, identical weights on every rank, each test image counted on
 two "nodes" over a localhost rendezvous, and a notebook launching torchrun itself."""
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -142,13 +143,13 @@ with distributed.process_group("cpu"):
 """
 
 
-@pytest.mark.slow  # starts 3 processes
-def test_a_global_batch_on_two_processes_takes_the_single_process_step(tmp_path, mosaics):
+@pytest.mark.slow  # starts 2 processes
+def test_a_global_batch_on_two_processes_takes_the_single_process_step(tmp_path, mosaics, monkeypatch):
     script = tmp_path / "step.py"
     script.write_text(STEP)
     args = [str(script), str(tmp_path), str(mosaics)]
-    one = subprocess.run([sys.executable, *args], env=env(), capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", args)
+    runpy.run_path(str(script), run_name="__main__")    # one process: this one
     two = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *args], env=env(),
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -1,6 +1,7 @@
 """The real notebooks, executed headlessly with papermill on tiny datasets in the real on-disk formats.
 They train (a few epochs each): all `slow`, left out by `make test-fast`."""
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
-from sddlib import viz
+from sddlib import experiment, viz
 from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,18 +93,18 @@ def test_imagenet_notebook(work):
 
 def test_quickstart_notebook(work):
     out = work["outputs"] / "quickstart"
-    nb = execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["kd", "dkd"],
+    nb = execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["dkd"],
                  seeds=[0, 1], output_dir=str(out), data_dir=str(work["root"] / "mosaics"), teacher="resnet14")
     metrics = [json.loads(p.read_text()) for p in out.glob("digit_mosaic/*/metrics.json")]
     assert sorted(m["run_name"] for m in metrics if m["variant"] == "alone") == [
         "resnet14-alone-seed0", "resnet8-alone-seed0", "resnet8-alone-seed1"]       # one teacher for both seeds
     assert sorted((m["variant"], m["seed"]) for m in metrics if m["variant"] != "alone") == sorted(
-        (v, s) for v in ("kd", "sd_kd", "dkd", "sd_dkd") for s in (0, 1))
+        (v, s) for v in ("dkd", "sd_dkd") for s in (0, 1))                    # the methods asked for, not KD
     assert all(m["params"]["lr"] == 0.05 and m["params"]["lr_decay_stages"] == [5, 7] for m in metrics)  # protocol
     for m in metrics:                                   # figures for the SD runs of the first seed only
         shown = m["variant"].startswith("sd_") and m["seed"] == 0
         assert (out / "digit_mosaic" / m["run_name"] / "figures").is_dir() == shown, m["run_name"]
-    assert_figures(out / "digit_mosaic" / "resnet14-resnet8-sd_kd-M124-seed0")
+    assert_figures(out / "digit_mosaic" / "resnet14-resnet8-sd_dkd-M124-seed0")
     text = json.dumps(nb, ensure_ascii=False)
     assert "(n=2)" in text and "± " in text                                   # mean ± std over the two seeds
     assert "of 2 seeds" in text                                               # the paired SD gains
@@ -125,16 +126,29 @@ def test_results_notebook_renders_the_tables(work):
     assert "runs not as published" in (tables / "cifar100.md").read_text()
     assert (tables / "cub200.md").is_file() and (tables / "imagenet.md").is_file()
     digits = pd.read_csv(tables / "digit_mosaic-departures.csv")
-    assert set(digits.method) >= {"Trained alone", "KD", "SD-KD", "DKD", "SD-DKD"}
+    assert set(digits.method) >= {"Trained alone", "DKD", "SD-DKD"}
 
 
-@pytest.mark.parametrize("parameters,message", [
+def notebook_defaults(name):
+    """The values a notebook's parameters cell sets, as its kernel holds them before papermill's injection."""
+    cells = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+    namespace = {}
+    exec(source, namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+
+
+BAD_INPUT = [
     (dict(M="[1,3]"), r"scales '\[1,3\]' is not supported"),
     (dict(method="fitnet"), "method 'fitnet' is unknown"),
     (dict(data_dir="EMPTY"), "CIFAR-100"),
     (dict(teacher_ckpt="WRONG"), "is not a resnet8"),
-])
-def test_bad_input_stops_with_one_sentence(work, tmp_path, parameters, message):
+]
+
+
+def bad_input_parameters(tmp_path, parameters):
+    parameters = {**FAST, "teacher": "resnet8", "student": "resnet8", "subset": 8,
+                  "output_dir": str(tmp_path / "outputs"), **parameters}
     if parameters.get("data_dir") == "EMPTY":
         parameters["data_dir"] = str(tmp_path / "empty")
     else:
@@ -145,7 +159,24 @@ def test_bad_input_stops_with_one_sentence(work, tmp_path, parameters, message):
         wrong = tmp_path / "resnet20.pth"
         torch.save({"model": create_model("resnet20").state_dict()}, wrong)
         parameters["teacher_ckpt"] = str(wrong)
-    with pytest.raises(pm.PapermillExecutionError, match=message):
-        execute("cifar100", tmp_path, teacher="resnet8", student="resnet8", subset=8,
-                output_dir=str(tmp_path / "outputs"), **{**FAST, **parameters})
+    return parameters
+
+
+def test_bad_input_stops_the_notebook_with_one_sentence(tmp_path):
+    """Through papermill, for one bad value: the sentence is what the notebook stops with, nothing is written."""
+    (parameters, message), *_ = BAD_INPUT
+    with pytest.raises(pm.PapermillExecutionError, match=message) as err:
+        execute("cifar100", tmp_path, **bad_input_parameters(tmp_path, parameters))
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err.value)).strip().splitlines()
+    assert re.search(message, plain[-1]) and plain[-1].startswith("ConfigError: ")
+    assert not list((tmp_path / "outputs").glob("**/metrics.json"))   # nothing half-written
+
+
+@pytest.mark.parametrize("parameters,message", BAD_INPUT)
+def test_bad_input_is_one_sentence_in_the_notebooks_own_calls(tmp_path, parameters, message):
+    """Every case, in this process: the notebook's parameters cell, then its calls (a kernel per case would cost
+    ~15 s of imports each; the papermill path is the test above)."""
+    namespace = {**notebook_defaults("cifar100"), **bad_input_parameters(tmp_path, parameters)}
+    with pytest.raises(Exception, match=message):
+        experiment.run(experiment.notebook_params(namespace, dataset="cifar100"), force=namespace["force"])
     assert not list((tmp_path / "outputs").glob("**/metrics.json"))   # nothing half-written
