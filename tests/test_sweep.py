@@ -144,14 +144,16 @@ def test_parse_overrides():
 
 @pytest.mark.slow  # starts job processes that execute notebooks
 def test_submitit_local_executor_runs_and_lists_failed_jobs_with_their_logs(setup, capsys):
-    """--executor local: the cluster path (submitit jobs) with local processes."""
+    """--executor local: the cluster path (submitit jobs) with local processes, one at a time (two at once would
+    first measure both runs' memory, which test_parallel_failure_overrides_skip_force checks)."""
     tmp, out, args = setup
     logs = tmp / "logs"
-    code = sweep.main([str(tmp / "ok.yaml"), str(tmp / "fail.yaml"), "--executor", "local", "--jobs", "2",
+    code = sweep.main([str(tmp / "ok.yaml"), str(tmp / "fail.yaml"), "--executor", "local", "--jobs", "1",
                        "--gpus-per-job", "0", "--log-dir", str(logs), *args])
     assert code == 1
     captured = capsys.readouterr()
-    assert "submitted 2 job(s) to local" in captured.out and "1 done, 0 skipped, 1 failed" in captured.out
+    assert captured.out.count("submitted 1 job(s) to local") == 2 and "1 done, 0 skipped, 1 failed" in captured.out
+    assert "memory:" not in captured.out
     failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 1 and f"{tmp / 'fail.yaml'}: RuntimeError: asked to fail" in failed[0]
     log = Path(failed[0].rsplit("(log: ", 1)[1].rstrip(")"))
