@@ -3,7 +3,6 @@ step as one process, identical weights on every rank, each test image counted on
 two "nodes" over a localhost rendezvous, and a notebook launching torchrun itself."""
 import json
 import os
-import runpy
 import socket
 import subprocess
 import sys
@@ -11,10 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
+from fastai.callback.core import Callback, CancelFitException
 from fastai.data.load import DataLoader
 
+from forked import run_children
 from sddlib import distributed, experiment
-from sddlib.config import ConfigError
+from sddlib.config import ConfigError, RunConfig
+from sddlib.distill import DistillationCallback
+from sddlib.training import build_learner
 from sddlib.data import digit_mosaic, load_digit_mosaics
 from sddlib.distributed import Shard, ShardedDL
 from sddlib.models import create_model
@@ -106,53 +110,66 @@ def mosaics(tmp_path_factory):
 
 
 # --- the first step on 2 processes and on 1 ----------------------------------------------------------
-STEP = r"""
-import sys, torch, torch.nn as nn
-from fastai.callback.core import Callback, CancelFitException
-from sddlib import distributed, experiment
-from sddlib.config import RunConfig
-from sddlib.distill import DistillationCallback
-from sddlib.training import build_learner
-
 class Tiny(nn.Module):  # no BatchNorm: per-process batch statistics would differ from one process's
     def __init__(self):
         super().__init__()
         self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
-    def forward_features(self, x): return torch.relu(self.conv(x))
-    def forward_head(self, f): return self.fc(f.mean((2, 3)))
-    def forward(self, x): return self.forward_head(self.forward_features(x))
-    def get_classifier(self): return self.fc
+
+    def forward_features(self, x):
+        return torch.relu(self.conv(x))
+
+    def forward_head(self, f):
+        return self.fc(f.mean((2, 3)))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self):
+        return self.fc
+
 
 class FirstStep(Callback):
+    """Saves the gradients of the first step, then ends the fit."""
     order = 99  # after DDP has averaged the gradients and the clipping
+
+    def __init__(self, model, folder):
+        self.model_, self.folder = model, folder
+
     def after_backward(self):
-        grads = {n: p.grad.clone() for n, p in distributed_model.named_parameters()}
+        grads = {n: p.grad.clone() for n, p in self.model_.named_parameters()}
         torch.save({"grads": grads, "steps": len(self.dls.train)},
-                   f"{sys.argv[1]}/step-{distributed.world_size()}-{distributed.rank()}.pt")
+                   f"{self.folder}/step-{distributed.world_size()}-{distributed.rank()}.pt")
         raise CancelFitException
 
-params = dict(dataset="digit_mosaic", subset=40, batch_size=16, device="cpu", progress=False, figures=False,
-              data_dir=sys.argv[2], method="dkd", M="[1,2,4]", warmup_epochs=0)
-with distributed.process_group("cpu"):
-    cfg = RunConfig.from_params(params)
-    torch.manual_seed(0)
-    teacher, distributed_model = Tiny(), Tiny()
-    dls = experiment._dataloaders(cfg, torch.device("cpu"))
-    distill = DistillationCallback(teacher, "dkd", (1, 2, 4), warmup_epochs=0)
-    build_learner(dls, distributed_model, cfg, cbs=[distill, FirstStep()]).fit(1)
-"""
+
+def first_step(folder, data_dir):
+    """SD-DKD + CE on the first global batch of 16 mosaics, through the real Learner (DDP when in a group)."""
+    params = dict(dataset="digit_mosaic", subset=40, batch_size=16, device="cpu", progress=False, figures=False,
+                  data_dir=str(data_dir), method="dkd", M="[1,2,4]", warmup_epochs=0)
+    with distributed.process_group("cpu"):
+        cfg = RunConfig.from_params(params)
+        torch.manual_seed(0)
+        teacher, model = Tiny(), Tiny()
+        dls = experiment._dataloaders(cfg, torch.device("cpu"))
+        distill = DistillationCallback(teacher, "dkd", (1, 2, 4), warmup_epochs=0)
+        build_learner(dls, model, cfg, cbs=[distill, FirstStep(model, folder)]).fit(1)
+
+
+def first_step_as_rank(rank, port, folder, data_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    first_step(folder, data_dir)
 
 
 @pytest.mark.slow  # starts 2 processes
-def test_a_global_batch_on_two_processes_takes_the_single_process_step(tmp_path, mosaics, monkeypatch):
-    script = tmp_path / "step.py"
-    script.write_text(STEP)
-    args = [str(script), str(tmp_path), str(mosaics)]
-    monkeypatch.setattr(sys, "argv", args)
-    runpy.run_path(str(script), run_name="__main__")    # one process: this one
-    two = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *args], env=env(),
-                         capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+def test_a_global_batch_on_two_processes_takes_the_single_process_step(tmp_path, mosaics):
+    """Two ranks of a gloo group (processes forked after sddlib's imports, tests/forked.py; torchrun itself is
+    the other tests' launcher) and this process alone."""
+    first_step(tmp_path, mosaics)
+    port = free_port()
+    ranks = run_children(first_step_as_rank, [(r, port, tmp_path, mosaics) for r in (0, 1)])
+    assert [r.returncode for r in ranks] == [0, 0], ranks[0].stdout[-3000:] + ranks[1].stdout[-3000:]
     single, *ranks = (torch.load(tmp_path / f"step-{w}-{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
     for rank in ranks:
         assert rank["steps"] == single["steps"] == 3          # the same epoch: 40 images, global batch 16

@@ -1,7 +1,6 @@
 """The real notebooks, executed headlessly with papermill on tiny datasets in the real on-disk formats.
 They train (a few epochs each): all `slow`, left out by `make test-fast`."""
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +10,7 @@ import torch
 from PIL import Image
 
 from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
-from sddlib import experiment, viz
+from sddlib import experiment, report, viz
 from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,10 +110,10 @@ def test_quickstart_notebook(work):
     assert text.count("image/png") == 6
 
 
-def test_results_notebook_renders_the_tables(work):
+def test_results_tables_of_the_notebook_runs(work):
     if not list(work["outputs"].glob("*/*/metrics.json")):
         pytest.skip("needs the runs of the notebook tests above (run the whole file)")
-    execute("results", work["root"], output_dir=str(work["outputs"]))
+    report.write_tables(work["outputs"])   # the results notebook's call (test_report executes that notebook)
     tables = work["outputs"] / "tables"
     cifar = pd.read_csv(tables / "cifar100.csv")
     assert cifar.n_runs.sum() == 0                      # the short test runs never sit beside the paper...
@@ -162,20 +161,10 @@ def bad_input_parameters(tmp_path, parameters):
     return parameters
 
 
-def test_bad_input_stops_the_notebook_with_one_sentence(tmp_path):
-    """Through papermill, for one bad value: the sentence is what the notebook stops with, nothing is written."""
-    (parameters, message), *_ = BAD_INPUT
-    with pytest.raises(pm.PapermillExecutionError, match=message) as err:
-        execute("cifar100", tmp_path, **bad_input_parameters(tmp_path, parameters))
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err.value)).strip().splitlines()
-    assert re.search(message, plain[-1]) and plain[-1].startswith("ConfigError: ")
-    assert not list((tmp_path / "outputs").glob("**/metrics.json"))   # nothing half-written
-
-
 @pytest.mark.parametrize("parameters,message", BAD_INPUT)
 def test_bad_input_is_one_sentence_in_the_notebooks_own_calls(tmp_path, parameters, message):
     """Every case, in this process: the notebook's parameters cell, then its calls (a kernel per case would cost
-    ~15 s of imports each; the papermill path is the test above)."""
+    ~15 s of imports each; test_config checks a bad value through papermill, where the sentence ends the output)."""
     namespace = {**notebook_defaults("cifar100"), **bad_input_parameters(tmp_path, parameters)}
     with pytest.raises(Exception, match=message):
         experiment.run(experiment.notebook_params(namespace, dataset="cifar100"), force=namespace["force"])

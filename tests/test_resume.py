@@ -1,18 +1,16 @@
 """Never lose or fake a run: SIGKILLed runs resume to identical results, other configurations are never
 continued silently, non-finite losses fail the run, one process per run folder, no pickled code runs."""
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from forked import run_children
 from sddlib import checkpoints, distill, experiment
 from sddlib.checkpoints import CheckpointError, RunLockedError
 from sddlib.models import create_model
@@ -23,21 +21,9 @@ RUN = dict(dataset="digit_mosaic", teacher="resnet8", student="resnet8", method=
            subset=64, batch_size=16, lr_decay_stages=[2], warmup_epochs=2, progress=False, figures=False,
            device="cpu")
 
-# Each run is a child process that the test may SIGKILL. The children are forked by multiprocessing's
-# forkserver, which imports sddlib once for the whole module: a fresh interpreter per child would spend
-# ~15 s on imports each time. A forked child is still a process of its own, started after nothing but imports.
-FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["sddlib.experiment", "torch._dynamo"])
-
-
-def _run_in_child(params, kill, log):
-    """The child: experiment.run(params), printing to `log`; a kill point makes it SIGKILL itself there (test-side
-    patches only)."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
-
+# Each run is a child process that the test may SIGKILL (forked after sddlib's imports: tests/forked.py).
+def _run_in_child(params, kill):
+    """The child: experiment.run(params); a kill point makes it SIGKILL itself there (test-side patches only)."""
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
     if kill and kill[0] == "batch":          # in the middle of an epoch, after the loss of batch n
@@ -63,17 +49,8 @@ def _run_in_child(params, kill, log):
 
 
 def child(params, kill=None):
-    """Run `params` in a child process; its exit code (-SIGKILL when killed) and everything it printed."""
-    with tempfile.TemporaryDirectory() as folder:
-        log = Path(folder) / "child.log"
-        process = FORKSERVER.Process(target=_run_in_child, args=(params, kill, str(log)))
-        process.start()
-        process.join(600)
-        if process.exitcode is None:
-            process.kill()
-            raise TimeoutError(f"the child running {params} did not finish in 600 s")
-        text = log.read_text()
-    return SimpleNamespace(returncode=process.exitcode, stdout=text, stderr=text)
+    """Run `params` in a child process: its exit code (-SIGKILL when killed) and everything it printed."""
+    return run_children(_run_in_child, [(params, kill)])[0]
 
 
 @pytest.fixture(scope="module")
