@@ -96,8 +96,9 @@ def _probe_in_child(params: dict) -> dict:
 
 def _probe_each(probes: list[dict]) -> list[dict]:
     """Runs in the measuring subprocess: import the training code once, then measure each probe in a child."""
-    import torch._dynamo  # noqa: F401 - what every child would otherwise import itself (torch.optim imports
-    from . import experiment, training  # noqa: F401 - torch._dynamo on first use)
+    # what every child would otherwise import itself (torch.optim imports torch._dynamo on its first use)
+    import torch._dynamo  # noqa: F401
+    from . import experiment, training  # noqa: F401
     return [_probe_in_child(params) for params in probes]
 
 
