@@ -17,11 +17,11 @@ from fastai.data.load import DataLoader
 from forked import run_children
 from sddlib import distributed, experiment
 from sddlib.config import ConfigError, RunConfig
-from sddlib.distill import DistillationCallback
-from sddlib.training import build_learner
 from sddlib.data import digit_mosaic, load_digit_mosaics
+from sddlib.distill import DistillationCallback
 from sddlib.distributed import Shard, ShardedDL
 from sddlib.models import create_model
+from sddlib.training import build_learner
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
