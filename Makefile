@@ -5,6 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= outputs/quickstart
+# Python caches compiled modules (in .venv/ and __pycache__/, both git-ignored) even where the environment
+# says not to (PYTHONDONTWRITEBYTECODE, common in containers): without the cache every process -- a test's
+# subprocess, a notebook kernel, a torchrun worker -- compiles torch's and fastai's sources again (~8 s each here).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-fast clean-venv
 

@@ -6,7 +6,10 @@ decoupled (M=[1,2,4]), for every seed.
 
 The settings are the quickstart notebook's defaults: the dataset's protocol (8 epochs, batch 64, SGD lr 0.05
 x0.1 after epochs 5 and 7, weight decay 5e-4), the teacher trained here under that protocol (seed 0, one
-teacher for every seed), each method's loss defaults, DKD/NKD warm-up 2 epochs (the paper: 20 of 240).
+teacher for every seed), each method's loss defaults, DKD/NKD warm-up 2 epochs (the paper: 20 of 240). Two
+settings that change only float rounding differ: the runs keep the reference NCHW layout (the quickstart
+trains in channels_last) and `--threads` per run. The teacher it trains with one thread is the one
+sddlib ships for the quickstart (`sddlib/teachers/digit_mosaic/resnet14.pth`), bit for bit.
 Runs go to `--output-dir` (default outputs/sd_gain/); complete runs are skipped and interrupted ones resume,
 so a rerun only trains what is missing. The summary gives, per method, best and last top-1 as mean ± std (n)
 (`sddlib.report.results_table`), and per base method the SD gain paired by seed, with the number of seeds

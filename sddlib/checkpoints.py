@@ -21,8 +21,8 @@ import torch.nn as nn
 
 __all__ = ["CheckpointError", "RunLockedError", "load_checkpoint", "save_checkpoint", "write_checkpoint",
            "read_checkpoint",
-           "atomic_write", "write_json", "run_lock", "teacher_cache_path", "fetch_cifar100_teachers",
-           "cifar100_teacher_path", "CIFAR100_TEACHERS_URL"]
+           "atomic_write", "write_json", "run_lock", "teacher_cache_path", "shipped_teacher_path",
+           "fetch_cifar100_teachers", "cifar100_teacher_path", "CIFAR100_TEACHERS_URL"]
 
 # The CRD/mdistiller release of the CIFAR-100 teachers (`cifar_teachers.tar`), unpacked as
 # `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`, each `{"model": state_dict, ...}`.
@@ -169,6 +169,16 @@ def run_lock(folder, wait: bool = False, name: str = ".lock"):
 # --- teachers on disk ------------------------------------------------------------------------------
 def teacher_cache_path(output_dir, dataset: str, arch: str) -> Path:
     return Path(output_dir) / "teachers" / dataset / f"{arch}.pth"
+
+
+def shipped_teacher_path(dataset: str, arch: str) -> Path:
+    """A teacher that ships with sddlib, in the teacher cache's format (weights, protocol, top-1).
+
+    digit_mosaic/resnet14.pth is the quickstart's teacher, shipped so that `make demo` spends its minutes on
+    the students: trained by `benchmarks/sd_gain.py` (the dataset's teacher protocol, seed 0, one CPU thread,
+    torch 2.14.1) and retrained bit for bit by `experiment.train_teacher` under those settings.
+    """
+    return Path(__file__).parent / "teachers" / dataset / f"{arch}.pth"
 
 
 def cifar100_teacher_path(dest, arch: str) -> Path:

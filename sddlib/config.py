@@ -245,7 +245,7 @@ class RunConfig(Mapping):
     figures: bool = _param(True, _flag, "write the region figures after training")
     progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
     channels_last: bool = _param(False, _flag, "NHWC memory layout of the models and batches (the same fp32 "
-                                 "arithmetic, faster convolutions on GPUs)")
+                                 "arithmetic, faster convolutions on GPUs and on x86 CPUs)")
     precision: str = _param("fp32", _choice(PRECISIONS), "'fp32', or 'bf16': the forward passes under bfloat16 "
                             "autocast (changes the numbers: a departure from the paper)")
     compile: str = _param("off", _choice(COMPILE_MODES), "torch.compile of the step's forward passes: 'off', "

@@ -24,9 +24,11 @@ __all__ = ["PARAMS_DIR", "published_file", "published_config", "teacher_descript
            "vanilla_departures", "describe"]
 
 PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
-# Where the paper's teachers came from, per dataset; digit_mosaic has no paper: its teacher is trained here.
+# Where the paper's teachers came from, per dataset; digit_mosaic has no paper: its teacher is trained here
+# under the dataset's protocol, or is the one sddlib ships, trained so.
 PUBLISHED_TEACHER = {"cifar100": "published", "cub200": "published", "imagenet": "torchvision weights",
                      "digit_mosaic": "trained here"}
+_SAME_AS = {"shipped with sddlib": "trained here"}
 # Values that say where a file is, not what is trained (the teacher's origin is compared as `teacher`).
 _NOT_COMPARED = {"seed", "teacher_ckpt", "teachers_dir", "teacher_epochs", "teacher_lr", "teacher_lr_decay_stages"}
 
@@ -55,7 +57,8 @@ def published_config(cfg: RunConfig) -> tuple[Path | None, RunConfig]:
 
 def teacher_description(source: dict | None, dataset: str) -> str:
     """A few words on where a teacher came from: "published", "torchvision weights IMAGENET1K_V1",
-    "checkpoint <path>", "trained here" (with how its protocol differs from the dataset's)."""
+    "checkpoint <path>", "trained here" or "shipped with sddlib" (with how its protocol differs from the
+    dataset's)."""
     if not source:
         return "not recorded"
     kind = source.get("source")
@@ -63,12 +66,13 @@ def teacher_description(source: dict | None, dataset: str) -> str:
         return f"torchvision weights {source.get('weights')}"
     if kind == "checkpoint":
         return f"checkpoint {source.get('path')}"
-    if kind == "trained here":
+    if kind in ("trained here", "shipped"):
         standard = {**PROTOCOLS[dataset], "clip_grad_norm": DEFAULTS["clip_grad_norm"], "subset": 0,
                     "seed": TEACHER_SEED}
         protocol = source.get("protocol") or {}
         changed = [f"{k} {_short(v)}" for k, v in protocol.items() if _short(v) != _short(standard.get(k))]
-        return "trained here" + (f" ({', '.join(changed)})" if changed else "")
+        return ("trained here" if kind == "trained here" else "shipped with sddlib") + (
+            f" ({', '.join(changed)})" if changed else "")
     return str(kind)
 
 
@@ -87,7 +91,7 @@ def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None
     expected = PUBLISHED_TEACHER[cfg.dataset]
     if expected == "torchvision weights":
         expected = f"torchvision weights {published.teacher_weights}"
-    if used != expected:
+    if _SAME_AS.get(used, used) != expected:
         out["teacher"] = [used, expected]
     return path, out
 

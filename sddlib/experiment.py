@@ -28,8 +28,8 @@ from fastai.torch_core import set_seed
 
 from . import distributed
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
-                          read_checkpoint, run_lock, save_checkpoint, teacher_cache_path, write_checkpoint,
-                          write_json)
+                          read_checkpoint, run_lock, save_checkpoint, shipped_teacher_path, teacher_cache_path,
+                          write_checkpoint, write_json)
 from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, teacher_file_in
 from .data import get_dataloaders
 from .departures import PARAMS_DIR, departures, describe, vanilla_departures
@@ -201,6 +201,19 @@ def _cached_teacher(cfg: RunConfig, model: nn.Module):
                                                               "protocol": protocol}
 
 
+def _shipped_teacher(cfg: RunConfig, model: nn.Module):
+    """The teacher shipped with sddlib for this dataset and architecture, when it was trained under this
+    configuration's teacher protocol (any other protocol: None, and the teacher is trained here)."""
+    path = shipped_teacher_path(cfg.dataset, cfg.teacher)
+    if not path.is_file():
+        return None
+    saved = read_checkpoint(path, "teacher")
+    if not isinstance(saved, dict) or saved.get("protocol") != cfg.teacher_protocol:
+        return None
+    return load_checkpoint(model, path, arch=cfg.teacher), {"source": "shipped", "path": str(path),
+                                                            "protocol": saved["protocol"]}
+
+
 def _published_cifar100_teacher(cfg: RunConfig, model: nn.Module):
     fetch_cifar100_teachers(cfg.data_dir)
     path = cifar100_teacher_path(cfg.data_dir, cfg.teacher)
@@ -209,8 +222,8 @@ def _published_cifar100_teacher(cfg: RunConfig, model: nn.Module):
 
 def get_teacher(params, dls) -> tuple[nn.Module, dict]:
     """The teacher for a run and where it came from: torchvision weights > given checkpoint > published
-    folder (`teachers_dir`) > cache (same teacher protocol only) > published CIFAR-100 release > trained here
-    (and cached)."""
+    folder (`teachers_dir`) > cache (same teacher protocol only) > shipped with sddlib (same protocol only) >
+    published CIFAR-100 release > trained here (and cached)."""
     cfg = RunConfig.from_params(params)
     if cfg.teacher_weights:
         model = create_model(cfg.teacher, num_classes=dls.info.num_classes, stem=cfg.stem, weights=cfg.teacher_weights)
@@ -226,6 +239,8 @@ def get_teacher(params, dls) -> tuple[nn.Module, dict]:
     # one run trains it, the others wait; the processes of one run read it on rank 0, which hands it to the others
     with distributed.main_only(run_lock(cache_dir, wait=True, name=f".{cfg.teacher}.lock")):
         found = distributed.run_on_main(_cached_teacher, cfg, teacher)
+        if found is None:
+            found = distributed.run_on_main(_shipped_teacher, cfg, teacher)
         if found is not None:
             return found
         if cfg.dataset == "cifar100" and not cfg.subset:

@@ -8,7 +8,8 @@ import yaml
 
 from sddlib import experiment, report
 from sddlib.config import RunConfig
-from sddlib.departures import PARAMS_DIR, departures, describe, published_file, vanilla_departures
+from sddlib.departures import (PARAMS_DIR, departures, describe, published_file, teacher_description,
+                               vanilla_departures)
 from tests.fake_datasets import write_tiny_cifar100
 
 SD_KD = PARAMS_DIR / "cifar100" / "resnet32x4-ShuffleV1-sd_kd.yaml"
@@ -73,6 +74,9 @@ def test_teacher_sources_and_experiments_without_a_file():
     # no paper for the digit mosaics: the dataset protocol and a teacher trained under its teacher protocol
     demo = RunConfig.from_params({"dataset": "digit_mosaic", "method": "kd", "seed": 3})
     assert departures(demo, {"source": "trained here", "protocol": demo.teacher_protocol}) == (None, {})
+    shipped = {"source": "shipped", "path": "sddlib/teachers/digit_mosaic/resnet14.pth", "protocol": demo.teacher_protocol}
+    assert teacher_description(shipped, "digit_mosaic") == "shipped with sddlib"
+    assert departures(demo, shipped) == (None, {})            # trained under the same protocol as one trained here
     short = demo.replace(epochs=2)
     assert departures(short, {"source": "trained here", "protocol": short.teacher_protocol})[1] == {"epochs": [2, 8]}
 

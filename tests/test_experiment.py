@@ -168,3 +168,21 @@ def test_published_teachers_dir_is_used_strictly(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), model.state_dict().values()))
     with pytest.raises(checkpoints.CheckpointError, match=r"^teacher checkpoint .*resnet8_best.pth does not fit"):
         experiment.get_teacher(params, SimpleNamespace(info=SimpleNamespace(num_classes=100)))
+
+
+def test_the_shipped_digit_mosaic_teacher_is_used_under_its_protocol_only(tmp_path):
+    """The quickstart's teacher ships with sddlib: used for its own teacher protocol (and scoring there what it
+    recorded), never for another one, where the teacher is trained as before."""
+    from types import SimpleNamespace
+    path = checkpoints.shipped_teacher_path("digit_mosaic", "resnet14")
+    saved = checkpoints.read_checkpoint(path, "teacher")
+    params = {"dataset": "digit_mosaic", "teacher": "resnet14", "student": "resnet8", "method": "kd",
+              "output_dir": str(tmp_path / "out"), "data_dir": str(tmp_path / "data")}
+    cfg = experiment.RunConfig.from_params(params)
+    assert saved["protocol"] == cfg.teacher_protocol                       # the dataset's teacher protocol, seed 0
+    dls = get_dataloaders("digit_mosaic", params["data_dir"], bs=250, seed=0, device=torch.device("cpu"))
+    teacher, source = experiment.get_teacher(cfg, dls)
+    assert source == {"source": "shipped", "path": str(path), "protocol": saved["protocol"]}
+    assert experiment.evaluate(teacher, dls.valid, torch.device("cpu"))[0] == pytest.approx(saved["top1"], abs=0.1)
+    assert experiment._shipped_teacher(cfg.replace(teacher_epochs=2), teacher) is None   # another protocol: trained
+    assert experiment._shipped_teacher(cfg.replace(subset=64), teacher) is None

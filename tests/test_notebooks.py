@@ -100,6 +100,7 @@ def test_quickstart_notebook(work):
     assert sorted((m["variant"], m["seed"]) for m in metrics if m["variant"] != "alone") == sorted(
         (v, s) for v in ("dkd", "sd_dkd") for s in (0, 1))                    # the methods asked for, not KD
     assert all(m["params"]["lr"] == 0.05 and m["params"]["lr_decay_stages"] == [5, 7] for m in metrics)  # protocol
+    assert all(m["params"]["channels_last"] for m in metrics)                   # the quickstart's faster layout
     for m in metrics:                                   # figures for the SD runs of the first seed only
         shown = m["variant"].startswith("sd_") and m["seed"] == 0
         assert (out / "digit_mosaic" / m["run_name"] / "figures").is_dir() == shown, m["run_name"]
