@@ -173,7 +173,6 @@ def test_published_teachers_dir_is_used_strictly(tmp_path):
 def test_the_shipped_digit_mosaic_teacher_is_used_under_its_protocol_only(tmp_path):
     """The quickstart's teacher ships with sddlib: used for its own teacher protocol (and scoring there what it
     recorded), never for another one, where the teacher is trained as before."""
-    from types import SimpleNamespace
     path = checkpoints.shipped_teacher_path("digit_mosaic", "resnet14")
     saved = checkpoints.read_checkpoint(path, "teacher")
     params = {"dataset": "digit_mosaic", "teacher": "resnet14", "student": "resnet8", "method": "kd",
