@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +260,10 @@ class RunConfig(Mapping):
     lr_warmup_epochs: float = _param(0.0, _float(low=0, what="a finite number >= 0"),
                                      "the LR rises linearly from 0 over this many epochs, step by step (0: none, "
                                      "as published)")
+    # Not a parameter: the processes that train the run together (torchrun's world size; `on_processes`). With
+    # BatchNorm per process it decides what the statistics are taken over, so it enters `bn_batch`.
+    processes: int = field(default=1, metadata={"check": _POSITIVE_INT, "doc": "processes training the run",
+                                                "parameter": False})
 
     # --- building ---------------------------------------------------------------------------------
     @classmethod
@@ -275,8 +280,9 @@ class RunConfig(Mapping):
             raise ConfigError(f"parameter {key!r} is unknown; {hint}the accepted ones are {', '.join(PARAMETERS)}.")
         if "M" in params:
             params["scales"] = params.pop("M")
+        given_loss_values = {k: params[k] for k in _LOSS_KEYS if params.get(k) is not None}
         values = {}
-        for f in dataclasses.fields(cls):
+        for f in _parameter_fields():
             value = params.get(f.name, f.default)
             check = f.metadata["check"]
             values[f.name] = check(f.name if f.name != "scales" else "M", value) if check else value
@@ -292,7 +298,7 @@ class RunConfig(Mapping):
         for key in ("ce_weight", "kd_weight", "warmup_epochs"):
             if values[key] is None:
                 values[key] = getattr(method, key)
-        for key in ("T", "alpha", "beta", "gamma", "exclude_target"):
+        for key in _LOSS_KEYS:
             values[key] = (method.loss_defaults[key] if values[key] is None else values[key]) \
                 if key in method.loss_defaults else None
         if values["sync_bn"] is None:
@@ -313,11 +319,23 @@ class RunConfig(Mapping):
                 raise ConfigError(f"{key}={list(values[key])!r} goes beyond the schedule; each stage must be an "
                                   f"epoch from 1 to {longest} (the longer of epochs={values['epochs']} and the "
                                   f"{values['dataset']} protocol's {protocol['epochs']}).")
-        return cls(**values)
+        cfg = cls(**values)
+        # given values the method does not read: kept (the notebooks pass every key), said once when the run starts
+        object.__setattr__(cfg, "_ignored", {k: v for k, v in given_loss_values.items() if values[k] is None})
+        return cfg
 
     def replace(self, **changes) -> RunConfig:
-        """A checked copy with some parameters changed (parameter names, e.g. M="[1]")."""
-        return RunConfig.from_params({**self.to_params(), **changes})
+        """A checked copy with some parameters changed (parameter names, e.g. M="[1]"), on the same processes; a
+        value this method ignored is given again (another method may read it)."""
+        return RunConfig.from_params({**self.to_params(), **self.ignored, **changes}).on_processes(self.processes)
+
+    def on_processes(self, processes: int) -> RunConfig:
+        """This configuration trained by `processes` processes together (torchrun's world size)."""
+        if processes == self.processes:
+            return self
+        cfg = dataclasses.replace(self, processes=_POSITIVE_INT("processes", processes))
+        object.__setattr__(cfg, "_ignored", self.ignored)
+        return cfg
 
     # --- the flat view (notebooks, params files, metrics.json) -------------------------------------
     def to_params(self) -> dict:
@@ -384,11 +402,50 @@ class RunConfig(Mapping):
         return STEMS[self.dataset]
 
     @property
+    def bn_batch(self) -> int:
+        """How many images each BatchNorm layer normalises over: the global batch on one process or with
+        SyncBatchNorm, each process's share otherwise. Every published experiment normalised over its whole
+        batch (CIFAR-100 and CUB-200: one process, 64; ImageNet: 2 x 256 with SyncBatchNorm, 512)."""
+        return self._bn_batch(self.batch_size)
+
+    def _bn_batch(self, batch_size: int) -> int:
+        return batch_size if self.sync_bn or self.processes == 1 else batch_size // self.processes
+
+    def _bn(self, batch_size: int) -> dict:
+        # named only when BatchNorm sees less than the global batch: earlier single-process runs keep their records
+        bn = self._bn_batch(batch_size)
+        return {} if bn == batch_size else {"bn_batch": bn}
+
+    @property
+    def ignored(self) -> dict:
+        """Loss hyper-parameters given a value that the method does not read ({} when none)."""
+        return getattr(self, "_ignored", {})
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the run accepts but the user may not expect, one sentence each (printed as the run starts and
+        recorded in metrics.json)."""
+        out = []
+        if self.ignored:
+            given = ", ".join(f"{k}={v!r}" for k, v in self.ignored.items())
+            out.append(f"method {self.method} does not read {given}; "
+                       f"its loss takes {', '.join(self.method_spec.loss_keys)}.")
+        late = [s for s in self.lr_decay_stages if s >= self.epochs]
+        stages = list(self.lr_decay_stages)
+        if stages and late == stages:
+            out.append(f"lr_decay_stages {stages} lie at or beyond epochs={self.epochs}: the LR never decays "
+                       "in this run.")
+        elif late:
+            out.append(f"lr_decay_stages {late} of {stages} lie at or beyond epochs={self.epochs}: those decays "
+                       "never happen in this run.")
+        return out
+
+    @property
     def solver(self) -> dict:
         """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
         keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
                 "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs")
-        return _without_unchanged_additions({k: self.to_params()[k] for k in keys})
+        return {**_without_unchanged_additions({k: self.to_params()[k] for k in keys}), **self._bn(self.batch_size)}
 
     @property
     def teacher_protocol(self) -> dict:
@@ -399,7 +456,8 @@ class RunConfig(Mapping):
             if getattr(self, f"teacher_{key}") is not None:
                 protocol[key] = getattr(self, f"teacher_{key}")
         return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]),
-                "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED}
+                "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED,
+                **self._bn(protocol["batch_size"])}
 
     def teacher_training_config(self) -> RunConfig:
         """The configuration under which the teacher is trained alone."""
@@ -414,7 +472,8 @@ class RunConfig(Mapping):
         them beyond fp32 rounding; precision does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "progress", "run_name",
                 "channels_last", "compile"}
-        return _without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip})
+        return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
+                **self._bn(self.batch_size)}
 
     # --- what lives outside the process -------------------------------------------------------------
     def check_environment(self, teacher_needed: bool = True) -> None:
@@ -450,7 +509,12 @@ def _without_unchanged_additions(values: dict) -> dict:
     return {k: v for k, v in values.items() if k not in _ADDED_LATER or v != _ADDED_LATER[k]}
 
 
-PARAMETERS = tuple("M" if f.name == "scales" else f.name for f in dataclasses.fields(RunConfig))
+def _parameter_fields():
+    return [f for f in dataclasses.fields(RunConfig) if f.metadata.get("parameter", True)]
+
+
+PARAMETERS = tuple("M" if f.name == "scales" else f.name for f in _parameter_fields())
+_LOSS_KEYS = ("T", "alpha", "beta", "gamma", "exclude_target")
 # Every parameter's input default, as a params file would write it (None: the dataset's or method's value).
 DEFAULTS = {name: ("[1,2,4]" if name == "M" else
                    RunConfig.__dataclass_fields__[name].default) for name in PARAMETERS}
@@ -489,11 +553,19 @@ def _check_device(device):
 
 
 def _check_writable(name, folder):
+    """A file is created and removed in the folder (or its nearest existing parent): permission bits alone pass
+    folders no one can write to, such as /proc for root."""
     path = Path(folder).expanduser().absolute()
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        if existing is None or not existing.is_dir():
+            raise OSError
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".sddlib-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError:
         raise ConfigError(f"{name}={folder!r} cannot be written ({existing} is not a writable folder); "
-                          "choose a folder you can write to.")
+                          "choose a folder you can write to.") from None
 
 
 # The files each dataset's loader reads (sddlib's data loaders); CIFAR-100 and CUB-200 are downloaded

@@ -8,7 +8,12 @@ teacher files; the optimizer and LR warm-up included, so an AdamW run is never b
 that experiment's, its teacher comes from where the paper's did (the authors' published teachers on CIFAR-100
 and CUB-200, torchvision weights on ImageNet), and the switches that change the numbers are at their
 documented defaults (pipeline "auto", precision "fp32"). `channels_last` and `compile` compute the same fp32
-function (tests/test_acceleration.py) and are not departures.
+function (tests/test_acceleration.py) and are not departures. What BatchNorm normalises over is compared as
+`bn_batch` (from the process count, the per-process batch and `sync_bn`): every published experiment normalised
+over its whole batch, so a run on several processes without SyncBatchNorm departs ("BatchNorm batch 32 (64)"),
+and `sync_bn` itself, which changes nothing on one process, is not compared. The keys of both sides are
+compared, so a value that one side's fingerprint leaves out (a parameter added later, at its old value) is
+compared too.
 
 Datasets without a paper (digit_mosaic) are compared with their dataset protocol and the method's
 defaults, with a teacher trained here under the dataset's teacher protocol. A run on a paper dataset whose
@@ -29,8 +34,11 @@ PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
 PUBLISHED_TEACHER = {"cifar100": "published", "cub200": "published", "imagenet": "torchvision weights",
                      "digit_mosaic": "trained here"}
 _SAME_AS = {"shipped with sddlib": "trained here"}
-# Values that say where a file is, not what is trained (the teacher's origin is compared as `teacher`).
-_NOT_COMPARED = {"seed", "teacher_ckpt", "teachers_dir", "teacher_epochs", "teacher_lr", "teacher_lr_decay_stages"}
+# Values that say where a file is, not what is trained (the teacher's origin is compared as `teacher`), and
+# sync_bn, compared through what it decides (`bn_batch`).
+_NOT_COMPARED = {"seed", "teacher_ckpt", "teachers_dir", "teacher_epochs", "teacher_lr", "teacher_lr_decay_stages",
+                 "sync_bn"}
+_LABELS = {"bn_batch": "BatchNorm batch"}
 
 
 def published_file(cfg: RunConfig) -> Path | None:
@@ -45,7 +53,8 @@ def published_file(cfg: RunConfig) -> Path | None:
 
 def published_config(cfg: RunConfig) -> tuple[Path | None, RunConfig]:
     """The published experiment's configuration at `cfg`'s seed (and M, when its file is the SD file of a plain
-    run); without a file, the dataset protocol with the method's defaults."""
+    run); without a file, the dataset protocol with the method's defaults. It is one process's: the authors'
+    2 x 256 ImageNet runs with SyncBatchNorm computed what one process with the batch of 512 computes."""
     import yaml
     path = published_file(cfg)
     values = yaml.safe_load(path.read_text()) if path else {
@@ -82,11 +91,7 @@ def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None
     out = {}
     if path is None and cfg.dataset != "digit_mosaic":
         out["experiment"] = [f"{cfg.teacher}-{cfg.student}-{cfg.variant}", None]
-    ours, theirs = cfg.fingerprint, published.fingerprint
-    for key in ours:
-        published_value = theirs[key] if key in theirs else published[key]
-        if key not in _NOT_COMPARED and ours[key] != published_value:
-            out[key] = [ours[key], published_value]
+    out.update(_compared(cfg, cfg.fingerprint, published, published.fingerprint))
     used = teacher_description(teacher_source, cfg.dataset)
     expected = PUBLISHED_TEACHER[cfg.dataset]
     if expected == "torchvision weights":
@@ -104,11 +109,21 @@ def vanilla_departures(cfg: RunConfig, arch: str) -> tuple[Path | None, dict]:
     else:
         path, published = None, RunConfig.from_params({"dataset": cfg.dataset, "seed": cfg.seed})
     numeric = ("pipeline", "precision")
-    ours = {**cfg.solver, **{k: cfg[k] for k in numeric}}
-    theirs = {**published.solver, **{k: published[k] for k in numeric}}
-    # a solver omits the parameters added later while they keep their old value
-    theirs = {k: theirs[k] if k in theirs else published[k] for k in ours}
-    return path, {k: [v, theirs[k]] for k, v in ours.items() if k != "seed" and v != theirs[k]}
+    return path, _compared(cfg, {**cfg.solver, **{k: cfg[k] for k in numeric}},
+                           published, {**published.solver, **{k: published[k] for k in numeric}})
+
+
+def _compared(cfg: RunConfig, ours: dict, published: RunConfig, theirs: dict) -> dict:
+    """{key: [ours, theirs]} over the keys of both records: a record leaves out a parameter added later while it
+    keeps its old value, and `bn_batch` while BatchNorm sees the whole batch, so a key missing on one side is read
+    from that side's configuration."""
+    def value(c: RunConfig, record: dict, key):
+        return record[key] if key in record else c.bn_batch if key == "bn_batch" else c[key]
+    out = {}
+    for key in [*ours, *(k for k in theirs if k not in ours)]:
+        if key not in _NOT_COMPARED and value(cfg, ours, key) != value(published, theirs, key):
+            out[key] = [value(cfg, ours, key), value(published, theirs, key)]
+    return out
 
 
 def _short(value) -> str:
@@ -125,5 +140,6 @@ def describe(found: dict | None) -> str:
         return "departures not recorded"
     if not found:
         return "as published"
-    return ", ".join(f"{key} {_short(used)} ({'none published' if published is None else _short(published)})"
+    return ", ".join(f"{_LABELS.get(key, key)} {_short(used)} "
+                     f"({'none published' if published is None else _short(published)})"
                      for key, (used, published) in found.items())

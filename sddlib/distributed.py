@@ -41,6 +41,7 @@ from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 
 from .config import ConfigError
+from .runs import load_metrics
 
 __all__ = ["world_size", "rank", "is_main", "process_group", "per_rank_batch", "check", "Shard", "ShardedDL",
            "shard_dataloaders", "whole", "sum_over_shards", "run_on_main", "main_only", "DistributedTraining",
@@ -124,7 +125,8 @@ def describe(cfg) -> dict:
     """How a run was spread over processes (metrics.json's `distributed`)."""
     world = world_size()
     return {"world_size": world, "per_rank_batch": cfg.batch_size // world,
-            "sync_bn": bool(cfg.sync_bn and world > 1), "backend": dist.get_backend() if _active() else None}
+            "sync_bn": bool(cfg.sync_bn and world > 1), "bn_batch": cfg.on_processes(world).bn_batch,
+            "backend": dist.get_backend() if _active() else None}
 
 
 # --- decisions and writes ----------------------------------------------------------------------------
@@ -322,7 +324,6 @@ def launch(params, nproc: int, force: bool = False) -> dict:
     import yaml
 
     from .config import RunConfig
-    from .experiment import load_metrics
     cfg = RunConfig.from_params(params)
     per_rank_batch(cfg.batch_size, nproc)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,8 +16,10 @@ continued silently; a non-finite loss stops the run and records it as failed; `m
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from .data import get_dataloaders
 from .departures import PARAMS_DIR, departures, describe, vanilla_departures
 from .distill import DistillationCallback
 from .models import create_model
+from .runs import load_metrics
 from .training import (RESUME_FILE, EpochLogger, RunFailedError, StepLR, build_learner, differences, fit_resumable,
                        top5_accuracy)
 
@@ -70,16 +73,6 @@ def vanilla_dir(params, arch: str) -> Path:
     return Path(cfg.output_dir) / cfg.dataset / f"{arch}-alone-seed{cfg.seed}"
 
 
-def load_metrics(path) -> dict | None:
-    """A finished run's metrics, or None when the file is missing, partial, failed or unreadable."""
-    import json
-    try:
-        metrics = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) and metrics.get("status") == "complete" else None
-
-
 def evaluate(model: nn.Module, dl, device) -> tuple[float, float]:
     """Top-1 and top-5 (percent) of `model` on a DataLoader."""
     model.eval().to(device)
@@ -103,10 +96,38 @@ def _device(name: str) -> torch.device:
 
 
 def _dataloaders(cfg: RunConfig, device):
-    """The run's loaders; on several processes each holds its share of every batch (`sddlib.distributed`)."""
-    return distributed.shard_dataloaders(get_dataloaders(
-        cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset, num_workers=cfg.num_workers, seed=cfg.seed,
-        device=device, pipeline=cfg.data_pipeline))
+    """The run's loaders; on several processes each holds its share of every batch (`sddlib.distributed`).
+    A batch larger than the training set is refused here, once the data is known and before a teacher trains."""
+    dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
+                          num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline)
+    if cfg.batch_size > dls.train.n:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set of {cfg.dataset} "
+                          f"({dls.train.n} images{f' with subset={cfg.subset}' if cfg.subset else ''}); use a "
+                          f"batch_size of at most {dls.train.n}" + (", or a larger subset." if cfg.subset else "."))
+    return distributed.shard_dataloaders(dls)
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path):
+    """The run folder's lock (rank 0). A run refused inside it before writing anything (e.g. a batch larger than
+    the data) leaves no folder behind."""
+    created = not out.exists()
+    try:
+        with distributed.main_only(run_lock(out)):
+            yield
+    except ConfigError:
+        if created and distributed.is_main() and [p.name for p in out.iterdir()] == [".lock"]:
+            shutil.rmtree(out)
+        raise
+
+
+def _starting(cfg: RunConfig) -> RunConfig:
+    """The configuration on this process group, after its warnings are said (once, in the run's first lines)."""
+    cfg = cfg.on_processes(distributed.world_size())
+    if distributed.is_main():
+        for warning in cfg.warnings:
+            print(f"warning: {warning}", flush=True)
+    return cfg
 
 
 def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
@@ -135,10 +156,11 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
     cfg = RunConfig.from_params(params)
     arch = arch or cfg.student
     out = vanilla_dir(cfg, arch)
-    fingerprint = _vanilla_fingerprint(cfg, arch)
     cfg.check_environment(teacher_needed=False)
     distributed.check(cfg, _device(cfg.device))
-    with distributed.main_only(run_lock(out)):
+    cfg = _starting(cfg)
+    fingerprint = _vanilla_fingerprint(cfg, arch)
+    with _run_folder(out):
         done = distributed.run_on_main(_complete, out, fingerprint, force)
         if done is not None:
             return done
@@ -285,7 +307,8 @@ def _summary(cfg: RunConfig, rows: list[dict], name: str, variant: str, fingerpr
         "best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best["epoch"],
         "last_top1": rows[-1]["top1"], "last_top5": rows[-1]["top5"],
         "teacher_top1": None, "teacher_top5": None,
-        "params": cfg.to_params(), "fingerprint": fingerprint, "history": rows, "wall_time_s": None,
+        "params": cfg.to_params(), "fingerprint": fingerprint, "warnings": cfg.warnings, "history": rows,
+        "wall_time_s": None,
         "distributed": distributed.describe(cfg), **_environment(),
     }
 
@@ -300,8 +323,9 @@ def run(params, force: bool = False) -> dict:
     cfg = RunConfig.from_params(params)
     cfg.check_environment()
     distributed.check(cfg, _device(cfg.device))
+    cfg = _starting(cfg)
     out, fingerprint = cfg.directory, cfg.fingerprint
-    with distributed.main_only(run_lock(out)):
+    with _run_folder(out):
         done = distributed.run_on_main(_complete, out, fingerprint, force)
         if done is not None:
             print(f"{out} is complete; returning its metrics (force=True re-runs it); "

@@ -192,6 +192,23 @@ def test_a_misspelt_model_stops_before_any_work(tmp_path):
     assert time.time() - start < 5 and not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
 
+def test_accepted_surprises_are_said_as_warnings():
+    cfg = RunConfig.from_params({"dataset": "cifar100", "method": "kd", "alpha": 1.0, "beta": 8.0, "T": 2.0})
+    assert cfg.ignored == {"alpha": 1.0, "beta": 8.0} and cfg.alpha is None and cfg.T == 2.0
+    assert cfg.warnings == ["method kd does not read alpha=1.0, beta=8.0; its loss takes T."]
+    assert cfg.replace(seed=1).warnings == cfg.on_processes(2).warnings == cfg.warnings
+    assert cfg.replace(method="dkd").alpha == 1.0          # given again: DKD reads it
+    assert RunConfig.from_params({"method": "dkd", "alpha": 1.0, "gamma": None}).warnings == []
+    short = RunConfig.from_params({"dataset": "cifar100", "epochs": 1})
+    assert short.warnings == ["lr_decay_stages [150, 180, 210] lie at or beyond epochs=1: the LR never decays in "
+                              "this run."]
+    partly = RunConfig.from_params({"dataset": "digit_mosaic", "epochs": 6})
+    assert partly.warnings == ["lr_decay_stages [7] of [5, 7] lie at or beyond epochs=6: those decays never happen "
+                               "in this run."]
+    assert RunConfig.from_params({"dataset": "digit_mosaic", "epochs": 1, "lr_decay_stages": []}).warnings == []
+    assert RunConfig.from_params({"dataset": "digit_mosaic"}).warnings == []
+
+
 def test_the_environment_is_checked_before_any_work(tmp_path):
     def check(**changes):
         RunConfig.from_params({**TINY, "output_dir": str(tmp_path / "out"), **changes}).check_environment()
@@ -209,6 +226,9 @@ def test_the_environment_is_checked_before_any_work(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match=r"output_dir='.*file/out' cannot be written"):
         check(output_dir=str(blocker / "out"))
+    with pytest.raises(ConfigError, match=r"output_dir='/proc/sddlib-runs' cannot be written"):
+        check(output_dir="/proc/sddlib-runs")    # permission bits say yes to root; creating a file says no
+    assert not list(tmp_path.glob("**/.sddlib-write-check-*"))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"device='cuda' is not available on this machine"):
             check(device="cuda")

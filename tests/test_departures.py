@@ -81,6 +81,38 @@ def test_teacher_sources_and_experiments_without_a_file():
     assert departures(short, {"source": "trained here", "protocol": short.teacher_protocol})[1] == {"epochs": [2, 8]}
 
 
+def test_what_batchnorm_normalises_over_is_compared():
+    """CIFAR-100 was run on one process (BatchNorm over 64), ImageNet on 2 x 256 with SyncBatchNorm (over 512)."""
+    assert "bn_batch" not in config().fingerprint                        # earlier single-process runs keep theirs
+    two = config().on_processes(2)
+    assert two.bn_batch == 32 and two.fingerprint["bn_batch"] == 32
+    assert departures(two, PUBLISHED_TEACHER)[1] == {"bn_batch": [32, 64]}
+    assert describe(departures(two, PUBLISHED_TEACHER)[1]) == "BatchNorm batch 32 (64)"
+    assert vanilla_departures(two, "ShuffleV1")[1] == {"bn_batch": [32, 64]}
+    assert departures(config(sync_bn=True).on_processes(2), PUBLISHED_TEACHER)[1] == {}   # SyncBatchNorm on GPUs
+    imagenet = PARAMS_DIR / "imagenet" / "ResNet50-MobileNetV1-sd_dkd.yaml"
+    weights = {"source": "torchvision weights", "weights": "IMAGENET1K_V1"}
+    assert departures(config(imagenet).on_processes(2), weights)[1] == {}               # the authors' 2 x 256
+    assert departures(config(imagenet, sync_bn=False).on_processes(2), weights)[1] == {"bn_batch": [256, 512]}
+    # on one process sync_bn changes nothing: BatchNorm sees the 512 images either way
+    assert departures(config(imagenet, sync_bn=False), weights)[1] == {}
+
+
+@pytest.mark.parametrize("key, other", [("precision", "bf16"), ("optimizer", "adamw"), ("lr_warmup_epochs", 2.0)])
+def test_a_parameter_added_later_departs_whichever_side_sets_it(tmp_path, monkeypatch, key, other):
+    """A fingerprint leaves out a parameter added later while it keeps its old value: the key missing on one side
+    is still compared, so neither side's silence makes a run as published."""
+    from sddlib import departures as module
+    folder = tmp_path / "cifar100"
+    folder.mkdir()
+    (folder / SD_KD.name).write_text(yaml.safe_dump({**yaml.safe_load(SD_KD.read_text()), key: other}))
+    monkeypatch.setattr(module, "PARAMS_DIR", tmp_path)
+    assert key not in config().fingerprint
+    assert departures(config(), PUBLISHED_TEACHER)[1] == {key: [config()[key], other]}
+    monkeypatch.setattr(module, "PARAMS_DIR", PARAMS_DIR)
+    assert departures(config(**{key: other}), PUBLISHED_TEACHER)[1] == {key: [other, config()[key]]}
+
+
 def _metrics(cfg: RunConfig, teacher_source: dict, best: float) -> dict:
     """metrics.json as `experiment.run` writes it, with the departures `sddlib.departures` finds."""
     _, found = departures(cfg, teacher_source)

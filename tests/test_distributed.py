@@ -239,7 +239,9 @@ def test_two_processes_train_one_run(tmp_path, teacher_file, mosaics):
 
     # validation over 2 processes = one process evaluating those weights on the whole test set
     metrics = experiment.load_metrics(run / "metrics.json")
-    assert metrics["distributed"] == {"world_size": 2, "per_rank_batch": 8, "sync_bn": False, "backend": "gloo"}
+    assert metrics["distributed"] == {"world_size": 2, "per_rank_batch": 8, "sync_bn": False, "bn_batch": 8,
+                                      "backend": "gloo"}
+    assert metrics["departures"]["bn_batch"] == [8, 64]   # BatchNorm over each process's 8 images, not the 64
     student = create_model("resnet8", num_classes=10)
     student.load_state_dict(saved)
     dls = digit_mosaic(data, bs=16, subset=64, device="cpu")
@@ -303,6 +305,7 @@ def test_a_notebook_runs_on_two_processes(tmp_path):
     run = next((tmp_path / "outputs" / "cifar100").glob("*/metrics.json"))
     metrics = experiment.load_metrics(run)
     assert metrics["distributed"]["world_size"] == 2 and metrics["variant"] == "sd_dkd"
+    assert metrics["distributed"]["bn_batch"] == 4 and metrics["departures"]["bn_batch"] == [4, 64]
     assert (run.parent / "figures").is_dir()
 
 

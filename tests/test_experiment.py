@@ -15,7 +15,7 @@ TINY = dict(dataset="digit_mosaic", teacher="resnet8", student="resnet8", method
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    params = {**TINY, "output_dir": str(out), "data_dir": str(out / "data")}
+    params = {**TINY, "output_dir": str(out), "data_dir": str(out / "data"), "alpha": 1.0}  # kd ignores alpha
     return params, experiment.run(params)
 
 
@@ -99,6 +99,23 @@ def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
 
 
 @pytest.mark.slow  # trains a teacher and a student (tiny_run)
+def test_a_run_records_its_warnings(tiny_run):
+    assert tiny_run[1]["warnings"] == ["method kd does not read alpha=1.0; its loss takes T."]
+    assert tiny_run[1]["distributed"]["bn_batch"] == TINY["batch_size"]
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_the_teacher(tiny_run, tmp_path, capsys):
+    params = {**tiny_run[0], "output_dir": str(tmp_path), "subset": 40, "batch_size": 64, "epochs": 1}
+    with pytest.raises(experiment.ConfigError, match=r"^batch_size=64 is larger than the training set of "
+                                                     r"digit_mosaic \(40 images with subset=40\); use a batch_size "
+                                                     r"of at most 40, or a larger subset\.$"):
+        experiment.run(params)
+    assert not experiment.run_dir(params).exists() and not (tmp_path / "teachers").exists()
+    said = capsys.readouterr().out.splitlines()
+    assert said[:2] == ["warning: method kd does not read alpha=1.0; its loss takes T.",
+                        "warning: lr_decay_stages [1] lie at or beyond epochs=1: the LR never decays in this run."]
+
+
 def test_complete_runs_are_skipped_and_forced_runs_repeat_exactly(tiny_run, capsys):
     params, metrics = tiny_run
     again = experiment.run(params)

@@ -420,6 +420,43 @@ def test_cub_stem_conv_is_7x7_stride_2(name):
     assert conv.bias is None
 
 
+# The layers the authors' CUB-200 code replaces with fresh torch modules after building the CIFAR network
+# (train_origin.py: modify_student_model_for_cub200, modify_teacher_model_for_cub200), so they keep torch's
+# default initialisation; a layer it keeps, with the CIFAR network's own He (fan-out) initialisation.
+CUB_REPLACED = {"resnet8x4": (["conv1", "fc"], "layer1.0.conv1"), "resnet32x4": (["conv1", "fc"], "layer1.0.conv1"),
+                "ResNet50": (["conv1", "linear"], "layer1.0.conv2"), "ShuffleV1": (["conv1"], None),
+                "ShuffleV2": (["conv1"], None), "MobileNetV2": (["conv1.0", "conv1.1"], "conv2.0"),
+                "vgg8": (["classifier"], "block1.0"), "vgg13": (["classifier"], "block1.0")}
+
+
+def _is_torch_default(layer) -> bool:
+    """torch's reset_parameters: weights (and biases) uniform within 1/sqrt(fan_in); BatchNorm 1 and 0."""
+    if isinstance(layer, nn.BatchNorm2d):
+        return bool((layer.weight == 1).all() and (layer.bias == 0).all())
+    w = layer.weight.detach()
+    bound = 1 / (w[0].numel() ** 0.5)
+    uniform = w.abs().max() <= bound and abs(w.std() / (bound / 3 ** 0.5) - 1) < 0.1
+    return bool(uniform and (layer.bias is None or (layer.bias.abs().max() <= bound and layer.bias.abs().sum() > 0)))
+
+
+def _is_he_fan_out(layer) -> bool:
+    w = layer.weight.detach()
+    return abs(w.std() / (2 / (w.shape[0] * w[0, 0].numel())) ** 0.5 - 1) < 0.1
+
+
+@pytest.mark.parametrize("name", sorted(CUB_REPLACED))
+def test_cub_layers_the_authors_replace_keep_torch_default_init(name):
+    replaced, kept = CUB_REPLACED[name]
+    model = create_model(name, num_classes=200, stem="cub")
+    layers = dict(model.named_modules())
+    for layer in replaced:
+        assert _is_torch_default(layers[layer]), layer
+    if kept is not None:   # the rest keeps the CIFAR network's initialisation, and so does the CIFAR stem
+        assert _is_he_fan_out(layers[kept]) and not _is_torch_default(layers[kept])
+        cifar_stem = dict(create_model(name, num_classes=100).named_modules())[replaced[0]]
+        assert not _is_torch_default(cifar_stem) or isinstance(cifar_stem, nn.Linear)
+
+
 # --------------------------------------------------------------------------- torchvision
 
 

@@ -1,4 +1,5 @@
-"""environment.yml, pyproject.toml, the Makefile and CI entry point stay in step."""
+"""environment.yml, pyproject.toml, the Makefile and CI entry point stay in step; sddlib's imports run one way."""
+import ast
 import re
 from pathlib import Path
 
@@ -49,3 +50,46 @@ def test_readme_own_pair_example_runs(tmp_path):
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert len(namespace["frame"]) == 1 and "complementary_gr_lw@4" in namespace["frame"].columns
+
+
+def _sddlib_imports() -> dict[str, set[str]]:
+    """Every sddlib module and the sddlib modules it imports, at the top or inside a function."""
+    root = REPO / "sddlib"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if package else parts)] = (path, package)
+
+    def known(name):  # `from .data import x` imports sddlib.data, `from . import runs` the module sddlib.runs
+        while name not in modules:
+            name = name.rsplit(".", 1)[0]
+        return name
+    graph = {}
+    for name, (path, package) in modules.items():
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                here = name.split(".") if package else name.split(".")[:-1]
+                base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else node.module or ""
+                if base.split(".")[0] == "sddlib":
+                    graph[name] |= {known(f"{base}.{alias.name}") for alias in node.names}
+            elif isinstance(node, ast.Import):
+                graph[name] |= {known(a.name) for a in node.names if a.name.split(".")[0] == "sddlib"}
+    return graph
+
+
+def test_imports_inside_sddlib_run_one_way():
+    graph = _sddlib_imports()
+    assert "sddlib.runs" in graph["sddlib.distributed"] and "sddlib.distributed" in graph["sddlib.experiment"]
+
+    def cycle_from(start, path):
+        for nxt in sorted(graph[path[-1]] - {path[-1]}):
+            if nxt == start:
+                return path + [nxt]
+            if nxt not in path and (found := cycle_from(start, path + [nxt])):
+                return found
+        return None
+    cycles = [c for c in (cycle_from(m, [m]) for m in sorted(graph)) if c]
+    assert not cycles, "import cycle: " + " -> ".join(cycles[0])

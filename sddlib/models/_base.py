@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TimmInterface", "global_pool", "stem_conv", "init_like_reference"]
+__all__ = ["TimmInterface", "global_pool", "stem_conv", "init_like_reference", "init_like_cub_replacement"]
 
 
 def global_pool(fmap: torch.Tensor) -> torch.Tensor:
@@ -76,3 +76,14 @@ def init_like_reference(model: nn.Module, linear_std: float | None = None, zero_
                 nn.init.normal_(m.weight, 0.0, linear_std)
             if zero_linear_bias or linear_std is not None:
                 nn.init.zeros_(m.bias)
+
+
+def init_like_cub_replacement(*layers: nn.Module) -> None:
+    """The authors build a CUB-200 network as the CIFAR one (initialised by its own code) and then replace some
+    layers with fresh `nn.Conv2d` / `nn.Linear` / `nn.BatchNorm2d` objects (`modify_student_model_for_cub200`,
+    `modify_teacher_model_for_cub200` in their train_origin.py), which keep torch's default initialisation:
+    these layers are given that initialisation again."""
+    for layer in layers:
+        for m in layer.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                m.reset_parameters()

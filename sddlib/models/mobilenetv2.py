@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._base import TimmInterface, init_like_reference, stem_conv
+from ._base import TimmInterface, init_like_cub_replacement, init_like_reference, stem_conv
 from ._registry import register
 
 __all__ = ["CifarMobileNetV2", "InvertedResidual"]
@@ -80,6 +80,8 @@ class CifarMobileNetV2(TimmInterface):
         # A one-element Sequential, as in the reference (key `classifier.0`).
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
         init_like_reference(self, linear_std=0.01)
+        if stem == "cub":  # the authors' CUB stem: a new conv + BatchNorm (+ ReLU, max-pool)
+            init_like_cub_replacement(self.conv1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import TimmInterface, init_like_reference, stem_conv
+from ._base import TimmInterface, init_like_cub_replacement, init_like_reference, stem_conv
 from ._registry import register
 
 __all__ = ["CifarResNet", "BasicBlock"]
@@ -69,6 +69,8 @@ class CifarResNet(TimmInterface):
         self.num_classes = num_classes
         self.fc = nn.Linear(in_ch, num_classes)
         init_like_reference(self)
+        if stem == "cub":
+            init_like_cub_replacement(self.conv1, self.fc)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import TimmInterface, init_like_reference, stem_conv
+from ._base import TimmInterface, init_like_cub_replacement, init_like_reference, stem_conv
 from ._registry import register
 
 __all__ = ["CifarResNetV2", "BasicBlock", "Bottleneck"]
@@ -88,6 +88,8 @@ class CifarResNetV2(TimmInterface):
         self.num_classes = num_classes
         self.linear = nn.Linear(in_ch, num_classes)
         init_like_reference(self)
+        if stem == "cub":  # the authors' CUB ResNet50 teacher: a new conv1 and linear
+            init_like_cub_replacement(self.conv1, self.linear)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

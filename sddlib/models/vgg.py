@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import TimmInterface, init_like_reference
+from ._base import TimmInterface, init_like_cub_replacement, init_like_reference
 from ._registry import register
 
 __all__ = ["VGG", "VGG_CONFIGS"]
@@ -44,7 +44,7 @@ def _conv_block(widths: Sequence[int], in_ch: int) -> nn.Sequential:
 class VGG(TimmInterface):
     classifier_attr = "classifier"
 
-    def __init__(self, config: Sequence[Sequence[int]], num_classes: int = 100):
+    def __init__(self, config: Sequence[Sequence[int]], num_classes: int = 100, stem: str = "cifar"):
         super().__init__()
         in_ch = 3
         for i, widths in enumerate(config):
@@ -55,6 +55,8 @@ class VGG(TimmInterface):
         self.num_classes = num_classes
         self.classifier = nn.Linear(in_ch, num_classes)
         init_like_reference(self, linear_std=0.01)
+        if stem == "cub":  # the authors' CUB vgg8 student and vgg13 teacher: a new classifier
+            init_like_cub_replacement(self.classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Blocks 0-2 are each followed by a 2x2 max-pool; the pool before block 4 is applied
@@ -71,27 +73,28 @@ class VGG(TimmInterface):
         return F.relu(self.block4(x))
 
 
-# The reference calls these `vggN_bn`; the network is the same on CIFAR and CUB inputs.
+# The reference calls these `vggN_bn`; the network is the same on CIFAR and CUB inputs, but for the
+# classifier's initialisation (the authors' CUB code replaces it; here every CUB vgg is built alike).
 @register(stems=("cifar", "cub"))
 def vgg8(num_classes: int = 100, stem: str = "cifar"):
-    return VGG(VGG_CONFIGS["vgg8"], num_classes)
+    return VGG(VGG_CONFIGS["vgg8"], num_classes, stem)
 
 
 @register(stems=("cifar", "cub"))
 def vgg11(num_classes: int = 100, stem: str = "cifar"):
-    return VGG(VGG_CONFIGS["vgg11"], num_classes)
+    return VGG(VGG_CONFIGS["vgg11"], num_classes, stem)
 
 
 @register(stems=("cifar", "cub"))
 def vgg13(num_classes: int = 100, stem: str = "cifar"):
-    return VGG(VGG_CONFIGS["vgg13"], num_classes)
+    return VGG(VGG_CONFIGS["vgg13"], num_classes, stem)
 
 
 @register(stems=("cifar", "cub"))
 def vgg16(num_classes: int = 100, stem: str = "cifar"):
-    return VGG(VGG_CONFIGS["vgg16"], num_classes)
+    return VGG(VGG_CONFIGS["vgg16"], num_classes, stem)
 
 
 @register(stems=("cifar", "cub"))
 def vgg19(num_classes: int = 100, stem: str = "cifar"):
-    return VGG(VGG_CONFIGS["vgg19"], num_classes)
+    return VGG(VGG_CONFIGS["vgg19"], num_classes, stem)
