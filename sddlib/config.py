@@ -461,7 +461,7 @@ class RunConfig(Mapping):
 
     def teacher_training_config(self) -> RunConfig:
         """The configuration under which the teacher is trained alone."""
-        protocol = self.teacher_protocol
+        protocol = {k: v for k, v in self.teacher_protocol.items() if k != "bn_batch"}  # follows from processes
         student_only = {k: DEFAULTS[k] for k in ("optimizer", "lr_warmup_epochs")}  # the teacher's solver is SGD
         return self.replace(**protocol, **student_only, student=self.teacher, run_name="")
 

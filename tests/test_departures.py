@@ -89,6 +89,10 @@ def test_what_batchnorm_normalises_over_is_compared():
     assert departures(two, PUBLISHED_TEACHER)[1] == {"bn_batch": [32, 64]}
     assert describe(departures(two, PUBLISHED_TEACHER)[1]) == "BatchNorm batch 32 (64)"
     assert vanilla_departures(two, "ShuffleV1")[1] == {"bn_batch": [32, 64]}
+    teacher = two.teacher_training_config()                 # a teacher trained on those processes
+    assert teacher.processes == 2 and two.teacher_protocol["bn_batch"] == teacher.bn_batch == 32
+    assert teacher_description({"source": "trained here", "protocol": two.teacher_protocol}, "cifar100") == \
+        "trained here (bn_batch 32)"
     assert departures(config(sync_bn=True).on_processes(2), PUBLISHED_TEACHER)[1] == {}   # SyncBatchNorm on GPUs
     imagenet = PARAMS_DIR / "imagenet" / "ResNet50-MobileNetV1-sd_dkd.yaml"
     weights = {"source": "torchvision weights", "weights": "IMAGENET1K_V1"}
