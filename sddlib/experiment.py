@@ -95,12 +95,14 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _dataloaders(cfg: RunConfig, device):
+def _dataloaders(cfg: RunConfig, device, whole_batch: bool = True):
     """The run's loaders; on several processes each holds its share of every batch (`sddlib.distributed`).
-    A batch larger than the training set is refused here, once the data is known and before a teacher trains."""
+    A batch larger than the training set is refused here, once the data is known and before a teacher trains
+    (`whole_batch=False`, for a teacher trained under its dataset's batch on a small subset: only when an epoch
+    would have no batch at all)."""
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
                           num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline)
-    if cfg.batch_size > dls.train.n:
+    if cfg.batch_size > dls.train.n and (whole_batch or not len(dls.train)):
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set of {cfg.dataset} "
                           f"({dls.train.n} images{f' with subset={cfg.subset}' if cfg.subset else ''}); use a "
                           f"batch_size of at most {dls.train.n}" + (", or a larger subset." if cfg.subset else "."))
@@ -154,7 +156,11 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
     record it like any run (`<arch>-alone-seed<s>`): the paper's "student" rows, and how missing
     teachers are made."""
     cfg = RunConfig.from_params(params)
-    arch = arch or cfg.student
+    return _train_alone(cfg, arch or cfg.student, force)
+
+
+def _train_alone(cfg: RunConfig, arch: str, force: bool, whole_batch: bool = True) -> dict:
+    """`run_vanilla`; a teacher trained for a run takes `whole_batch=False` (see `_dataloaders`)."""
     out = vanilla_dir(cfg, arch)
     cfg.check_environment(teacher_needed=False)
     distributed.check(cfg, _device(cfg.device))
@@ -166,7 +172,7 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
             return done
         set_seed(cfg.seed, reproducible=True)
         device = _device(cfg.device)
-        dls = _dataloaders(cfg, device)
+        dls = _dataloaders(cfg, device, whole_batch)
         model = create_model(arch, num_classes=dls.info.num_classes, stem=cfg.stem)
         name = out.name
         recorder = fit_resumable(build_learner(dls, model, cfg), cfg, out, fingerprint, force, "model_best.pth")
@@ -189,7 +195,8 @@ def train_teacher(params) -> Path:
     print(f"no checkpoint for teacher {cfg.teacher} on {cfg.dataset}: training it for {protocol['epochs']} epochs "
           f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']})", flush=True)
     teacher_cfg = cfg.teacher_training_config()
-    metrics = run_vanilla(teacher_cfg, arch=cfg.teacher)  # on several processes: all train it, rank 0 caches it
+    # on several processes all train it and rank 0 caches it; its batch is the protocol's, whatever the subset
+    metrics = _train_alone(teacher_cfg, cfg.teacher, force=False, whole_batch=False)
     distributed.run_on_main(_cache_teacher, vanilla_dir(teacher_cfg, cfg.teacher) / "model.pth", cached,
                             protocol, metrics["last_top1"])
     print(f"teacher cached at {cached} (top-1 {metrics['last_top1']:.2f})", flush=True)

@@ -50,7 +50,8 @@ def test_the_imagenet_params_file_runs_in_one_process(tmp_path, capsys, monkeypa
     run = tmp_path / "out" / "imagenet" / "ResNet50-MobileNetV1-sd_dkd-M124-seed0"
     metrics = experiment.load_metrics(run / "metrics.json")
     assert metrics["variant"] == "sd_dkd" and metrics["params"]["T"] == 1.0 and metrics["params"]["sync_bn"] is True
-    assert metrics["distributed"] == {"world_size": 1, "per_rank_batch": 4, "sync_bn": False, "backend": None}
+    assert metrics["distributed"] == {"world_size": 1, "per_rank_batch": 4, "sync_bn": False, "bn_batch": 4,
+                                      "backend": None}
     assert "epoch 1/1" in done.out and done.out.strip().splitlines()[-1].startswith(run.name)
     # --alone: the student trained alone, the same flags
     alone = cli.main(["-f", str(REPO / "params/imagenet/ResNet50-MobileNetV1-sd_dkd.yaml"), "--alone", "-p", "epochs",
