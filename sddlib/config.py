@@ -244,6 +244,9 @@ class RunConfig(Mapping):
                            "and 'workers' for files")
     run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
     figures: bool = _param(True, _flag, "write the region figures after training")
+    feature_figures: bool = _param(True, _flag, "with the figures: the t-SNE of penultimate features and the "
+                                   "teacher-student correlation difference (one more pass over the test set; "
+                                   "false for sweeps that do not need them)")
     progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
     channels_last: bool = _param(False, _flag, "NHWC memory layout of the models and batches (the same fp32 "
                                  "arithmetic, faster convolutions on GPUs and on x86 CPUs)")
@@ -470,8 +473,8 @@ class RunConfig(Mapping):
         """Everything that decides the trained weights: equal fingerprints may continue each other's checkpoints.
         (Paths, device, loader processes, figures, progress bars, memory layout and compilation do not change
         them beyond fp32 rounding; precision does.)"""
-        skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "progress", "run_name",
-                "channels_last", "compile"}
+        skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "progress",
+                "run_name", "channels_last", "compile"}
         return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
                 **self._bn(self.batch_size)}
 

@@ -354,7 +354,8 @@ def run(params, force: bool = False) -> dict:
             baseline = _baseline_student(cfg, dls.info.num_classes)
             metrics["figures"] = [str(f.relative_to(out)) for f in
                                   save_run_figures(teacher, student, distributed.whole(dls), cfg.scales, distill,
-                                                   out / "figures", baseline_student=baseline)]
+                                                   out / "figures", baseline_student=baseline,
+                                                   feature_figures=cfg.feature_figures)]
         metrics["wall_time_s"] = recorder.elapsed_s
         write_json(out / "metrics.json", metrics)
         (out / RESUME_FILE).unlink(missing_ok=True)
