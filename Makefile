@@ -14,7 +14,7 @@ unexport PYTHONDONTWRITEBYTECODE
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test,tracking]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
