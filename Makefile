@@ -1,4 +1,4 @@
-# The README's two commands, and test-fast: the suite without the `slow` tests (notebooks, longer training).
+# The README's two commands, test-fast: the suite without the `slow` tests (notebooks, longer training), and report.
 # All create .venv/ on first use and reuse it afterwards.
 PYTHON ?= python3
 VENV := .venv
@@ -10,17 +10,21 @@ OUT ?= outputs/quickstart
 # subprocess, a notebook kernel, a torchrun worker -- compiles torch's and fastai's sources again (~8 s each here).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test test-fast clean-venv
+.PHONY: demo test test-fast report clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test,tracking]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	@mkdir -p $(OUT)
 	$(VENV)/bin/papermill notebooks/quickstart.ipynb $(OUT)/quickstart.ipynb --cwd . -p output_dir $(OUT)
 	@echo "Executed notebook, tables and figures: $(OUT)/"
+
+# One HTML page of every run under outputs/ (tables vs the paper, departures apart, figures): outputs/report.html
+report: $(STAMP)
+	$(PY) -m sddlib.report_page outputs
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -88,6 +88,8 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 IN_MEMORY = ("cifar100", "digit_mosaic")
 # "sgd" is the paper's solver; "adamw" is for students that SGD does not train from scratch in a short schedule.
 OPTIMIZERS = ("sgd", "adamw")
+# Run trackers (sddlib.tracking), opt-in.
+TRACKERS = ("tensorboard", "wandb")
 # A teacher trained here always uses this seed: the cached teacher must not depend on which run came first.
 TEACHER_SEED = 0
 
@@ -181,6 +183,16 @@ def _choice(options):
     return check
 
 
+def _trackers(name, value):
+    """'none', one tracker or a list of them -> a tuple of tracker names (() for none)."""
+    names = () if value in (None, "none") else (value,) if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        _fail(name, value, "'none', 'tensorboard', 'wandb' or a list of them")
+    for tracker in names:
+        _choice(TRACKERS)(name, tracker)
+    return tuple(dict.fromkeys(names))
+
+
 def _param(default, check, doc):
     return field(default=default, metadata={"check": check, "doc": doc})
 
@@ -244,6 +256,11 @@ class RunConfig(Mapping):
                            "and 'workers' for files")
     run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
     figures: bool = _param(True, _flag, "write the region figures after training")
+    feature_figures: bool = _param(True, _flag, "with the figures: the t-SNE of penultimate features and the "
+                                   "teacher-student correlation difference (one more pass over the test set; "
+                                   "false for sweeps that do not need them)")
+    tracker: tuple = _param("none", _trackers, "'none', 'tensorboard', 'wandb' or a list of both: log every epoch "
+                            "and the run's figures there (rank 0; pip install -e \".[tracking]\")")
     progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
     channels_last: bool = _param(False, _flag, "NHWC memory layout of the models and batches (the same fp32 "
                                  "arithmetic, faster convolutions on GPUs and on x86 CPUs)")
@@ -470,8 +487,8 @@ class RunConfig(Mapping):
         """Everything that decides the trained weights: equal fingerprints may continue each other's checkpoints.
         (Paths, device, loader processes, figures, progress bars, memory layout and compilation do not change
         them beyond fp32 rounding; precision does.)"""
-        skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "progress", "run_name",
-                "channels_last", "compile"}
+        skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "tracker",
+                "progress", "run_name", "channels_last", "compile"}
         return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
                 **self._bn(self.batch_size)}
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from fastai.torch_core import set_seed
 
-from . import distributed
+from . import distributed, tracking
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                           read_checkpoint, run_lock, save_checkpoint, shipped_teacher_path, teacher_cache_path,
                           write_checkpoint, write_json)
@@ -163,6 +163,7 @@ def _train_alone(cfg: RunConfig, arch: str, force: bool, whole_batch: bool = Tru
     """`run_vanilla`; a teacher trained for a run takes `whole_batch=False` (see `_dataloaders`)."""
     out = vanilla_dir(cfg, arch)
     cfg.check_environment(teacher_needed=False)
+    tracking.check(cfg.tracker)
     distributed.check(cfg, _device(cfg.device))
     cfg = _starting(cfg)
     fingerprint = _vanilla_fingerprint(cfg, arch)
@@ -174,13 +175,16 @@ def _train_alone(cfg: RunConfig, arch: str, force: bool, whole_batch: bool = Tru
         device = _device(cfg.device)
         dls = _dataloaders(cfg, device, whole_batch)
         model = create_model(arch, num_classes=dls.info.num_classes, stem=cfg.stem)
-        name = out.name
-        recorder = fit_resumable(build_learner(dls, model, cfg), cfg, out, fingerprint, force, "model_best.pth")
-        metrics = _summary(cfg, recorder.rows, name=name, variant="alone", arch=arch, fingerprint=fingerprint)
-        metrics["protocol"] = cfg.solver
-        _record_departures(metrics, *vanilla_departures(cfg, arch))
-        metrics["wall_time_s"] = recorder.elapsed_s
-        distributed.run_on_main(_write_vanilla, model, out, cfg.epochs, metrics)  # the others wait for the files
+        with tracking.tracked(cfg.tracker, out, cfg.to_params()) as tracker:
+            learn = build_learner(dls, model, cfg, cbs=[tracker] if tracker else [])
+            recorder = fit_resumable(learn, cfg, out, fingerprint, force, "model_best.pth")
+            metrics = _summary(cfg, recorder.rows, name=out.name, variant="alone", arch=arch, fingerprint=fingerprint)
+            metrics["protocol"] = cfg.solver
+            _record_departures(metrics, *vanilla_departures(cfg, arch))
+            metrics["wall_time_s"] = recorder.elapsed_s
+            distributed.run_on_main(_write_vanilla, model, out, cfg.epochs, metrics)  # the others wait for the files
+            if tracker:
+                tracker.finish(metrics)
     print(f"{arch} alone: best top-1 {metrics['best_top1']:.2f}, last {metrics['last_top1']:.2f}; "
           f"{describe(metrics.get('departures'))}", flush=True)
     return metrics
@@ -329,6 +333,7 @@ def run(params, force: bool = False) -> dict:
     """
     cfg = RunConfig.from_params(params)
     cfg.check_environment()
+    tracking.check(cfg.tracker)
     distributed.check(cfg, _device(cfg.device))
     cfg = _starting(cfg)
     out, fingerprint = cfg.directory, cfg.fingerprint
@@ -348,23 +353,27 @@ def run(params, force: bool = False) -> dict:
         distill = DistillationCallback(teacher, cfg.method, cfg.scales, ce_weight=cfg.ce_weight,
                                        kd_weight=cfg.kd_weight, warmup_epochs=cfg.warmup_epochs,
                                        complementary_weight=cfg.complementary_weight, **cfg.loss_kwargs)
-        learn = build_learner(dls, student, cfg, cbs=[distill])
-        recorder = fit_resumable(learn, cfg, out, fingerprint, force, "student_best.pth", distill)
-        metrics = _summary(cfg, recorder.rows, name=cfg.name, variant=cfg.variant, fingerprint=fingerprint)
-        metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source)
-        _record_departures(metrics, *departures(cfg, teacher_source))
-        if not distributed.is_main():
-            return metrics  # the same numbers; rank 0 writes them (and draws the figures alone)
-        save_checkpoint(student, out / "student.pth", epoch=cfg.epochs)
-        if cfg.figures:
-            from .viz import save_run_figures
-            baseline = _baseline_student(cfg, dls.info.num_classes)
-            metrics["figures"] = [str(f.relative_to(out)) for f in
-                                  save_run_figures(teacher, student, distributed.whole(dls), cfg.scales, distill,
-                                                   out / "figures", baseline_student=baseline)]
-        metrics["wall_time_s"] = recorder.elapsed_s
-        write_json(out / "metrics.json", metrics)
-        (out / RESUME_FILE).unlink(missing_ok=True)
+        with tracking.tracked(cfg.tracker, out, cfg.to_params()) as tracker:
+            learn = build_learner(dls, student, cfg, cbs=[distill, *([tracker] if tracker else [])])
+            recorder = fit_resumable(learn, cfg, out, fingerprint, force, "student_best.pth", distill)
+            metrics = _summary(cfg, recorder.rows, name=cfg.name, variant=cfg.variant, fingerprint=fingerprint)
+            metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source)
+            _record_departures(metrics, *departures(cfg, teacher_source))
+            if not distributed.is_main():
+                return metrics  # the same numbers; rank 0 writes them (and draws the figures alone)
+            save_checkpoint(student, out / "student.pth", epoch=cfg.epochs)
+            if cfg.figures:
+                from .viz import save_run_figures
+                baseline = _baseline_student(cfg, dls.info.num_classes)
+                metrics["figures"] = [str(f.relative_to(out)) for f in
+                                      save_run_figures(teacher, student, distributed.whole(dls), cfg.scales, distill,
+                                                       out / "figures", baseline_student=baseline,
+                                                       feature_figures=cfg.feature_figures)]
+            metrics["wall_time_s"] = recorder.elapsed_s
+            write_json(out / "metrics.json", metrics)
+            (out / RESUME_FILE).unlink(missing_ok=True)
+            if tracker:
+                tracker.finish(metrics, [out / f for f in metrics.get("figures", [])])
     print(f"{metrics['run_name']}: best top-1 {metrics['best_top1']:.2f} (epoch {metrics['best_epoch']}), "
           f"last {metrics['last_top1']:.2f}, teacher {metrics['teacher_top1']:.2f}; "
           f"{describe(metrics.get('departures'))}", flush=True)

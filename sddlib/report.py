@@ -28,7 +28,7 @@ from .departures import describe, teacher_description
 __all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
            "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table",
            "departures_table", "sd_gains", "run_summary", "format_table", "format_gains", "format_departures",
-           "to_markdown", "write_tables"]
+           "to_markdown", "legend", "write_tables"]
 
 PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
@@ -381,6 +381,11 @@ _BASELINES = {
 _SAME_CONFIG = "KD, DKD and NKD rows are the SD configs run with M=[1]."
 
 
+def legend(dataset: str) -> str:
+    """What a results table of `dataset` shows and where its plain rows come from (under every rendering of it)."""
+    return f"{_LEGEND} {_BASELINES.get(dataset, _SAME_CONFIG)}"
+
+
 def write_tables(outputs_dir, out_dir=None) -> list[Path]:
     """Write `<dataset>.csv` (numbers, 2 decimals) and `<dataset>.md` for the paper's three datasets and
     any other dataset with runs, `<dataset>-departures.csv` for the runs not as published (also under the
@@ -393,8 +398,7 @@ def write_tables(outputs_dir, out_dir=None) -> list[Path]:
         table = results_table(runs, dataset)
         csv, md = out / f"{dataset}.csv", out / f"{dataset}.md"
         table.to_csv(csv, index=False, float_format="%.2f")
-        legend = f"{_LEGEND} {_BASELINES.get(dataset, _SAME_CONFIG)}"
-        title = f"## {TITLES.get(dataset, dataset)}: our runs vs the SDD paper\n\n{legend}\n\n"
+        title = f"## {TITLES.get(dataset, dataset)}: our runs vs the SDD paper\n\n{legend(dataset)}\n\n"
         other = departures_table(runs, dataset)
         text = title + to_markdown(format_table(table))
         if len(other):

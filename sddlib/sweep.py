@@ -153,6 +153,9 @@ def main(argv=None) -> int:
         print(f"{done[0]} done, {skipped} skipped, {len(failures)} failed in {seconds:.0f} s; "
               f"{done[1]} of {done[0]} done as published; {done[2] / seconds:.0f} training images/s in all "
               "(runs started afresh)")
+        from .report_page import write_report
+        for folder in sorted({Path(job["params"]["output_dir"]) for job in jobs}):
+            print(f"results page: {write_report(folder)}")
     for path, reason in failures:
         print(f"FAILED  {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0

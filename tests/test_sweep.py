@@ -98,6 +98,8 @@ def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "1 done, 0 skipped, 0 failed" in text and "; 0 of 1 done as published" in text
     assert f"done  {tmp / 'ok.yaml'}: epochs 2 (240), subset 200 (0)" in text  # each run: as published or what changed
+    page = Path(p["output_dir"]) / "report.html"       # the sweep's last step: the results page
+    assert f"results page: {page}" in text and "epochs 2 (240), subset 200 (0)" in page.read_text()
     assert calls == [({**yaml.safe_load((tmp / "ok.yaml").read_text()), "output_dir": str(out), "seed": 1,
                        "M": "[1]", "epochs": 2, "subset": 200, "batch_size": 8, "data_dir": str(tmp / "d")}, str(sweep.ROOT))]
     assert load_metrics(run / "metrics.previous.json") == metrics and load_metrics(run / "metrics.json")

@@ -340,8 +340,12 @@ def test_real_run_writes_every_figure_with_its_data(tmp_path):
     for key, frame in (("region_map", region_map_frame(preds)), ("region_logits", region_logits_frame(preds)),
                        ("category_shares", category_shares_frame(preds)), ("per_class", per_class_frame(preds)),
                        ("category_history", category_history_frame(cb.history, SCALES)),
-                       ("agreement", agreement_frame(baseline_preds, preds))):
+                       ("agreement", agreement_frame(baseline_preds, preds)),
+                       ("correlation", viz.correlation_frame(viz.collect_features(
+                           {"teacher": teacher, "SD student (this run)": student, "plain-method student": baseline},
+                           dls.valid)))):
         pd.testing.assert_frame_equal(csv[key], frame, check_dtype=False, obj=key)
+    assert sorted(set(csv["tsne"].model)) == ["SD student (this run)", "plain-method student", "teacher"]
     assert sorted(set(csv["category_history"].epoch)) == [1, 2]
     # a whole DataLoaders is accepted too (its valid loader and its info are used)
     whole = collect_region_predictions(teacher, None, dls, (1,), max_items=8)
@@ -381,3 +385,46 @@ def test_show_run_figures_display_saved_pngs_with_captions(tmp_path, capsys):
     assert set(FIGURE_CAPTIONS) == set(FIGURE_FILES)
     with pytest.raises(ValueError, match="figure 'fig9' is unknown"):
         show_run_figure(tmp_path, "fig9")
+
+
+def test_feature_figures_tsne_and_correlation_difference(tmp_path):
+    """Figures 6 and 7 (sddlib.viz.features) on a class-sorted test set."""
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 3, 32, 32), torch.arange(10).repeat_interleave(6)       # stored class by class
+    dl = DataLoader(TensorDataset(x, y), bs=16)
+    teacher, student = create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10)
+    student.train()
+    feats = viz.collect_features({"teacher": teacher, "student": student, "same as teacher": teacher}, dl,
+                                 class_names=INFO.class_names)
+    assert student.training and feats.features["student"].shape == (60, 64) and feats.logits["teacher"].shape == (60, 10)
+    with torch.inference_mode():
+        torch.testing.assert_close(feats.logits["teacher"], teacher.eval()(x), rtol=1e-4, atol=1e-5)
+    assert viz.collect_features({"teacher": teacher}, dl, max_items=20).targets.tolist() == y[:20].tolist()
+
+    sample = viz.stratified_sample(y.numpy(), 20, seed=0)
+    assert len(sample) == 20 and sorted(set(y[sample].tolist())) == list(range(10))   # every class, 2 each
+    assert (viz.stratified_sample(y.numpy(), 20, seed=1) != sample).any()
+    tsne = viz.tsne_frame(feats, n=20)
+    assert len(tsne) == 3 * 20 and set(tsne["n_images"]) == {20} and set(tsne["n_classes"]) == {10}
+    assert list(tsne.columns) == ["model", "index", "target", "x", "y", "class", "n_images", "n_classes"]
+    assert tsne["x"].std() > 0 and set(tsne["class"]) == set(INFO.class_names)
+
+    corr = viz.correlation_frame(feats)
+    assert set(corr["model"]) == {"student", "same as teacher"} and len(corr) == 2 * 10 * 10
+    assert (corr[corr["model"] == "same as teacher"]["abs_diff"] == 0).all()
+    ours = corr[corr["model"] == "student"]
+    t = np.corrcoef(feats.logits["teacher"].double().numpy(), rowvar=False)
+    s = np.corrcoef(feats.logits["student"].double().numpy(), rowvar=False)
+    assert ours["abs_diff"].to_numpy() == pytest.approx(np.abs(t - s).ravel())          # plain restatement
+    assert ours["mean_abs_diff"].iloc[0] == pytest.approx(np.abs(t - s).mean())
+    assert set(viz.correlation_frame(feats, classes=4)["classes_shown"]) == {4}
+    with pytest.raises(ValueError, match="needs a student besides the teacher"):
+        viz.correlation_frame(viz.collect_features({"teacher": teacher}, dl))
+
+    viz.plot_tsne(feats, n=20, path=tmp_path / "fig6_tsne.png")
+    viz.plot_correlation(feats, path=tmp_path / "fig7_correlation.png")
+    for name, frame in (("fig6_tsne", tsne), ("fig7_correlation", corr)):
+        assert (tmp_path / f"{name}.png").stat().st_size > 5000
+        saved = pd.read_csv(tmp_path / f"{name}.csv")
+        pd.testing.assert_frame_equal(saved, frame, check_dtype=False, check_exact=False, obj=name)
+        viz.draw_tsne(saved) if name == "fig6_tsne" else viz.draw_correlation(saved)   # re-plot from the CSV

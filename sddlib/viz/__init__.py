@@ -4,6 +4,7 @@ agree with the global one (consistent) or disagree in an informative way (comple
     predictions  collect a run's region predictions once (teacher and students) -> RegionPredictions
     frames       one tidy DataFrame per figure, from the predictions (or the training history)
     figures      each figure drawn from its frame (seaborn where it fits); plot_* = frame + draw + save
+    features     the family's two figures: t-SNE of penultimate features, teacher-student correlation difference
     run_figures  every figure of a run as PNG + CSV (save_run_figures), shown with captions
     style        the fixed Okabe-Ito category colours, sizes, saving
 
@@ -18,6 +19,8 @@ Category ids and names follow `CATEGORIES` (the `RegionMasks` order).
 from .figures import (draw_agreement, draw_category_history, draw_category_shares, draw_per_class,
                       draw_region_logits, draw_region_map, plot_agreement, plot_category_history,
                       plot_category_shares, plot_per_class, plot_region_logits, plot_region_map)
+from .features import (FeaturePredictions, collect_features, correlation_frame, draw_correlation, draw_tsne,
+                       plot_correlation, plot_tsne, stratified_sample, tsne_frame)
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
 from .predictions import RegionPredictions, collect_region_predictions, collect_run_predictions, region_labels
@@ -25,7 +28,8 @@ from .run_figures import FIGURE_CAPTIONS, FIGURE_FILES, save_run_figures, show_r
 from .style import CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, DPI, csv_path
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "FIGURE_CAPTIONS", "FIGURE_FILES",
-           "RegionPredictions", "agreement_frame", "category_history_frame", "category_shares_frame",
+           "FeaturePredictions", "collect_features", "correlation_frame", "draw_correlation", "draw_tsne",
+           "plot_correlation", "plot_tsne", "stratified_sample", "tsne_frame", "RegionPredictions", "agreement_frame", "category_history_frame", "category_shares_frame",
            "collect_region_predictions", "collect_run_predictions", "csv_path", "draw_agreement",
            "draw_category_history", "draw_category_shares", "draw_per_class", "draw_region_logits",
            "draw_region_map", "per_class_frame", "plot_agreement", "plot_category_history", "plot_category_shares",

@@ -5,6 +5,8 @@ The figures' tidy frames (`sddlib.viz.frames`) are computed from these; nothing 
 """
 from __future__ import annotations
 
+import contextlib
+
 import re
 from dataclasses import dataclass
 
@@ -165,35 +167,46 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _collect(models, dl, scales, max_items, device):
-    """One pass over dl: inputs, targets and region logits of every model (CPU), in eval mode; the
-    models' train/eval modes and devices are restored afterwards."""
-    wrapped = [ScaleDecoupled(m, scales) for m in models]
+@contextlib.contextmanager
+def evaluating(models, device):
+    """The models in eval mode on `device` for the duration; their train/eval modes and devices restored after."""
     states = [(m, m.training, _model_device(m)) for m in models]
-    xs, ys, regions, count = [], [], [[] for _ in models], 0
     try:
         for m in models:
             m.eval().to(device)
-        with torch.inference_mode():
-            for batch in dl:
-                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise ValueError("the DataLoader must yield (images, targets) batches, got "
-                                     f"{type(batch).__name__}.")
-                x, y = _plain(batch[0]), _plain(batch[1])
-                if max_items is not None:
-                    x, y = x[: max_items - count], y[: max_items - count]
-                xd = x.to(device)
-                for out, sd in zip(regions, wrapped):
-                    out.append(sd(xd)[1].float().cpu())
-                xs.append(x.cpu())
-                ys.append(y.cpu().long())
-                count += len(y)
-                if max_items is not None and count >= max_items:
-                    break
+        yield
     finally:
         for m, training, dev in states:
             m.train(training).to(dev)
-    if not count:
+
+
+def first_items(dl, max_items):
+    """The (x, y) batches of `dl` as plain tensors, cut after `max_items` images in all (None: every batch)."""
+    count = 0
+    for batch in dl:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError(f"the DataLoader must yield (images, targets) batches, got {type(batch).__name__}.")
+        x, y = _plain(batch[0]), _plain(batch[1])
+        if max_items is not None:
+            x, y = x[: max_items - count], y[: max_items - count]
+        yield x, y
+        count += len(y)
+        if max_items is not None and count >= max_items:
+            return
+
+
+def _collect(models, dl, scales, max_items, device):
+    """One pass over dl: inputs, targets and region logits of every model (CPU), in eval mode."""
+    wrapped = [ScaleDecoupled(m, scales) for m in models]
+    xs, ys, regions = [], [], [[] for _ in models]
+    with evaluating(models, device), torch.inference_mode():
+        for x, y in first_items(dl, max_items):
+            xd = x.to(device)
+            for out, sd in zip(regions, wrapped):
+                out.append(sd(xd)[1].float().cpu())
+            xs.append(x.cpu())
+            ys.append(y.cpu().long())
+    if not ys:
         raise ValueError("the DataLoader yielded no images; pass a non-empty validation loader.")
     return torch.cat(xs), torch.cat(ys), [torch.cat(r) for r in regions]
 

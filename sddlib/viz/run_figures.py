@@ -10,6 +10,7 @@ import torch.nn as nn
 from ..data import dataset_info
 from .figures import (plot_agreement, plot_category_history, plot_category_shares, plot_per_class,
                       plot_region_logits, plot_region_map)
+from .features import collect_features, plot_correlation, plot_tsne
 from .frames import history_rows
 from .predictions import check_scales, collect_run_predictions
 from .style import csv_path
@@ -23,6 +24,8 @@ FIGURE_FILES = {
     "category_history": "fig3b_category_history.png",
     "per_class": "fig4_per_class.png",
     "agreement": "fig5_agreement.png",
+    "tsne": "fig6_tsne.png",
+    "correlation": "fig7_correlation.png",
 }
 FIGURE_CAPTIONS = {
     "region_map": "**Figure 1 — region map.** Each row is a test image and its 1×1, 2×2 and 4×4 grids, every "
@@ -45,11 +48,19 @@ FIGURE_CAPTIONS = {
     "agreement": "**Figure 5 — local agreement with the teacher.** For each cell of the finest grid, how often the "
                  "student's top-1 there equals the teacher's; plain-method student (left, when its run exists) vs "
                  "the SD student (right). SD transfers the teacher's local knowledge, so its map should be higher.",
+    "tsne": "**Figure 6 — t-SNE of the penultimate features.** The student of this run, the plain-method student "
+            "(when its run exists) and the teacher, each embedded on its own from the same seeded, class-stratified "
+            "sample of test images (its size in the title), coloured by class. Tighter, better separated clusters "
+            "mean features a linear head can tell apart; compare the students with each other, not the axes.",
+    "correlation": "**Figure 7 — correlation difference.** For each pair of classes, how far the student's "
+                   "correlation of their logits over the test set is from the teacher's (|difference|; the DKD "
+                   "paper's figure). Darker and a smaller mean: the student reproduces more of the teacher's "
+                   "inter-class structure.",
 }
 
 
 def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, baseline_student=None,
-                     max_items: int = 512) -> list[Path]:
+                     max_items: int = 512, feature_figures: bool = True) -> list[Path]:
     """Collect region predictions on `dls.valid` (first `max_items` images) once and write every
     figure into `out_dir` (created): `FIGURE_FILES` PNGs, each with its data as CSV beside it; returns
     the PNG paths. `dls` carries `dls.info` (`sddlib.data.DatasetInfo`).
@@ -57,6 +68,8 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
     `distill_cb` is the run's DistillationCallback (its history gives figure 3b; None skips it).
     `baseline_student` is the plain (M=[1]) student of the same configuration, compared with
     `student` in figure 5 on the finest grid of `scales`; None draws the SD student alone.
+    `feature_figures` adds figures 6 and 7 (`sddlib.viz.features`: one more pass over the whole test set,
+    and a t-SNE per model; off for sweeps that do not need them).
     """
     scales = check_scales(scales)
     if getattr(dls, "valid", None) is None:
@@ -80,12 +93,28 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
         "per_class": lambda p: plot_per_class(preds, path=p),
         "agreement": lambda p: plot_agreement(plain, preds, path=p),
     }
+    if feature_figures:
+        feats = _features(teacher, student, baseline_student, scales, dls)
+        drawn["tsne"] = lambda p: plot_tsne(feats, path=p)
+        drawn["correlation"] = lambda p: plot_correlation(feats, path=p)
     written = []
     for key, draw in drawn.items():
         if draw is not None:
             draw(out / FIGURE_FILES[key])
             written.append(out / FIGURE_FILES[key])
     return written
+
+
+def _features(teacher, student, baseline_student, scales, dls):
+    """The run's models by what they are, for figures 6 and 7."""
+    models = {"teacher": teacher}
+    if scales == (1,):
+        models["student (this run, plain method)"] = student
+    else:
+        models["SD student (this run)"] = student
+        if baseline_student is not None:
+            models["plain-method student"] = baseline_student
+    return collect_features(models, dls.valid, class_names=dataset_info(dls).class_names)
 
 
 def _check_key(key):
