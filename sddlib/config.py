@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from .data.build import PIPELINES
 from .losses import dkd_loss, kd_loss, nkd_loss
 from .regions import parse_scales
 
-__all__ = ["ConfigError", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS",
+__all__ = ["ConfigError", "parse_list", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS",
            "DEFAULTS", "teacher_file_in"]
 
 
@@ -146,9 +148,33 @@ def _flag(name, value):
     return value
 
 
+_ITEMS = {int: "integers", str: "names"}
+
+
+def parse_list(name: str, value, kind: type, example: str, *, nonempty: bool = False) -> list:
+    """A list-valued parameter as a list of `kind`, from a list, a single value, or its text: papermill's `-p`
+    and `python -m sddlib -p` pass text (`-p seeds '[0, 1]'`, `-p methods '["kd", "dkd"]'`), read as YAML here.
+    The one place such text is parsed, for every notebook and the command line; one sentence when it is not
+    a list of `kind` (`example` shows one)."""
+    accepted = f"a {'non-empty ' if nonempty else ''}list of {_ITEMS[kind]} such as {example}"
+    items = value
+    if isinstance(value, str):
+        try:
+            items = yaml.safe_load(value)
+        except yaml.YAMLError:
+            _fail(name, value, accepted)
+    if not isinstance(items, (list, tuple)):
+        items = [items]
+    if not all(isinstance(v, kind) and not isinstance(v, bool) for v in items) or (nonempty and not items):
+        _fail(name, value, accepted)
+    return list(items)
+
+
 def _stages(name, value):
     accepted = "a list of increasing epochs such as [150, 180, 210]"
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+    if isinstance(value, str):
+        value = parse_list(name, value, int, "[150, 180, 210]")
+    if not isinstance(value, (list, tuple)) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in value):
         _fail(name, value, accepted)
     if any(s < 1 for s in value) or any(b <= a for a, b in zip(value, value[1:])):

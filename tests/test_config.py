@@ -251,9 +251,10 @@ def test_through_papermill_the_sentence_ends_the_output(tmp_path):
     output = tmp_path / "quickstart.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(str(REPO / "notebooks" / "quickstart.ipynb"), str(output), cwd=str(REPO),
-                            parameters=dict(seeds=["a"], output_dir=str(tmp_path / "out"),
+                            parameters=dict(seeds="[0, 'a']", output_dir=str(tmp_path / "out"),
                                             data_dir=str(tmp_path / "data")),
                             kernel_name="python3", progress_bar=False)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err.value)).strip().splitlines()
-    assert plain[-1] == "ConfigError: seed='a' is not accepted; seed must be an integer in [0, 2**32)."
+    assert plain[-1] == ("ConfigError: seeds=\"[0, 'a']\" is not accepted; seeds must be a non-empty list of "
+                         "integers such as [0, 1, 2].")
     assert not (tmp_path / "out").exists()
