@@ -1,6 +1,7 @@
 """The Learner of every run and its resumable fit.
 
-`build_learner` is the one place a Learner is made (the authors' SGD, step schedule, clipping, metrics).
+`build_learner` is the one place a Learner is made (the authors' SGD, step schedule, clipping, metrics);
+`distill_learner` is the same Learner, with the distillation callback, for anyone's DataLoaders and models.
 `fit_resumable` fits it for a run folder: after every epoch the epoch's row, the best weights and an
 atomic resume checkpoint (weights, optimizer, epoch, every RNG including the DataLoader's shuffling,
 fastai's smoothed loss, the distillation history, best-so-far); a later call with the same configuration
@@ -28,11 +29,11 @@ from fastcore.basics import noop
 from . import distributed
 from .acceleration import SpeedSwitches
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
-from .config import RunConfig
+from .config import PROTOCOLS, RunConfig
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
 __all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy",
-           "build_learner",
+           "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
 
 RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run is complete
@@ -158,6 +159,32 @@ def build_learner(dls, model, params, cbs=()) -> Learner:
         learn.remove_cb(ProgressCallback)
         learn.logger = noop  # fastai would print its raw list beside EpochLogger's line
     return learn
+
+
+def distillation_callback(teacher: nn.Module, cfg: RunConfig) -> DistillationCallback:
+    """The configuration's distillation: its method, scales, loss weights, warm-up and loss hyper-parameters."""
+    return DistillationCallback(teacher, cfg.method, cfg.scales, ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight,
+                                warmup_epochs=cfg.warmup_epochs, complementary_weight=cfg.complementary_weight,
+                                **cfg.loss_kwargs)
+
+
+def distill_learner(dls, student: nn.Module, teacher: nn.Module, method: str = "kd", M="[1,2,4]",
+                    epochs: int | None = None, **overrides) -> Learner:
+    """A fastai Learner that distils `teacher` into `student` on your DataLoaders under the authors' protocol,
+    so that `learn.fit(epochs)` trains as the paper does. By default their CIFAR-100 solver: SGD (momentum 0.9,
+    L2 weight decay 5e-4 on every parameter), LR 0.05 multiplied by 0.1 after the same fractions of `epochs` as
+    their stages 150, 180, 210 of 240 epochs (`epochs=None`: 240), gradient-norm clipping at 40, and the
+    method's loss weights and warm-up. `M="[1]"` is the plain method. `overrides` are run parameters
+    (`sddlib.config.RunConfig`: lr, lr_decay_stages, weight_decay, T, channels_last, ...; dataset="imagenet"
+    for that dataset's solver), each checked; the callback is `learn.distillation`."""
+    protocol = PROTOCOLS.get(overrides.get("dataset", "cifar100"), PROTOCOLS["cifar100"])
+    epochs = protocol["epochs"] if epochs is None else epochs
+    params = {"dataset": "cifar100", "method": method, "M": M, "epochs": epochs, **overrides}
+    if "lr_decay_stages" not in overrides and isinstance(epochs, int):
+        stages = {round(epochs * s / protocol["epochs"]) for s in protocol["lr_decay_stages"]}
+        params["lr_decay_stages"] = sorted(s for s in stages if s >= 1)
+    cfg = RunConfig.from_params(params)
+    return build_learner(dls, student, cfg, cbs=[distillation_callback(teacher, cfg)])
 
 
 def _rng_state(dls) -> dict:
