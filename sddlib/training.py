@@ -146,8 +146,8 @@ def build_learner(dls, model, params, cbs=()) -> Learner:
     else:
         opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
                                                       nesterov=False, weight_decay=cfg.weight_decay))
-    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate, cfg.lr_warmup_epochs), EpochLogger(),
-                 FiniteLoss(), SmoothLossOnDevice(), *distributed.callbacks(cfg),
+    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate, cfg.lr_warmup_epochs),
+                 EpochLogger(), FiniteLoss(), SmoothLossOnDevice(), *distributed.callbacks(cfg),
                  SpeedSwitches(cfg.channels_last, cfg.precision, cfg.compile), *cbs]
     if cfg.clip_grad_norm:
         callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
@@ -184,7 +184,19 @@ def distill_learner(dls, student: nn.Module, teacher: nn.Module, method: str = "
         stages = {round(epochs * s / protocol["epochs"]) for s in protocol["lr_decay_stages"]}
         params["lr_decay_stages"] = sorted(s for s in stages if s >= 1)
     cfg = RunConfig.from_params(params)
+    _check_channels(dls, student)
     return build_learner(dls, student, cfg, cbs=[distillation_callback(teacher, cfg)])
+
+
+def _check_channels(dls, model: nn.Module) -> None:
+    """Images whose channels the model's first convolution does not take (grey 1-channel images for the
+    3-channel models) are refused in one sentence before any work, not by a shape error from inside torch."""
+    expected = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    x = dls.valid.one_batch()[0]
+    if expected is not None and x.dim() == 4 and x.shape[1] != expected:
+        raise ValueError(f"the images have {x.shape[1]} channel(s) but the model's first layer takes {expected}; "
+                         f"give it {expected}-channel images (grey ones: load them as RGB, as sddlib's and fastai's "
+                         "image loaders do, or repeat the channel).")
 
 
 def _rng_state(dls) -> dict:
