@@ -1,6 +1,13 @@
 """Scale Decoupled Distillation (SDD, CVPR 2024) as a thin library on top of PyTorch and fastai."""
 
+import warnings
+
 __version__ = "0.1.0"
+
+# fastai (which sddlib imports) decorates functions with torch.jit.script when imported, and recent torch versions
+# warn about that: not the user's code, nothing to act on, so not shown.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning,
+                        module=r"torch\.jit")
 
 
 def __getattr__(name):

@@ -269,7 +269,8 @@ class RunConfig(Mapping):
                            "and 'workers' for files")
     run_name: str = _param("", _run_name, "folder name of the run (empty: from the configuration)")
     figures: bool = _param(True, _flag, "write the region figures after training")
-    progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
+    progress: bool = _param(True, _flag, "fastai's progress bar in JupyterLab; headless (papermill, scripts) and "
+                            "with False, one plain line per epoch instead")
     channels_last: bool = _param(False, _flag, "NHWC memory layout of the models and batches (the same fp32 "
                                  "arithmetic, faster convolutions on GPUs and on x86 CPUs)")
     precision: str = _param("fp32", _choice(PRECISIONS), "'fp32', or 'bf16': the forward passes under bfloat16 "

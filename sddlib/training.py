@@ -11,7 +11,9 @@ A non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.js
 """
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -32,7 +34,7 @@ from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, writ
 from .config import PROTOCOLS, RunConfig
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
-__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy",
+__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy",
            "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
 
@@ -63,12 +65,23 @@ class StepLR(Callback):
             self.opt.set_hyper("lr", self.lr_at(self.epoch + 1) * min(1.0, done / self.warmup_epochs))
 
 
+def live_notebook() -> bool:
+    """True in the kernel of a Jupyter server (JupyterLab, Notebook: they name the session in JPY_SESSION_NAME),
+    where fastai's progress bar is watched live; False headless (papermill, scripts, torchrun), whose logs read
+    better as one plain line per epoch."""
+    return bool(os.environ.get("JPY_SESSION_NAME")) and "ipykernel" in sys.modules
+
+
 class EpochLogger(Callback):
-    """One plain line per epoch, readable in headless (papermill) logs."""
+    """One plain line per epoch, readable in headless (papermill) logs; silent where fastai's progress bar and
+    its table of epochs are shown instead (`show=False`)."""
     order = 90  # after the Recorder has the epoch's values
 
+    def __init__(self, show: bool = True):
+        self.show = show
+
     def after_epoch(self):
-        if not self.recorder.values or not self.recorder.values[-1]:
+        if not self.show or not self.recorder.values or not self.recorder.values[-1]:
             return  # an epoch skipped while resuming
         names = self.recorder.metric_names[1:-1]
         text = " ".join(f"{n}={v:.4f}" for n, v in zip(names, self.recorder.values[-1]))
@@ -146,15 +159,16 @@ def build_learner(dls, model, params, cbs=()) -> Learner:
     else:
         opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
                                                       nesterov=False, weight_decay=cfg.weight_decay))
+    bar = cfg.progress and live_notebook()   # the progress bar in JupyterLab, the plain line headless: not both
     callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate, cfg.lr_warmup_epochs),
-                 EpochLogger(), FiniteLoss(), SmoothLossOnDevice(), *distributed.callbacks(cfg),
+                 EpochLogger(show=not bar), FiniteLoss(), SmoothLossOnDevice(), *distributed.callbacks(cfg),
                  SpeedSwitches(cfg.channels_last, cfg.precision, cfg.compile), *cbs]
     if cfg.clip_grad_norm:
         callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=cfg.lr,
                     metrics=[accuracy, top5_accuracy], wd=None, wd_bn_bias=True, train_bn=True, cbs=callbacks,
                     **({"splitter": splitter} if splitter else {}))
-    if not cfg.progress:
+    if not bar:
         from fastai.callback.progress import ProgressCallback
         learn.remove_cb(ProgressCallback)
         learn.logger = noop  # fastai would print its raw list beside EpochLogger's line

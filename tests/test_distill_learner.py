@@ -1,6 +1,8 @@
 """`sddlib.distill_learner` on a user's own fastai DataLoaders (a folder of grey 28x28 digits-like PNGs): the
 authors' SGD, schedule, clipping and distillation in a real Learner, figures without a hand-built DatasetInfo."""
 import json
+import sys
+import types
 
 import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
 import numpy as np
@@ -19,7 +21,7 @@ import sddlib
 from sddlib.config import ConfigError
 from sddlib.data import dataset_info
 from sddlib.models import create_model
-from sddlib.training import StepLR
+from sddlib.training import EpochLogger, StepLR
 from sddlib.viz import SAMPLE_FILE, save_learner_figures
 
 CLASSES = ("three", "seven", "nine")
@@ -93,3 +95,22 @@ def test_grey_one_channel_batches_are_refused_in_one_sentence():
         sddlib.distill_learner(dls, student, teacher, epochs=1)
     with pytest.raises(ValueError, match="names no classes .* CategoryBlock"):
         dataset_info(dls)
+
+
+def test_the_progress_bar_in_jupyterlab_the_plain_line_headless(grey_folder, monkeypatch):
+    from fastai.callback.progress import ProgressCallback
+    dls = folder_dls(grey_folder)
+    teacher, student = create_model("resnet8", num_classes=3), create_model("resnet8", num_classes=3)
+
+    def shown():
+        learn = sddlib.distill_learner(dls, student, teacher, epochs=1)
+        bar = any(isinstance(cb, ProgressCallback) for cb in learn.cbs)
+        return bar, next(cb for cb in learn.cbs if isinstance(cb, EpochLogger)).show
+
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert shown() == (False, True)                               # papermill, scripts: the plain line only
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/quickstart.ipynb")  # what a Jupyter server gives its kernels
+    monkeypatch.setitem(sys.modules, "ipykernel", sys.modules.get("ipykernel") or types.ModuleType("ipykernel"))
+    assert shown() == (True, False)                               # JupyterLab: fastai's bar only
+    assert sddlib.distill_learner(dls, student, teacher, epochs=1, progress=False).cbs.filter(
+        lambda cb: isinstance(cb, ProgressCallback)) == []        # progress=False: never a bar
