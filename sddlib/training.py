@@ -31,7 +31,7 @@ from fastcore.basics import noop
 from . import distributed
 from .acceleration import SpeedSwitches
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
-from .config import PROTOCOLS, RunConfig
+from .config import METHODS, PROTOCOLS, RunConfig
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
 __all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy",
@@ -187,16 +187,19 @@ def distill_learner(dls, student: nn.Module, teacher: nn.Module, method: str = "
     """A fastai Learner that distils `teacher` into `student` on your DataLoaders under the authors' protocol,
     so that `learn.fit(epochs)` trains as the paper does. By default their CIFAR-100 solver: SGD (momentum 0.9,
     L2 weight decay 5e-4 on every parameter), LR 0.05 multiplied by 0.1 after the same fractions of `epochs` as
-    their stages 150, 180, 210 of 240 epochs (`epochs=None`: 240), gradient-norm clipping at 40, and the
-    method's loss weights and warm-up. `M="[1]"` is the plain method. `overrides` are run parameters
+    their stages 150, 180, 210 of 240 epochs (`epochs=None`: 240), gradient-norm clipping at 40, the method's
+    loss weights, and its warm-up over the same fraction of `epochs` (DKD, NKD: 20 of 240). `M="[1]"` is the plain method. `overrides` are run parameters
     (`sddlib.config.RunConfig`: lr, lr_decay_stages, weight_decay, T, channels_last, ...; dataset="imagenet"
     for that dataset's solver), each checked; the callback is `learn.distillation`."""
     protocol = PROTOCOLS.get(overrides.get("dataset", "cifar100"), PROTOCOLS["cifar100"])
     epochs = protocol["epochs"] if epochs is None else epochs
     params = {"dataset": "cifar100", "method": method, "M": M, "epochs": epochs, **overrides}
-    if "lr_decay_stages" not in overrides and isinstance(epochs, int):
-        stages = {round(epochs * s / protocol["epochs"]) for s in protocol["lr_decay_stages"]}
-        params["lr_decay_stages"] = sorted(s for s in stages if s >= 1)
+    if isinstance(epochs, int) and not isinstance(epochs, bool):   # the schedule's shape kept for other lengths
+        if "lr_decay_stages" not in overrides:
+            stages = {round(epochs * s / protocol["epochs"]) for s in protocol["lr_decay_stages"]}
+            params["lr_decay_stages"] = sorted(s for s in stages if s >= 1)
+        if "warmup_epochs" not in overrides and method in METHODS:
+            params["warmup_epochs"] = METHODS[method].warmup_epochs * epochs / protocol["epochs"]
     cfg = RunConfig.from_params(params)
     _check_channels(dls, student)
     return build_learner(dls, student, cfg, cbs=[distillation_callback(teacher, cfg)])

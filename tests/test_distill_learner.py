@@ -78,7 +78,10 @@ def test_distill_learner_trains_with_the_authors_solver_and_draws_figures(grey_f
     # every override is a checked run parameter; the plain method is M="[1]"
     plain = sddlib.distill_learner(dls, student, teacher, method="dkd", M="[1]", epochs=240, lr=0.01)
     assert plain.distillation.scales == (1,) and next(c for c in plain.cbs if isinstance(c, StepLR)).stages == [
-        150, 180, 210]
+        150, 180, 210] and plain.distillation.warmup_epochs == 20      # the authors' 240-epoch schedule as it is
+    short = sddlib.distill_learner(dls, student, teacher, method="dkd", epochs=24)
+    assert short.distillation.warmup_epochs == 2 and next(c for c in short.cbs if isinstance(c, StepLR)).stages == [
+        15, 18, 21]
     with pytest.raises(ConfigError, match="parameter 'learning_rate' is unknown; did you mean 'lr_warmup_epochs'?|"
                                           "parameter 'learning_rate' is unknown"):
         sddlib.distill_learner(dls, student, teacher, learning_rate=0.1)
