@@ -28,8 +28,8 @@ from .data.build import PIPELINES
 from .losses import dkd_loss, kd_loss, nkd_loss
 from .regions import parse_scales
 
-__all__ = ["ConfigError", "parse_list", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS",
-           "DEFAULTS", "teacher_file_in"]
+__all__ = ["ConfigError", "parse_list", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig",
+           "PARAMETERS", "DEFAULTS", "teacher_file_in"]
 
 
 class ConfigError(ValueError):
@@ -172,8 +172,11 @@ def parse_list(name: str, value, kind: type, example: str, *, nonempty: bool = F
 
 def _stages(name, value):
     accepted = "a list of increasing epochs such as [150, 180, 210]"
-    if isinstance(value, str):
-        value = parse_list(name, value, int, "[150, 180, 210]")
+    if isinstance(value, str):   # papermill's -p gives "[150, 180]"
+        try:
+            value = parse_list(name, value, int, "[150, 180, 210]")
+        except ConfigError:
+            _fail(name, value, accepted)
     if not isinstance(value, (list, tuple)) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in value):
         _fail(name, value, accepted)

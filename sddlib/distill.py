@@ -195,9 +195,9 @@ class DistillationCallback(Callback):
                                                              ("student", self._sd_student.grid_size))
                if h % 4 or w % 4]
         if self.decoupled and odd:
-            print(f"note: the final map of {' and '.join(odd)}, not a multiple of 4: as in the authors' code, a 4x4 grid "
-                  "is pooled from the map and every SD region, the global one included, from that grid (pool of "
-                  "pool), so the global region is not the plain mean of the map.", flush=True)
+            print(f"note: the final map of {' and '.join(odd)}, not a multiple of 4: as in the authors' code, a "
+                  "4x4 grid is pooled from the map and every SD region, the global one included, from that grid "
+                  "(pool of pool), so the global region is not the plain mean of the map.", flush=True)
 
     def after_loss(self):
         if not self.training or not hasattr(self, "_teacher_regions"):

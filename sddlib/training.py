@@ -34,8 +34,8 @@ from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, writ
 from .config import METHODS, PROTOCOLS, RunConfig
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
-__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy",
-           "build_learner", "distillation_callback", "distill_learner",
+__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice",
+           "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
 
 RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run is complete
@@ -188,9 +188,11 @@ def distill_learner(dls, student: nn.Module, teacher: nn.Module, method: str = "
     so that `learn.fit(epochs)` trains as the paper does. By default their CIFAR-100 solver: SGD (momentum 0.9,
     L2 weight decay 5e-4 on every parameter), LR 0.05 multiplied by 0.1 after the same fractions of `epochs` as
     their stages 150, 180, 210 of 240 epochs (`epochs=None`: 240), gradient-norm clipping at 40, the method's
-    loss weights, and its warm-up over the same fraction of `epochs` (DKD, NKD: 20 of 240). `M="[1]"` is the plain method. `overrides` are run parameters
-    (`sddlib.config.RunConfig`: lr, lr_decay_stages, weight_decay, T, channels_last, ...; dataset="imagenet"
-    for that dataset's solver), each checked; the callback is `learn.distillation`."""
+    loss weights, and its warm-up over the same fraction of `epochs` (DKD, NKD: 20 of 240). `M="[1]"` is the
+    plain method. `overrides` are run parameters (`sddlib.config.RunConfig`: lr, lr_decay_stages, weight_decay,
+    T, channels_last, ...; dataset="imagenet" for that dataset's solver), each checked; the callback is
+    `learn.distillation`. Images must have the channels the student's first convolution takes (one sentence
+    otherwise)."""
     protocol = PROTOCOLS.get(overrides.get("dataset", "cifar100"), PROTOCOLS["cifar100"])
     epochs = protocol["epochs"] if epochs is None else epochs
     params = {"dataset": "cifar100", "method": method, "M": M, "epochs": epochs, **overrides}

@@ -45,7 +45,8 @@ def test_readme_own_pair_example_runs(tmp_path):
     for old, new in (("dls = digit_mosaic(bs=64)", f"dls = digit_mosaic({str(tmp_path)!r}, bs=64, subset=128)"),
                      ("epochs=8)", "epochs=1)"), ("learn.fit(8)", "learn.fit(1)"),
                      ("learn.distillation.stats_frame()", "frame = learn.distillation.stats_frame()"),
-                     ('save_learner_figures(learn, "figures")', f"save_learner_figures(learn, {str(tmp_path / 'f')!r})")):
+                     ('save_learner_figures(learn, "figures")',
+                      f"save_learner_figures(learn, {str(tmp_path / 'f')!r})")):
         assert old in code, old
         code = code.replace(old, new)
     namespace = {}
