@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from .data.build import PIPELINES
 from .losses import dkd_loss, kd_loss, nkd_loss
 from .regions import parse_scales
 
-__all__ = ["ConfigError", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS",
-           "DEFAULTS", "teacher_file_in"]
+__all__ = ["ConfigError", "parse_list", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig",
+           "PARAMETERS", "DEFAULTS", "teacher_file_in"]
 
 
 class ConfigError(ValueError):
@@ -149,9 +151,36 @@ def _flag(name, value):
     return value
 
 
+_ITEMS = {int: "integers", str: "names"}
+
+
+def parse_list(name: str, value, kind: type, example: str, *, nonempty: bool = False) -> list:
+    """A list-valued parameter as a list of `kind`, from a list, a single value, or its text: papermill's `-p`
+    and `python -m sddlib -p` pass text (`-p seeds '[0, 1]'`, `-p methods '["kd", "dkd"]'`), read as YAML here.
+    The one place such text is parsed, for every notebook and the command line; one sentence when it is not
+    a list of `kind` (`example` shows one)."""
+    accepted = f"a {'non-empty ' if nonempty else ''}list of {_ITEMS[kind]} such as {example}"
+    items = value
+    if isinstance(value, str):
+        try:
+            items = yaml.safe_load(value)
+        except yaml.YAMLError:
+            _fail(name, value, accepted)
+    if not isinstance(items, (list, tuple)):
+        items = [items]
+    if not all(isinstance(v, kind) and not isinstance(v, bool) for v in items) or (nonempty and not items):
+        _fail(name, value, accepted)
+    return list(items)
+
+
 def _stages(name, value):
     accepted = "a list of increasing epochs such as [150, 180, 210]"
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+    if isinstance(value, str):   # papermill's -p gives "[150, 180]"
+        try:
+            value = parse_list(name, value, int, "[150, 180, 210]")
+        except ConfigError:
+            _fail(name, value, accepted)
+    if not isinstance(value, (list, tuple)) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in value):
         _fail(name, value, accepted)
     if any(s < 1 for s in value) or any(b <= a for a, b in zip(value, value[1:])):
@@ -185,9 +214,7 @@ def _choice(options):
 
 def _trackers(name, value):
     """'none', one tracker or a list of them -> a tuple of tracker names (() for none)."""
-    names = () if value in (None, "none") else (value,) if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)):
-        _fail(name, value, "'none', 'tensorboard', 'wandb' or a list of them")
+    names = () if value in (None, "none") else parse_list(name, value, str, "['tensorboard', 'wandb']")
     for tracker in names:
         _choice(TRACKERS)(name, tracker)
     return tuple(dict.fromkeys(names))
@@ -261,7 +288,8 @@ class RunConfig(Mapping):
                                    "false for sweeps that do not need them)")
     tracker: tuple = _param("none", _trackers, "'none', 'tensorboard', 'wandb' or a list of both: log every epoch "
                             "and the run's figures there (rank 0; pip install -e \".[tracking]\")")
-    progress: bool = _param(True, _flag, "fastai progress bars (headless logs get one line per epoch anyway)")
+    progress: bool = _param(True, _flag, "fastai's progress bar in JupyterLab; headless (papermill, scripts) and "
+                            "with False, one plain line per epoch instead")
     channels_last: bool = _param(False, _flag, "NHWC memory layout of the models and batches (the same fp32 "
                                  "arithmetic, faster convolutions on GPUs and on x86 CPUs)")
     precision: str = _param("fp32", _choice(PRECISIONS), "'fp32', or 'bf16': the forward passes under bfloat16 "

@@ -137,6 +137,7 @@ class DistillationCallback(Callback):
                              "distil between models built for the same classes.")
         self.teacher.to(next(self.student.parameters()).device)
         self._sd_student = ScaleDecoupled(self.student, self.scales)
+        self._noted = False
 
     def before_batch(self):
         """Route the Learner's own call of the student on this batch (and no other call) through the
@@ -184,6 +185,19 @@ class DistillationCallback(Callback):
             raise ValueError(f"teacher region logits {tuple(self._teacher_regions.shape)} and student region "
                              f"logits {tuple(self._student_regions.shape)} differ; the teacher and student "
                              "must predict the same classes.")
+        if not self._noted:
+            self._noted = True
+            self._note_pool_of_pool()
+
+    def _note_pool_of_pool(self):
+        """Say once per fit when a final map is not a multiple of 4 (a 28x28 input to a CIFAR net gives 7x7)."""
+        odd = [f"the {role} is {h}x{w}" for role, (h, w) in (("teacher", self._sd_teacher.grid_size),
+                                                             ("student", self._sd_student.grid_size))
+               if h % 4 or w % 4]
+        if self.decoupled and odd:
+            print(f"note: the final map of {' and '.join(odd)}, not a multiple of 4: as in the authors' code, a "
+                  "4x4 grid is pooled from the map and every SD region, the global one included, from that grid "
+                  "(pool of pool), so the global region is not the plain mean of the map.", flush=True)
 
     def after_loss(self):
         if not self.training or not hasattr(self, "_teacher_regions"):

@@ -35,11 +35,10 @@ from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100
 from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, teacher_file_in
 from .data import get_dataloaders
 from .departures import PARAMS_DIR, departures, describe, vanilla_departures
-from .distill import DistillationCallback
 from .models import create_model
 from .runs import load_metrics
-from .training import (RESUME_FILE, EpochLogger, RunFailedError, StepLR, build_learner, differences, fit_resumable,
-                       top5_accuracy)
+from .training import (RESUME_FILE, EpochLogger, RunFailedError, StepLR, build_learner, differences,
+                       distillation_callback, fit_resumable, top5_accuracy)
 
 __all__ = ["PROTOCOLS", "DEFAULTS", "STEMS", "RESUME_FILE", "RunConfig", "ConfigError", "RunFailedError",
            "resolve_params", "notebook_params", "run_name", "run_dir", "vanilla_dir", "load_metrics", "run",
@@ -350,9 +349,7 @@ def run(params, force: bool = False) -> dict:
         teacher_top1, teacher_top5 = evaluate(teacher, dls.valid, device)
         set_seed(cfg.seed, reproducible=True)
         student = create_model(cfg.student, num_classes=dls.info.num_classes, stem=cfg.stem)
-        distill = DistillationCallback(teacher, cfg.method, cfg.scales, ce_weight=cfg.ce_weight,
-                                       kd_weight=cfg.kd_weight, warmup_epochs=cfg.warmup_epochs,
-                                       complementary_weight=cfg.complementary_weight, **cfg.loss_kwargs)
+        distill = distillation_callback(teacher, cfg)
         with tracking.tracked(cfg.tracker, out, cfg.to_params()) as tracker:
             learn = build_learner(dls, student, cfg, cbs=[distill, *([tracker] if tracker else [])])
             recorder = fit_resumable(learn, cfg, out, fingerprint, force, "student_best.pth", distill)

@@ -228,6 +228,7 @@ class ScaleDecoupled(nn.Module):
         _check_input_size(self.model, x)
         features = self._features(x)
         grid, as_head_input = self._grid(features, x)
+        self.grid_size = tuple(grid.shape[-2:])   # the map the regions come from (read by the callbacks' notes)
         logits = self._head(features)
         if isinstance(logits, (tuple, list)):
             raise ValueError(

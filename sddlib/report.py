@@ -28,7 +28,7 @@ from .departures import describe, teacher_description
 __all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
            "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table",
            "departures_table", "sd_gains", "run_summary", "format_table", "format_gains", "format_departures",
-           "to_markdown", "legend", "write_tables"]
+           "to_markdown", "legend", "write_table", "write_tables"]
 
 PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
@@ -384,6 +384,17 @@ _SAME_CONFIG = "KD, DKD and NKD rows are the SD configs run with M=[1]."
 def legend(dataset: str) -> str:
     """What a results table of `dataset` shows and where its plain rows come from (under every rendering of it)."""
     return f"{_LEGEND} {_BASELINES.get(dataset, _SAME_CONFIG)}"
+
+
+def write_table(table: pd.DataFrame, shown: pd.DataFrame, path, title: str) -> list[Path]:
+    """One notebook's table beside its run folders: `<path>.csv` (the numbers of `table`, 2 decimals) and
+    `<path>.md` (`title`, then `shown`, the formatted table the notebook displays); returns both paths."""
+    stem = Path(path)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv, md = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
+    table.to_csv(csv, index=False, float_format="%.2f")
+    md.write_text(f"## {title}\n\n{to_markdown(shown)}")
+    return [csv, md]
 
 
 def write_tables(outputs_dir, out_dir=None) -> list[Path]:

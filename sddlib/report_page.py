@@ -161,11 +161,15 @@ def write_report(outputs_dir, path=None) -> Path:
     return page
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sddlib.report_page", description=__doc__.split("\n\n")[0])
     ap.add_argument("outputs_dir", nargs="?", default="outputs", help="the folder runs were written to")
     ap.add_argument("-o", "--output", help="the page to write (default: <outputs_dir>/report.html)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if not Path(args.outputs_dir).is_dir():
         print(f"error: outputs_dir={args.outputs_dir!r} is not a folder; give the folder your runs were written to "
               "(output_dir, default 'outputs').")

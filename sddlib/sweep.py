@@ -47,7 +47,10 @@ def parse_overrides(pairs) -> dict:
     from .config import DEFAULTS
     out = {}
     for key, text in pairs or ():
-        value = yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text  # not YAML: the parameter's own check says what it accepts (`config.parse_list`)
         out[key] = text if isinstance(DEFAULTS.get(key), str) and not isinstance(value, str) else value
     return out
 

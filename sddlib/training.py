@@ -1,6 +1,7 @@
 """The Learner of every run and its resumable fit.
 
-`build_learner` is the one place a Learner is made (the authors' SGD, step schedule, clipping, metrics).
+`build_learner` is the one place a Learner is made (the authors' SGD, step schedule, clipping, metrics);
+`distill_learner` is the same Learner, with the distillation callback, for anyone's DataLoaders and models.
 `fit_resumable` fits it for a run folder: after every epoch the epoch's row, the best weights and an
 atomic resume checkpoint (weights, optimizer, epoch, every RNG including the DataLoader's shuffling,
 fastai's smoothed loss, the distillation history, best-so-far); a later call with the same configuration
@@ -10,7 +11,9 @@ A non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.js
 """
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -28,11 +31,11 @@ from fastcore.basics import noop
 from . import distributed
 from .acceleration import SpeedSwitches
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
-from .config import RunConfig
+from .config import METHODS, PROTOCOLS, RunConfig
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
-__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy",
-           "build_learner",
+__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice",
+           "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
 
 RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run is complete
@@ -62,12 +65,23 @@ class StepLR(Callback):
             self.opt.set_hyper("lr", self.lr_at(self.epoch + 1) * min(1.0, done / self.warmup_epochs))
 
 
+def live_notebook() -> bool:
+    """True in the kernel of a Jupyter server (JupyterLab, Notebook: they name the session in JPY_SESSION_NAME),
+    where fastai's progress bar is watched live; False headless (papermill, scripts, torchrun), whose logs read
+    better as one plain line per epoch."""
+    return bool(os.environ.get("JPY_SESSION_NAME")) and "ipykernel" in sys.modules
+
+
 class EpochLogger(Callback):
-    """One plain line per epoch, readable in headless (papermill) logs."""
+    """One plain line per epoch, readable in headless (papermill) logs; silent where fastai's progress bar and
+    its table of epochs are shown instead (`show=False`)."""
     order = 90  # after the Recorder has the epoch's values
 
+    def __init__(self, show: bool = True):
+        self.show = show
+
     def after_epoch(self):
-        if not self.recorder.values or not self.recorder.values[-1]:
+        if not self.show or not self.recorder.values or not self.recorder.values[-1]:
             return  # an epoch skipped while resuming
         names = self.recorder.metric_names[1:-1]
         text = " ".join(f"{n}={v:.4f}" for n, v in zip(names, self.recorder.values[-1]))
@@ -145,19 +159,63 @@ def build_learner(dls, model, params, cbs=()) -> Learner:
     else:
         opt_func = partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=cfg.momentum, dampening=0,
                                                       nesterov=False, weight_decay=cfg.weight_decay))
-    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate, cfg.lr_warmup_epochs), EpochLogger(),
-                 FiniteLoss(), SmoothLossOnDevice(), *distributed.callbacks(cfg),
+    bar = cfg.progress and live_notebook()   # the progress bar in JupyterLab, the plain line headless: not both
+    callbacks = [StepLR(cfg.lr, cfg.lr_decay_stages, cfg.lr_decay_rate, cfg.lr_warmup_epochs),
+                 EpochLogger(show=not bar), FiniteLoss(), SmoothLossOnDevice(), *distributed.callbacks(cfg),
                  SpeedSwitches(cfg.channels_last, cfg.precision, cfg.compile), *cbs]
     if cfg.clip_grad_norm:
         callbacks.append(GradientClip(max_norm=cfg.clip_grad_norm))
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=opt_func, lr=cfg.lr,
                     metrics=[accuracy, top5_accuracy], wd=None, wd_bn_bias=True, train_bn=True, cbs=callbacks,
                     **({"splitter": splitter} if splitter else {}))
-    if not cfg.progress:
+    if not bar:
         from fastai.callback.progress import ProgressCallback
         learn.remove_cb(ProgressCallback)
         learn.logger = noop  # fastai would print its raw list beside EpochLogger's line
     return learn
+
+
+def distillation_callback(teacher: nn.Module, cfg: RunConfig) -> DistillationCallback:
+    """The configuration's distillation: its method, scales, loss weights, warm-up and loss hyper-parameters."""
+    return DistillationCallback(teacher, cfg.method, cfg.scales, ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight,
+                                warmup_epochs=cfg.warmup_epochs, complementary_weight=cfg.complementary_weight,
+                                **cfg.loss_kwargs)
+
+
+def distill_learner(dls, student: nn.Module, teacher: nn.Module, method: str = "kd", M="[1,2,4]",
+                    epochs: int | None = None, **overrides) -> Learner:
+    """A fastai Learner that distils `teacher` into `student` on your DataLoaders under the authors' protocol,
+    so that `learn.fit(epochs)` trains as the paper does. By default their CIFAR-100 solver: SGD (momentum 0.9,
+    L2 weight decay 5e-4 on every parameter), LR 0.05 multiplied by 0.1 after the same fractions of `epochs` as
+    their stages 150, 180, 210 of 240 epochs (`epochs=None`: 240), gradient-norm clipping at 40, the method's
+    loss weights, and its warm-up over the same fraction of `epochs` (DKD, NKD: 20 of 240). `M="[1]"` is the
+    plain method. `overrides` are run parameters (`sddlib.config.RunConfig`: lr, lr_decay_stages, weight_decay,
+    T, channels_last, ...; dataset="imagenet" for that dataset's solver), each checked; the callback is
+    `learn.distillation`. Images must have the channels the student's first convolution takes (one sentence
+    otherwise)."""
+    protocol = PROTOCOLS.get(overrides.get("dataset", "cifar100"), PROTOCOLS["cifar100"])
+    epochs = protocol["epochs"] if epochs is None else epochs
+    params = {"dataset": "cifar100", "method": method, "M": M, "epochs": epochs, **overrides}
+    if isinstance(epochs, int) and not isinstance(epochs, bool):   # the schedule's shape kept for other lengths
+        if "lr_decay_stages" not in overrides:
+            stages = {round(epochs * s / protocol["epochs"]) for s in protocol["lr_decay_stages"]}
+            params["lr_decay_stages"] = sorted(s for s in stages if s >= 1)
+        if "warmup_epochs" not in overrides and method in METHODS:
+            params["warmup_epochs"] = METHODS[method].warmup_epochs * epochs / protocol["epochs"]
+    cfg = RunConfig.from_params(params)
+    _check_channels(dls, student)
+    return build_learner(dls, student, cfg, cbs=[distillation_callback(teacher, cfg)])
+
+
+def _check_channels(dls, model: nn.Module) -> None:
+    """Images whose channels the model's first convolution does not take (grey 1-channel images for the
+    3-channel models) are refused in one sentence before any work, not by a shape error from inside torch."""
+    expected = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    x = dls.valid.one_batch()[0]
+    if expected is not None and x.dim() == 4 and x.shape[1] != expected:
+        raise ValueError(f"the images have {x.shape[1]} channel(s) but the model's first layer takes {expected}; "
+                         f"give it {expected}-channel images (grey ones: load them as RGB, as sddlib's and fastai's "
+                         "image loaders do, or repeat the channel).")
 
 
 def _rng_state(dls) -> dict:

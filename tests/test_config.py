@@ -271,9 +271,27 @@ def test_through_papermill_the_sentence_ends_the_output(tmp_path):
     output = tmp_path / "quickstart.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(str(REPO / "notebooks" / "quickstart.ipynb"), str(output), cwd=str(REPO),
-                            parameters=dict(seeds=["a"], output_dir=str(tmp_path / "out"),
+                            parameters=dict(seeds="[0, 'a']", output_dir=str(tmp_path / "out"),
                                             data_dir=str(tmp_path / "data")),
                             kernel_name="python3", progress_bar=False)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err.value)).strip().splitlines()
-    assert plain[-1] == "ConfigError: seed='a' is not accepted; seed must be an integer in [0, 2**32)."
+    assert plain[-1] == ("ConfigError: seeds=\"[0, 'a']\" is not accepted; seeds must be a non-empty list of "
+                         "integers such as [0, 1, 2].")
     assert not (tmp_path / "out").exists()
+
+
+def test_list_parameters_are_read_from_their_text_form():
+    """papermill's and `python -m sddlib`'s -p pass lists as text; `parse_list` is the one place that reads them."""
+    from sddlib.config import parse_list
+    from sddlib.sweep import parse_overrides
+    assert RunConfig.from_params({"lr_decay_stages": "[150, 180]"}).lr_decay_stages == (150, 180)
+    assert parse_list("seeds", "[0, 1, 2]", int, "[0]") == [0, 1, 2] and parse_list("seeds", 3, int, "[0]") == [3]
+    assert parse_list("methods", '["kd", "dkd"]', str, "[kd]") == ["kd", "dkd"] == parse_list("m", "[kd, dkd]", str, "")
+    with pytest.raises(ConfigError, match=r"^methods='\[kd, 1\]' is not accepted; methods must be a list of names "):
+        parse_list("methods", "[kd, 1]", str, '["kd"]')
+    with pytest.raises(ConfigError, match=r"^seeds=\[\] is not accepted; seeds must be a non-empty list of integers"):
+        parse_list("seeds", [], int, "[0, 1, 2]", nonempty=True)
+    overrides = parse_overrides([("lr_decay_stages", "[150, 180"), ("seed", "1")])   # not YAML: kept as text...
+    assert overrides == {"lr_decay_stages": "[150, 180", "seed": 1}
+    with pytest.raises(ConfigError, match=r"^lr_decay_stages='\[150, 180' is not accepted; .* increasing epochs"):
+        RunConfig.from_params(overrides)                                              # ... and refused in one sentence

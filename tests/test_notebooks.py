@@ -58,6 +58,7 @@ def test_cifar100_notebook_headline_run(work):
                  data_dir=str(data), output_dir=str(work["outputs"]), subset=32, **FAST)
     m = only_run(work["outputs"], "cifar100")
     assert m["variant"] == "sd_dkd" and m["scales"] == [1, 2, 4] and m["params"]["beta"] == 8.0
+    assert "runs not as published" in (work["outputs"] / "tables" / "cifar100.md").read_text()   # its tables
     top1 = [row["top1"] for row in m["history"]]
     assert len(top1) == 2 and m["best_top1"] == max(top1) and m["last_top1"] == top1[-1]
     assert m["best_epoch"] == 1 + top1.index(max(top1))
@@ -109,6 +110,12 @@ def test_quickstart_notebook(work):
     assert "(n=2)" in text and "± " in text                                   # mean ± std over the two seeds
     assert "of 2 seeds" in text                                               # the paired SD gains
     assert text.count("image/png") == 6
+    assert "covering" in text and "class-stratified sample" in text              # what the figures are drawn from
+    tables = out / "tables"                                                   # the shown tables, beside the runs
+    assert len(pd.read_csv(tables / "quickstart.csv")) >= 2                  # DKD and SD-DKD rows at least
+    assert "SD-DKD" in (tables / "quickstart.md").read_text() and (tables / "quickstart-sd-gains.csv").is_file()
+    assert "jit.script" not in text and "<progress" not in text               # no warning, no bar headless...
+    assert "epoch 1/1 " in text                                               # ... the plain line instead
 
 
 def test_results_tables_of_the_notebook_runs(work):

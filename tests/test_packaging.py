@@ -40,16 +40,22 @@ def test_ci_runs_the_readme_test_command():
 
 @pytest.mark.slow  # generates the mosaics and trains
 def test_readme_own_pair_example_runs(tmp_path):
-    """The README's ~10-line example stays true (shortened: a small subset, one epoch)."""
+    """The README's example stays true (shortened: a small subset, one epoch): the authors' SGD, figures."""
     readme = (REPO / "README.md").read_text()
     code = re.search(r"## Your own teacher and student\n\n```python\n(.*?)```", readme, re.S).group(1)
-    assert "dls = digit_mosaic(bs=64)" in code and "learn.fit(5, lr=0.05)" in code
-    code = code.replace("dls = digit_mosaic(bs=64)", f"dls = digit_mosaic({str(tmp_path)!r}, bs=64, subset=128)")
-    code = code.replace("learn.fit(5, lr=0.05)", "learn.fit(1, lr=0.05)")
-    code = code.replace("sd.stats_frame()", "frame = sd.stats_frame()")
+    for old, new in (("dls = digit_mosaic(bs=64)", f"dls = digit_mosaic({str(tmp_path)!r}, bs=64, subset=128)"),
+                     ("epochs=8)", "epochs=1)"), ("learn.fit(8)", "learn.fit(1)"),
+                     ("learn.distillation.stats_frame()", "frame = learn.distillation.stats_frame()"),
+                     ('save_learner_figures(learn, "figures")',
+                      f"save_learner_figures(learn, {str(tmp_path / 'f')!r})")):
+        assert old in code, old
+        code = code.replace(old, new)
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert len(namespace["frame"]) == 1 and "complementary_gr_lw@4" in namespace["frame"].columns
+    assert type(namespace["learn"].opt.opt).__name__ == "SGD"                 # the authors' solver, not Adam
+    from sddlib.viz import FIGURE_FILES
+    assert {p.name for p in (tmp_path / "f").glob("*.png")} == set(FIGURE_FILES.values())
 
 
 def _sddlib_imports() -> dict[str, set[str]]:

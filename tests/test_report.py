@@ -280,3 +280,12 @@ def test_sd_gains_pair_runs_by_seed(tmp_path):
     assert text["Method"] == "SD-KD − KD" and text["SD ahead (best)"] == "2 of 3 seeds"
     assert text["SD gain, best top-1"] == "+0.68 ± 0.68"
     assert report.sd_gains(runs.iloc[0:0], "cifar100").empty
+
+
+def test_write_table_writes_the_numbers_and_the_shown_table(tmp_path):
+    table = pd.DataFrame({"method": ["kd", "sd_kd"], "top1": [94.1234, 95.5]})
+    shown = pd.DataFrame({"Method": ["KD", "SD-KD"], "Top-1": ["94.12", "95.50"]})
+    csv, md = report.write_table(table, shown, tmp_path / "tables" / "quickstart", "Quickstart")
+    assert (csv.name, md.name) == ("quickstart.csv", "quickstart.md")
+    assert csv.read_text().splitlines() == ["method,top1", "kd,94.12", "sd_kd,95.50"]
+    assert md.read_text() == "## Quickstart\n\n| Method | Top-1 |\n|:---|---:|\n| KD | 94.12 |\n| SD-KD | 95.50 |\n"

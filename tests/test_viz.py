@@ -1,6 +1,8 @@
 """Figures of sddlib.viz: the tidy frame behind each figure for hand-made region logits with known
 categories, the PNG and its CSV written beside it, re-plotting from the CSV, a small real distillation
 run, and rejected inputs."""
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -22,6 +24,7 @@ from sddlib import viz  # noqa: E402
 from sddlib.data import DatasetInfo, digit_mosaic  # noqa: E402
 from sddlib.distill import CATEGORIES, DistillationCallback  # noqa: E402
 from sddlib.models import create_model  # noqa: E402
+from sddlib.viz.predictions import stratified_indices  # noqa: E402
 from sddlib.viz import (RegionPredictions, agreement_frame, category_history_frame,  # noqa: E402
                         category_shares_frame, collect_region_predictions, per_class_frame, plot_agreement,
                         plot_category_history, plot_category_shares, plot_per_class, plot_region_logits,
@@ -323,20 +326,27 @@ def test_real_run_writes_every_figure_with_its_data(tmp_path):
     assert [p.name for p in paths] == list(viz.FIGURE_FILES.values())
     assert all(p.parent == tmp_path / "figures" and p.is_file() and p.stat().st_size > 5000 for p in paths)
     assert student.training == was_training                                # mode restored
-    # the predictions themselves: un-normalised images, eval-mode region logits, max_items honoured
+    # the predictions themselves: un-normalised images, eval-mode region logits, the figures' sample of 40
     student.train()
-    preds = collect_region_predictions(teacher, student, dls.valid, SCALES, info=INFO, max_items=40)
+    preds = collect_region_predictions(teacher, student, dls.valid, SCALES, info=INFO, max_items=40, sample_seed=0)
     assert student.training and len(preds) == 40 and preds.class_names == list(INFO.class_names)
     assert preds.teacher_regions.shape == (40, 10, 21)
+    picked = stratified_indices(y, 40, seed=0)
     mean, std = torch.tensor(INFO.mean).view(1, 3, 1, 1), torch.tensor(INFO.std).view(1, 3, 1, 1)
-    torch.testing.assert_close(preds.images, (x[:40] * std + mean).clamp(0, 1))
+    torch.testing.assert_close(preds.images, (x[picked] * std + mean).clamp(0, 1))
+    assert preds.targets.tolist() == y[picked].tolist()
     with torch.inference_mode():
-        expected = teacher.eval()(x[:40])
+        expected = teacher.eval()(x[picked])
     torch.testing.assert_close(preds.teacher_regions[:, :, 0], expected, rtol=1e-4, atol=1e-4)
-    # every CSV beside its PNG is the frame of the same predictions (figure 3b: of the history)
-    baseline_preds = collect_region_predictions(teacher, baseline, dls, SCALES, max_items=40)
+    # every CSV beside its PNG is the frame of the same predictions (figure 3b: of the history), with the sample's size
+    baseline_preds = collect_region_predictions(teacher, baseline, dls, SCALES, max_items=40, sample_seed=0)
     csv = {key: pd.read_csv(tmp_path / "figures" / viz.csv_path(name).name, keep_default_na=False)
            for key, name in viz.FIGURE_FILES.items()}
+    classes = len(set(y[picked].tolist()))
+    for key in csv:
+        if key != "category_history":
+            assert (csv[key].pop("sample_images") == 40).all() and (csv[key].pop("sample_classes") == classes).all()
+    assert json.loads((tmp_path / "figures" / viz.SAMPLE_FILE).read_text())["classes"] == classes
     for key, frame in (("region_map", region_map_frame(preds)), ("region_logits", region_logits_frame(preds)),
                        ("category_shares", category_shares_frame(preds)), ("per_class", per_class_frame(preds)),
                        ("category_history", category_history_frame(cb.history, SCALES)),
@@ -350,12 +360,35 @@ def test_real_run_writes_every_figure_with_its_data(tmp_path):
     # a whole DataLoaders is accepted too (its valid loader and its info are used)
     whole = collect_region_predictions(teacher, None, dls, (1,), max_items=8)
     assert len(whole) == 8 and whole.class_names == list(INFO.class_names)
-    torch.testing.assert_close(whole.images, preds.images[:8])
+    torch.testing.assert_close(whole.images, (x[:8] * std + mean).clamp(0, 1))   # no sample_seed: the first 8
     # without info: classes named by their ids, images stretched to [0, 1] per image
     bare = collect_region_predictions(teacher, None, dls.valid, (1,), max_items=2)
     assert bare.class_names == [str(i) for i in range(10)]
     assert [float(bare.images[i].min()) for i in range(2)] == [0.0, 0.0]
     assert [float(bare.images[i].max()) for i in range(2)] == pytest.approx([1.0, 1.0])
+
+
+def test_figures_cover_every_class_of_a_test_set_stored_class_by_class(tmp_path):
+    """An image folder or ImageNet's test set is stored class by class: the first images would be one class."""
+    y = torch.arange(10).repeat_interleave(20)                       # 200 images, class-sorted
+    x = torch.randn(200, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ds = TensorDataset(x, y)
+    ds.targets = y                                                   # read without a pass over the loader
+    dls = DataLoaders(DataLoader(ds, bs=32, shuffle=True), DataLoader(ds, bs=32), device="cpu")
+    dls.info = INFO
+    picked = stratified_indices(y, 30, seed=0)
+    assert sorted(picked) == picked and len(set(picked)) == 30
+    assert torch.bincount(y[picked], minlength=10).tolist() == [3] * 10      # 3 of every class, not 30 of class 0
+    assert picked != stratified_indices(y, 30, seed=1) and picked == stratified_indices(y, 30, seed=0)
+    assert sorted(y[stratified_indices(y, 7, seed=0)].tolist()) == sorted(set(y[stratified_indices(y, 7, 0)].tolist()))
+    teacher, student = create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10)
+    save_run_figures(teacher, student, dls, (1, 2), None, tmp_path / "figures", max_items=30)
+    assert json.loads((tmp_path / "figures" / viz.SAMPLE_FILE).read_text()) == {
+        "images": 30, "classes": 10, "num_classes": 10, "test_images": 200, "seed": 0}
+    shares = pd.read_csv(tmp_path / "figures" / "fig3a_category_shares.csv")
+    assert set(shares.sample_images) == {30} and set(shares.sample_classes) == {10}
+    assert viz.sample_sentence(tmp_path).startswith("Figures 1, 2, 3a, 4 and 5 are drawn from 30 test images "
+                                                   "covering 10 of the 10 classes (a class-stratified sample of 200")
 
 
 def test_digit_layouts_are_drawn_when_the_loader_keeps_dataset_order(tmp_path):
@@ -399,12 +432,9 @@ def test_feature_figures_tsne_and_correlation_difference(tmp_path):
     assert student.training and feats.features["student"].shape == (60, 64) and feats.logits["teacher"].shape == (60, 10)
     with torch.inference_mode():
         torch.testing.assert_close(feats.logits["teacher"], teacher.eval()(x), rtol=1e-4, atol=1e-5)
-    assert viz.collect_features({"teacher": teacher}, dl, max_items=20).targets.tolist() == y[:20].tolist()
+    assert viz.collect_features({"teacher": teacher}, dl, positions=[3, 17, 40]).targets.tolist() == [0, 2, 6]
 
-    sample = viz.stratified_sample(y.numpy(), 20, seed=0)
-    assert len(sample) == 20 and sorted(set(y[sample].tolist())) == list(range(10))   # every class, 2 each
-    assert (viz.stratified_sample(y.numpy(), 20, seed=1) != sample).any()
-    tsne = viz.tsne_frame(feats, n=20)
+    tsne = viz.tsne_frame(feats, n=20)                  # a class-stratified sample of the class-sorted set
     assert len(tsne) == 3 * 20 and set(tsne["n_images"]) == {20} and set(tsne["n_classes"]) == {10}
     assert list(tsne.columns) == ["model", "index", "target", "x", "y", "class", "n_images", "n_classes"]
     assert tsne["x"].std() > 0 and set(tsne["class"]) == set(INFO.class_names)

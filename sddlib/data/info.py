@@ -38,12 +38,25 @@ class DatasetInfo:
 
 
 def dataset_info(dls) -> DatasetInfo:
-    """`dls.info` of loaders made by `sddlib.data`; one sentence saying what to do for any others."""
+    """`dls.info` of loaders made by `sddlib.data`; for any other fastai DataLoaders, derived from what fastai
+    records: class names from `dls.vocab`, mean and std from the `Normalize` among the test loader's batch
+    transforms (none: images taken as they come, in [0, 1]), the size from one test batch. One sentence when the
+    class names are not there."""
     info = getattr(dls, "info", None)
-    if not isinstance(info, DatasetInfo):
-        raise ValueError(f"{type(dls).__name__} carries no DatasetInfo as .info; make the loaders with "
-                         "sddlib.data.get_dataloaders, or set dls.info = sddlib.data.DatasetInfo(...).")
-    return info
+    if isinstance(info, DatasetInfo):
+        return info
+    vocab = getattr(dls, "vocab", None)
+    if getattr(dls, "valid", None) is None or vocab is None:
+        raise ValueError(f"{type(dls).__name__} names no classes (no dls.vocab, no dls.info); build it with a "
+                         "fastai DataBlock whose targets are a CategoryBlock, or set "
+                         "dls.info = sddlib.data.DatasetInfo(name, class_names, mean, std, image_size).")
+    x = dls.valid.one_batch()[0]
+    from fastai.data.transforms import Normalize
+    norm = next((t for t in getattr(dls.valid.after_batch, "fs", ()) if isinstance(t, Normalize)), None)
+    channels = x.shape[1]
+    mean = norm.mean.flatten().tolist() if norm is not None else [0.0] * channels
+    std = norm.std.flatten().tolist() if norm is not None else [1.0] * channels
+    return DatasetInfo("custom", [str(v) for v in vocab], mean, std, x.shape[-1])
 
 
 def denormalize(x: torch.Tensor, dls) -> torch.Tensor:

@@ -12,7 +12,8 @@ agree with the global one (consistent) or disagree in an informative way (comple
     region_map_frame(preds)             # the data of figure 1, one row per (image, region)
     plot_region_map(preds, path="fig1_region_map.png")   # writes fig1_region_map.png and .csv
     draw_category_shares(pd.read_csv("fig3a_category_shares.csv"))   # re-plot from a saved frame
-    save_run_figures(teacher, student, dls, scales, cb, out_dir)    # all of them
+    save_run_figures(teacher, student, dls, scales, cb, out_dir)    # all of them, on a class-stratified sample
+    save_learner_figures(learn, out_dir)                            # the same for sddlib.distill_learner's Learner
 
 Category ids and names follow `CATEGORIES` (the `RegionMasks` order).
 """
@@ -20,18 +21,21 @@ from .figures import (draw_agreement, draw_category_history, draw_category_share
                       draw_region_logits, draw_region_map, plot_agreement, plot_category_history,
                       plot_category_shares, plot_per_class, plot_region_logits, plot_region_map)
 from .features import (FeaturePredictions, collect_features, correlation_frame, draw_correlation, draw_tsne,
-                       plot_correlation, plot_tsne, stratified_sample, tsne_frame)
+                       plot_correlation, plot_tsne, tsne_frame)
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
 from .predictions import RegionPredictions, collect_region_predictions, collect_run_predictions, region_labels
-from .run_figures import FIGURE_CAPTIONS, FIGURE_FILES, save_run_figures, show_run_figure, show_run_figures
+from .run_figures import (FIGURE_CAPTIONS, FIGURE_FILES, SAMPLE_FILE, sample_sentence, save_learner_figures,
+                          save_run_figures, show_run_figure, show_run_figures)
 from .style import CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, DPI, csv_path
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "FIGURE_CAPTIONS", "FIGURE_FILES",
            "FeaturePredictions", "collect_features", "correlation_frame", "draw_correlation", "draw_tsne",
-           "plot_correlation", "plot_tsne", "stratified_sample", "tsne_frame", "RegionPredictions", "agreement_frame", "category_history_frame", "category_shares_frame",
+           "plot_correlation", "plot_tsne", "tsne_frame", "RegionPredictions", "agreement_frame",
+           "category_history_frame", "category_shares_frame",
            "collect_region_predictions", "collect_run_predictions", "csv_path", "draw_agreement",
            "draw_category_history", "draw_category_shares", "draw_per_class", "draw_region_logits",
            "draw_region_map", "per_class_frame", "plot_agreement", "plot_category_history", "plot_category_shares",
            "plot_per_class", "plot_region_logits", "plot_region_map", "region_labels", "region_logits_frame",
-           "region_map_frame", "save_run_figures", "show_run_figure", "show_run_figures"]
+           "region_map_frame", "SAMPLE_FILE", "sample_sentence", "save_learner_figures", "save_run_figures",
+           "show_run_figure", "show_run_figures"]

@@ -21,11 +21,10 @@ import seaborn as sns
 import torch
 import torch.nn as nn
 
-from .predictions import _model_device, evaluating, first_items
+from .predictions import _model_device, batches_at, evaluating, stratified_indices
 from .style import new_figure, save_figure, short_name
 
-__all__ = ["FeaturePredictions", "TSNE_ITEMS", "CORRELATION_CLASSES", "collect_features", "stratified_sample",
-           "tsne_frame", "correlation_frame", "draw_tsne", "draw_correlation", "plot_tsne", "plot_correlation"]
+__all__ = ["FeaturePredictions", "TSNE_ITEMS", "CORRELATION_CLASSES", "collect_features", "tsne_frame", "correlation_frame", "draw_tsne", "draw_correlation", "plot_tsne", "plot_correlation"]
 
 TSNE_ITEMS = 1000          # images in a t-SNE: ~1 s per model here on CPU at 1,000; the cost grows faster than n
 CORRELATION_CLASSES = 100  # classes drawn in a correlation heatmap (the mean difference uses them all)
@@ -40,14 +39,15 @@ class FeaturePredictions:
     logits: dict
 
 
-def collect_features(models: dict, dl, *, class_names=None, max_items=None, device=None) -> FeaturePredictions:
-    """One pass over `dl` in eval mode under inference_mode; models' modes and devices are restored after."""
+def collect_features(models: dict, dl, *, class_names=None, positions=None, device=None) -> FeaturePredictions:
+    """One pass over `dl` (the images at `positions`, sorted loader positions; None: all) in eval mode under
+    inference_mode; the models' modes and devices are restored after."""
     if not models or not all(isinstance(m, nn.Module) for m in models.values()):
         raise ValueError("models must be a non-empty {name: torch.nn.Module} mapping.")
     device = torch.device(device) if device is not None else _model_device(next(iter(models.values())))
     feats, logits, ys = {n: [] for n in models}, {n: [] for n in models}, []
     with evaluating(list(models.values()), device), torch.inference_mode():
-        for x, y in first_items(dl, max_items):
+        for x, y in batches_at(dl, positions):
             for name, m in models.items():
                 fmap = m.forward_features(x.to(device))
                 feats[name].append(m.forward_head(fmap, pre_logits=True).float().cpu())
@@ -60,26 +60,11 @@ def collect_features(models: dict, dl, *, class_names=None, max_items=None, devi
                               {n: torch.cat(v) for n, v in feats.items()}, {n: torch.cat(v) for n, v in logits.items()})
 
 
-def stratified_sample(targets, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of about `n` items with every class in proportion (at least one of each present class), drawn with
-    `seed`; sorted. All items when there are no more than `n`."""
-    targets = np.asarray(targets)
-    if len(targets) <= n:
-        return np.arange(len(targets))
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in np.unique(targets):
-        members = np.flatnonzero(targets == c)
-        take = max(1, round(n * len(members) / len(targets)))
-        picked.append(rng.choice(members, size=min(take, len(members)), replace=False))
-    return np.sort(np.concatenate(picked))
-
-
 def tsne_frame(feats: FeaturePredictions, *, n: int = TSNE_ITEMS, seed: int = 0) -> pd.DataFrame:
     """One row per (model, image): the image's index, class and its 2-D t-SNE position (one embedding per model,
     each of the same stratified sample)."""
     from sklearn.manifold import TSNE
-    index = stratified_sample(feats.targets.numpy(), n, seed)
+    index = np.asarray(stratified_indices(feats.targets, n, seed))
     rows = []
     for model, values in feats.features.items():
         x = values[index].double().numpy()

@@ -1,12 +1,13 @@
 """Region predictions of a run, collected once: the teacher's and every student's region logits on
-the first test images, their targets and the un-normalised images, checked once (`RegionPredictions`).
+test images (the first ones, or a seeded class-stratified sample of the test set: `stratified_indices`), their
+targets and the un-normalised images, checked once (`RegionPredictions`).
 
 The figures' tidy frames (`sddlib.viz.frames`) are computed from these; nothing else runs a model.
 """
 from __future__ import annotations
 
 import contextlib
-
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from ..losses import RegionMasks, region_masks
 from ..regions import ScaleDecoupled, parse_scales
 
 __all__ = ["RegionPredictions", "check_scales", "collect_region_predictions", "collect_run_predictions",
-           "region_labels", "scale_slices"]
+           "region_labels", "scale_slices", "stratified_indices"]
 
 _ACCEPTED = "use (1,), (1, 2) or (1, 2, 4)"
 
@@ -167,6 +168,26 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def stratified_indices(targets, n: int, seed: int = 0) -> list[int]:
+    """`n` positions of a test set spread over its classes, whatever order it is stored in (class by class for
+    ImageNet, CUB-200 or an image folder): each class's positions in a seeded random order, taken in turns (one
+    of every class, then a second of every class, ...), so `n` images cover min(n, classes) classes; sorted."""
+    targets = torch.as_tensor(targets).flatten().tolist()
+    by_class: dict[int, list[int]] = {}
+    for i in torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed)).tolist():
+        by_class.setdefault(int(targets[i]), []).append(i)
+    turns = itertools.chain.from_iterable(itertools.zip_longest(*by_class.values()))
+    return sorted(itertools.islice((i for i in turns if i is not None), n))
+
+
+def _loader_targets(dl) -> torch.Tensor:
+    """Every target of `dl` in loader order: the dataset's `targets` when it has them, else one pass over dl."""
+    targets = getattr(getattr(dl, "dataset", None), "targets", None)
+    if targets is not None and len(targets) == len(dl.dataset):
+        return torch.as_tensor(targets)
+    return torch.cat([_plain(batch[1]).flatten().cpu() for batch in dl])
+
+
 @contextlib.contextmanager
 def evaluating(models, device):
     """The models in eval mode on `device` for the duration; their train/eval modes and devices restored after."""
@@ -180,27 +201,32 @@ def evaluating(models, device):
             m.train(training).to(dev)
 
 
-def first_items(dl, max_items):
-    """The (x, y) batches of `dl` as plain tensors, cut after `max_items` images in all (None: every batch)."""
-    count = 0
+def batches_at(dl, positions=None):
+    """The (x, y) batches of `dl` as plain tensors, holding only the images at `positions` (sorted loader
+    positions; None: every image); stops after the last position."""
+    wanted = None if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
+    start = 0
     for batch in dl:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError(f"the DataLoader must yield (images, targets) batches, got {type(batch).__name__}.")
         x, y = _plain(batch[0]), _plain(batch[1])
-        if max_items is not None:
-            x, y = x[: max_items - count], y[: max_items - count]
-        yield x, y
-        count += len(y)
-        if max_items is not None and count >= max_items:
+        start, first = start + len(y), start
+        if wanted is not None:
+            keep = wanted[(wanted >= first) & (wanted < start)] - first
+            x, y = x[keep.to(x.device)], y[keep.to(y.device)]
+        if len(y):
+            yield x, y
+        if wanted is not None and (not len(wanted) or start > wanted[-1]):
             return
 
 
-def _collect(models, dl, scales, max_items, device):
-    """One pass over dl: inputs, targets and region logits of every model (CPU), in eval mode."""
+def _collect(models, dl, scales, positions, device):
+    """One pass over dl: inputs, targets and region logits of every model (CPU) at `positions` (sorted loader
+    positions; None: all), in eval mode."""
     wrapped = [ScaleDecoupled(m, scales) for m in models]
     xs, ys, regions = [], [], [[] for _ in models]
     with evaluating(models, device), torch.inference_mode():
-        for x, y in first_items(dl, max_items):
+        for x, y in batches_at(dl, positions):
             xd = x.to(device)
             for out, sd in zip(regions, wrapped):
                 out.append(sd(xd)[1].float().cpu())
@@ -227,15 +253,15 @@ def _images(x: torch.Tensor, info: DatasetInfo | None) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp(min=1e-8)
 
 
-def _layouts(dl, n):
+def _layouts(dl, positions):
     """Per-image digit layouts when `dl` reads a digit-mosaic dataset in dataset order, else None."""
     from torch.utils.data import DataLoader, SequentialSampler
     layout = getattr(getattr(dl, "dataset", None), "layout", None)
     in_order = (isinstance(dl.sampler, SequentialSampler) if isinstance(dl, DataLoader)
                 else getattr(dl, "shuffle", True) is False)
-    if not isinstance(layout, MosaicLayout) or not in_order or len(layout) < n:
+    if not isinstance(layout, MosaicLayout) or not in_order or len(layout) <= max(positions):
         return None
-    return [layout[i] for i in range(n)]
+    return [layout[i] for i in positions]
 
 
 def _check_inputs(teacher, students: dict, dl, scales, max_items, info):
@@ -260,30 +286,35 @@ def _check_inputs(teacher, students: dict, dl, scales, max_items, info):
 
 
 def collect_region_predictions(teacher, student, dl, scales, *, info: DatasetInfo | None = None,
-                               max_items=None, device=None) -> RegionPredictions:
+                               max_items=None, sample_seed=None, device=None) -> RegionPredictions:
     """Run `ScaleDecoupled(teacher/student, scales)` in eval mode under inference_mode over `dl`.
 
     `dl` is a fastai or torch DataLoader of (x, y) batches, or a fastai DataLoaders (its `valid` is
     used, and its `dls.info` when `info` is not given). `info` names the classes and undoes the
     normalisation; without it classes are named by their ids (see `_images` for the pixels).
-    `device` defaults to the teacher's. `student` may be None.
+    `max_items` images: the first ones in loader order, or with `sample_seed` (an int) a class-stratified
+    sample drawn with that seed (`stratified_indices`). `device` defaults to the teacher's. `student` may be None.
     """
     return collect_run_predictions(teacher, student, dl, scales, info=info, max_items=max_items,
-                                   device=device)[0]
+                                   sample_seed=sample_seed, device=device)[0]
 
 
 def collect_run_predictions(teacher, student, dl, scales, *, baseline_student=None, info=None, max_items=None,
-                            device=None) -> tuple[RegionPredictions, RegionPredictions | None]:
+                            sample_seed=None, device=None) -> tuple[RegionPredictions, RegionPredictions | None]:
     """The predictions of a run in one pass over the loader: (teacher with `student`, teacher with
     `baseline_student` or None). Arguments as `collect_region_predictions`."""
     scales, dl, info = _check_inputs(teacher, {"student": student, "baseline_student": baseline_student},
                                      dl, scales, max_items, info)
     device = torch.device(device) if device is not None else _model_device(teacher)
     students = [m for m in (student, baseline_student) if m is not None]
-    x, y, regions = _collect([teacher, *students], dl, scales, max_items, device)
+    positions = None
+    if max_items is not None:
+        positions = (range(max_items) if sample_seed is None
+                     else stratified_indices(_loader_targets(dl), max_items, sample_seed))
+    x, y, regions = _collect([teacher, *students], dl, scales, positions, device)
     names = list(info.class_names) if info is not None else [str(i) for i in range(regions[0].shape[1])]
     common = dict(images=_images(x, info), targets=y, teacher_regions=regions[0], scales=scales, class_names=names,
-                  layouts=_layouts(dl, len(y)))
+                  layouts=_layouts(dl, list(positions or range(len(y)))[:len(y)]))
     found = iter(regions[1:])
     preds = RegionPredictions(student_regions=next(found) if student is not None else None, **common)
     plain = RegionPredictions(student_regions=next(found), **common) if baseline_student is not None else None

@@ -3,8 +3,10 @@
 captions are written."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import torch.nn as nn
 
 from ..data import dataset_info
@@ -15,7 +17,8 @@ from .frames import history_rows
 from .predictions import check_scales, collect_run_predictions
 from .style import csv_path
 
-__all__ = ["FIGURE_FILES", "FIGURE_CAPTIONS", "save_run_figures", "show_run_figure", "show_run_figures"]
+__all__ = ["FIGURE_FILES", "FIGURE_CAPTIONS", "SAMPLE_FILE", "save_run_figures", "save_learner_figures",
+           "show_run_figure", "show_run_figures"]
 
 FIGURE_FILES = {
     "region_map": "fig1_region_map.png",
@@ -27,6 +30,7 @@ FIGURE_FILES = {
     "tsne": "fig6_tsne.png",
     "correlation": "fig7_correlation.png",
 }
+SAMPLE_FILE = "sample.json"   # which test images the figures cover (figure 3b: the training batches instead)
 FIGURE_CAPTIONS = {
     "region_map": "**Figure 1 — region map.** Each row is a test image and its 1×1, 2×2 and 4×4 grids, every "
                   "cell coloured by the teacher's category and labelled with the teacher's top-1 class there. "
@@ -60,10 +64,12 @@ FIGURE_CAPTIONS = {
 
 
 def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, baseline_student=None,
-                     max_items: int = 512, feature_figures: bool = True) -> list[Path]:
-    """Collect region predictions on `dls.valid` (first `max_items` images) once and write every
-    figure into `out_dir` (created): `FIGURE_FILES` PNGs, each with its data as CSV beside it; returns
-    the PNG paths. `dls` carries `dls.info` (`sddlib.data.DatasetInfo`).
+                     max_items: int = 512, seed: int = 0, feature_figures: bool = True) -> list[Path]:
+    """Collect region predictions once on `max_items` test images, a class-stratified sample of `dls.valid`
+    drawn with `seed` (not the first images: test sets stored class by class would show a few classes), and
+    write every figure into `out_dir` (created): `FIGURE_FILES` PNGs, each with its data as CSV beside it
+    (with the sample's image and class counts), and `SAMPLE_FILE`; returns the PNG paths. Class names and
+    normalisation come from `dls` (`sddlib.data.dataset_info`: `dls.info`, or what fastai's DataLoaders hold).
 
     `distill_cb` is the run's DistillationCallback (its history gives figure 3b; None skips it).
     `baseline_student` is the plain (M=[1]) student of the same configuration, compared with
@@ -81,8 +87,9 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
     if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
         raise ValueError(f"max_items must be a positive integer, got {max_items!r}.")
     history = history_rows(distill_cb) if distill_cb is not None else None
+    info = dataset_info(dls)
     preds, plain = collect_run_predictions(teacher, student, dls.valid, scales, baseline_student=baseline_student,
-                                           info=dataset_info(dls), max_items=max_items)
+                                           info=info, max_items=max_items, sample_seed=seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     drawn = {
@@ -93,8 +100,11 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
         "per_class": lambda p: plot_per_class(preds, path=p),
         "agreement": lambda p: plot_agreement(plain, preds, path=p),
     }
+    sample = {"images": len(preds), "classes": int(preds.targets.unique().numel()), "num_classes": info.num_classes,
+              "test_images": len(dls.valid.dataset) if hasattr(dls.valid, "dataset") else None, "seed": seed}
+    (out / SAMPLE_FILE).write_text(json.dumps(sample, indent=1))
     if feature_figures:
-        feats = _features(teacher, student, baseline_student, scales, dls)
+        feats = _features(teacher, student, baseline_student, scales, dls.valid, info)
         drawn["tsne"] = lambda p: plot_tsne(feats, path=p)
         drawn["correlation"] = lambda p: plot_correlation(feats, path=p)
     written = []
@@ -102,10 +112,14 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
         if draw is not None:
             draw(out / FIGURE_FILES[key])
             written.append(out / FIGURE_FILES[key])
+            if key not in ("category_history", "tsne", "correlation"):  # drawn from the sample: say so in their data
+                frame = pd.read_csv(csv_path(out / FIGURE_FILES[key]), keep_default_na=False)
+                frame.assign(sample_images=sample["images"], sample_classes=sample["classes"]).to_csv(
+                    csv_path(out / FIGURE_FILES[key]), index=False)
     return written
 
 
-def _features(teacher, student, baseline_student, scales, dls):
+def _features(teacher, student, baseline_student, scales, dl, info):
     """The run's models by what they are, for figures 6 and 7."""
     models = {"teacher": teacher}
     if scales == (1,):
@@ -114,7 +128,31 @@ def _features(teacher, student, baseline_student, scales, dls):
         models["SD student (this run)"] = student
         if baseline_student is not None:
             models["plain-method student"] = baseline_student
-    return collect_features(models, dls.valid, class_names=dataset_info(dls).class_names)
+    return collect_features(models, dl, class_names=info.class_names)
+
+
+def save_learner_figures(learn, out_dir, **kwargs) -> list[Path]:
+    """`save_run_figures` for a Learner with a DistillationCallback (`sddlib.distill_learner`'s): its teacher,
+    model, DataLoaders, scales and history."""
+    from ..distill import DistillationCallback
+    distill = next((cb for cb in learn.cbs if isinstance(cb, DistillationCallback)), None)
+    if distill is None:
+        raise ValueError("the Learner has no DistillationCallback; make it with sddlib.distill_learner, or call "
+                         "save_run_figures(teacher, student, dls, scales, None, out_dir).")
+    model = getattr(learn.model, "module", learn.model)
+    return save_run_figures(distill.teacher, model, learn.dls, distill.scales, distill, out_dir, **kwargs)
+
+
+def sample_sentence(run_dir) -> str | None:
+    """'Drawn from 512 test images of 100 classes (a class-stratified sample of 10000, seed 0).' or None."""
+    path = Path(run_dir) / "figures" / SAMPLE_FILE
+    if not path.is_file():
+        return None
+    s = json.loads(path.read_text())
+    whole = f" of {s['test_images']}" if s.get("test_images") else ""
+    return (f"Figures 1, 2, 3a, 4 and 5 are drawn from {s['images']} test images covering {s['classes']} of the "
+            f"{s['num_classes']} classes (a class-stratified sample{whole}, seed {s['seed']}); figure 3b from the "
+            "training batches.")
 
 
 def _check_key(key):
@@ -135,6 +173,9 @@ def show_run_figures(run_dir, keys=tuple(FIGURE_FILES)) -> None:
     """Display a run's figures, each under its caption, and where their data (CSV) lies."""
     from IPython.display import Markdown, display
 
+    sample = sample_sentence(run_dir)
+    if sample:
+        display(Markdown(sample))
     for key in keys:
         _check_key(key)
         display(Markdown(FIGURE_CAPTIONS[key]))
