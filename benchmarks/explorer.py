@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
+from recording import heading, publish
 
 from sddlib import viz
 from sddlib.viz.predictions import RegionPredictions
-
-RESULTS = Path(__file__).with_name("results.md")
-
 
 def fake_run(folder: Path, classes: int, size: int, n: int = 512) -> Path:
     g = torch.Generator().manual_seed(0)
@@ -69,16 +65,12 @@ def main(argv=None) -> int:
             rows.append(f"| {name} | {path.stat().st_size / 1e6:.2f} | {result['open_s']:.2f} | "
                         f"{result['redraw_median_ms']:.0f} | {result['redraw_max_ms']:.0f} |")
             print(rows[-1], flush=True)
-    table = (f"\n### Region explorer, {date.today()}, {platform.machine()} CPU, {os.cpu_count()} cores, "
-             f"load {load:.2f} at the start\n\n`.venv/bin/python benchmarks/explorer.py`: a run's "
+    table = (heading("Region explorer", load) + f"`.venv/bin/python benchmarks/explorer.py`: a run's "
              "`figures/region_predictions.npz` (512 test images, 21 regions, top-5 of teacher, SD and plain-method "
              "students), the time `explore(run_dir)` takes to open, and the time 12 control changes take to "
              "redraw (goals: 20 MB, 3 s, 300 ms).\n\n| run | file (MB) | open (s) | redraw median (ms) | "
              "redraw max (ms) |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n")
-    print(table)
-    if args.record:
-        with RESULTS.open("a") as f:
-            f.write(table)
+    publish(table, args.record)
     return 0
 
 
