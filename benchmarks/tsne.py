@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
-from datetime import date
-from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).with_name("results.md")
-
+from recording import heading, publish
 
 def features(n: int, dim: int = 256, classes: int = 100, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -56,15 +51,11 @@ def main(argv=None) -> int:
         sk, ot = time_sklearn(x), time_opentsne(x)
         rows.append(f"| {n} | {sk:.1f} | {'not installed' if ot is None else f'{ot:.1f}'} |")
         print(rows[-1], flush=True)
-    table = (f"\n### t-SNE time (figure 6), {date.today()}, {platform.machine()} CPU, {os.cpu_count()} cores, "
-             f"load {load:.2f} at the start\n\n`.venv/bin/python benchmarks/tsne.py --sizes "
+    table = (heading("t-SNE time (figure 6)", load) + f"`.venv/bin/python benchmarks/tsne.py --sizes "
              f"{' '.join(map(str, args.sizes))}`: seconds for one embedding of n images x 256 features "
              "(100 Gaussian class clusters; figure 6 draws one per model).\n\n"
              "| images | scikit-learn TSNE (s) | openTSNE (s) |\n|---:|---:|---:|\n" + "\n".join(rows) + "\n")
-    print(table)
-    if args.record:
-        with RESULTS.open("a") as f:
-            f.write(table)
+    publish(table, args.record)
     return 0
 
 

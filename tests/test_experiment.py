@@ -116,6 +116,18 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_the_teacher(tiny
                         "warning: lr_decay_stages [1] lie at or beyond epochs=1: the LR never decays in this run."]
 
 
+def test_the_explorer_opens_a_run_recorded_without_its_region_file(tiny_run):
+    """tiny_run drew no figures: its region predictions are made from its saved student and teacher, once."""
+    from sddlib import viz
+    run_dir = experiment.run_dir(tiny_run[0])
+    assert not (run_dir / "figures" / viz.REGION_FILE).exists()
+    app = viz.explore(run_dir)
+    saved = run_dir / "figures" / viz.REGION_FILE
+    assert saved.is_file() and app.data.models == ["teacher", "student"] and app.data.scales == (1, 2)
+    dls = get_dataloaders("digit_mosaic", tiny_run[0]["data_dir"], bs=32, subset=TINY["subset"], device="cpu")
+    assert len(app.data) == min(512, dls.valid.n) and set(app.data.targets) == set(dls.valid.dataset.targets.tolist())
+
+
 def test_complete_runs_are_skipped_and_forced_runs_repeat_exactly(tiny_run, capsys):
     params, metrics = tiny_run
     again = experiment.run(params)

@@ -6,6 +6,8 @@ agree with the global one (consistent) or disagree in an informative way (comple
     figures      each figure drawn from its frame (seaborn where it fits); plot_* = frame + draw + save
     features     the family's two figures: t-SNE of penultimate features, teacher-student correlation difference
     run_figures  every figure of a run as PNG + CSV (save_run_figures), shown with captions
+    region_file  the run's region predictions saved beside its figures (top-k per region), for the explorer
+    explorer     explore(run_dir): an ipywidgets app over those predictions (a static snapshot when headless)
     style        the fixed Okabe-Ito category colours, sizes, saving
 
     preds = collect_region_predictions(teacher, student, dls, (1, 2, 4), max_items=512)
@@ -24,12 +26,15 @@ from .features import (FeaturePredictions, collect_features, correlation_frame, 
                        plot_correlation, plot_tsne, tsne_frame)
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
+from .explorer import Explorer, explore
 from .predictions import RegionPredictions, collect_region_predictions, collect_run_predictions, region_labels
+from .region_file import REGION_FILE, RegionFile, load_region_file, region_predictions, save_region_file
 from .run_figures import (FIGURE_CAPTIONS, FIGURE_FILES, SAMPLE_FILE, sample_sentence, save_learner_figures,
                           save_run_figures, show_run_figure, show_run_figures)
 from .style import CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, DPI, csv_path
 
-__all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "FIGURE_CAPTIONS", "FIGURE_FILES",
+__all__ = ["Explorer", "explore", "REGION_FILE", "RegionFile", "load_region_file", "region_predictions",
+           "save_region_file", "CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "FIGURE_CAPTIONS", "FIGURE_FILES",
            "FeaturePredictions", "collect_features", "correlation_frame", "draw_correlation", "draw_tsne",
            "plot_correlation", "plot_tsne", "tsne_frame", "RegionPredictions", "agreement_frame",
            "category_history_frame", "category_shares_frame",

@@ -15,6 +15,7 @@ from .figures import (plot_agreement, plot_category_history, plot_category_share
 from .features import collect_features, plot_correlation, plot_tsne
 from .frames import history_rows
 from .predictions import check_scales, collect_run_predictions
+from .region_file import REGION_FILE, save_region_file
 from .style import csv_path
 
 __all__ = ["FIGURE_FILES", "FIGURE_CAPTIONS", "SAMPLE_FILE", "save_run_figures", "save_learner_figures",
@@ -103,6 +104,8 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
     sample = {"images": len(preds), "classes": int(preds.targets.unique().numel()), "num_classes": info.num_classes,
               "test_images": len(dls.valid.dataset) if hasattr(dls.valid, "dataset") else None, "seed": seed}
     (out / SAMPLE_FILE).write_text(json.dumps(sample, indent=1))
+    save_region_file(preds, out / REGION_FILE, baseline=plain,   # what the explorer reads (sddlib.viz.explore)
+                     complementary_weight=getattr(distill_cb, "complementary_weight", 2.0))
     if feature_figures:
         feats = _features(teacher, student, baseline_student, scales, dls.valid, info)
         drawn["tsne"] = lambda p: plot_tsne(feats, path=p)
