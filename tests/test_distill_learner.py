@@ -46,6 +46,7 @@ def folder_dls(root):
                                         batch_tfms=Normalize.from_stats([0.5] * 3, [0.25] * 3))
 
 
+@pytest.mark.slow  # trains two epochs and draws the figures
 def test_distill_learner_trains_with_the_authors_solver_and_draws_figures(grey_folder, tmp_path, capsys):
     dls = folder_dls(grey_folder)
     assert dls.one_batch()[0].shape[1:] == (3, 28, 28)          # fastai's loaders give grey images 3 channels
