@@ -39,6 +39,11 @@ def explore(run_dir) -> Explorer:
     return Explorer(region_predictions(run_dir), Path(run_dir).name)
 
 
+_STYLE = ("<style>table.sdd-explorer {border-collapse: collapse; font-size: 12px; margin: 4px 0}"
+          "table.sdd-explorer th, table.sdd-explorer td {padding: 2px 8px; text-align: left; "
+          "border-bottom: 1px solid #ddd}</style>")
+
+
 def _figure(width, height):
     from matplotlib.figure import Figure
     return Figure(figsize=(width, height), dpi=DPI, facecolor="white")
@@ -143,7 +148,8 @@ class Explorer:
         self.picture.value = _png(self._draw_picture(i, s, regions))
         self._redraw_heatmap()
         self.region_rows = self._region_rows(i, regions)
-        self.regions.value = self.region_rows.to_html(index=False, escape=True, border=0)
+        self.regions.value = _STYLE + self.region_rows.to_html(index=False, escape=True, border=0,
+                                                                classes="sdd-explorer")
 
     def _redraw_heatmap(self, *_):
         if self.index is None:
@@ -216,8 +222,12 @@ class Explorer:
                     row["student top-1 = teacher's"] = same[mask].mean()
                 rows.append(row)
         self.summary_frame = pd.DataFrame(rows)
-        self.summary.value = (f"<b>Over the {len(listed)} listed images</b>"
-                              + self.summary_frame.to_html(index=False, float_format=lambda x: f"{x:.1%}", border=0))
+        shown = self.summary_frame.pivot(index="category", columns="scale").reindex(list(CATEGORIES))
+        shown.columns = [f"{what} ({scale})" for what, scale in shown.columns]
+        self.summary.value = (_STYLE + f"<b>Over the {len(listed)} listed images</b>: the teacher's category shares "
+                              "per scale, and how often the student's region top-1 equals the teacher's there"
+                              + shown.to_html(float_format=lambda x: "–" if np.isnan(x) else f"{x:.1%}", border=0,
+                                              classes="sdd-explorer", na_rep="–"))
 
     # --- display ------------------------------------------------------------------------------------------
     def _ipython_display_(self):
