@@ -102,9 +102,13 @@ def _dataloaders(cfg: RunConfig, device, whole_batch: bool = True):
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
                           num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline)
     if cfg.batch_size > dls.train.n and (whole_batch or not len(dls.train)):
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set of {cfg.dataset} "
-                          f"({dls.train.n} images{f' with subset={cfg.subset}' if cfg.subset else ''}); use a "
-                          f"batch_size of at most {dls.train.n}" + (", or a larger subset." if cfg.subset else "."))
+        images = f"{dls.train.n} images{f' with subset={cfg.subset}' if cfg.subset else ''}"
+        if not whole_batch:
+            raise ConfigError(f"the teacher trained here takes the {cfg.dataset} protocol's batch_size="
+                              f"{cfg.batch_size}, larger than its training set ({images}), so its epochs would have "
+                              "no batch at all; give a teacher (teacher_ckpt or teachers_dir) or a larger subset.")
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set of {cfg.dataset} ({images}); "
+                          f"use a batch_size of at most {dls.train.n}" + (", or a larger subset." if cfg.subset else "."))
     return distributed.shard_dataloaders(dls)
 
 

@@ -128,6 +128,20 @@ def test_the_explorer_opens_a_run_recorded_without_its_region_file(tiny_run):
     assert len(app.data) == min(512, dls.valid.n) and set(app.data.targets) == set(dls.valid.dataset.targets.tolist())
 
 
+def test_a_teacher_protocol_batch_with_no_step_is_refused(tiny_run, tmp_path):
+    """The CUB-200 and ImageNet loaders drop the last partial batch: a teacher trained here under the protocol's
+    batch on fewer images would take no step at all."""
+    from fake_datasets import write_tiny_cub200
+    write_tiny_cub200(tmp_path / "cub", n_classes=3, per_class=4, size=32)
+    params = dict(dataset="cub200", teacher="resnet8x4", student="resnet8x4", method="kd", M="[1]", epochs=1,
+                  batch_size=2, subset=12, data_dir=str(tmp_path / "cub"), output_dir=str(tmp_path / "out"),
+                  figures=False, progress=False, device="cpu")
+    with pytest.raises(experiment.ConfigError, match=r"^the teacher trained here takes the cub200 protocol's "
+                                                     r"batch_size=64, larger than its training set \(6 images with "
+                                                     r"subset=12\), so its epochs would have no batch at all;"):
+        experiment.run(params)
+
+
 def test_complete_runs_are_skipped_and_forced_runs_repeat_exactly(tiny_run, capsys):
     params, metrics = tiny_run
     again = experiment.run(params)

@@ -66,7 +66,7 @@ def test_cifar100_notebook_headline_run(work):
     assert m["params"]["data_dir"] == str(data)
     assert_figures(work["outputs"] / "cifar100" / m["run_name"])
     text = json.dumps(nb)
-    assert "Figure 1" in text and text.count("image/png") == 6           # figures shown inline, with captions
+    assert "Figure 1" in text and text.count("image/png") == len(viz.FIGURE_FILES)   # inline, with captions
     assert "Best and last epoch" in text and "top-1" in text              # the results section
     assert m["run_name"] in text and "epoch 2/2" in text                 # one log line per epoch
 
@@ -74,8 +74,11 @@ def test_cifar100_notebook_headline_run(work):
 def test_cub200_notebook(work):
     data = work["root"] / "cub"
     write_tiny_cub200(data, n_classes=3, per_class=4, size=64)
+    teacher = work["root"] / "cub-teacher.pth"   # a teacher trained here would take the protocol's batch of 64
+    torch.save({"model": create_model("resnet8x4", num_classes=3, stem="cub").state_dict()}, teacher)
     execute("cub200", work["root"], teacher="resnet8x4", student="MobileNetV2", method="nkd", M="[1,2]",
-            data_dir=str(data), output_dir=str(work["outputs"]), subset=12, **FAST)
+            data_dir=str(data), output_dir=str(work["outputs"]), subset=12, teacher_ckpt=str(teacher),
+            **{**FAST, "batch_size": 4})
     m = only_run(work["outputs"], "cub200")
     assert m["variant"] == "sd_nkd" and m["params"]["gamma"] == 8.0 and m["params"]["T"] == 4.0
     assert_figures(work["outputs"] / "cub200" / m["run_name"])
@@ -85,7 +88,7 @@ def test_imagenet_notebook(work):
     data = work["root"] / "imagenet"
     write_tiny_imagenet(data, n_classes=3, per_class=2, size=64)
     execute("imagenet", work["root"], method="kd", M="[1]", teacher_weights="", data_dir=str(data),
-            output_dir=str(work["outputs"]), subset=6, **FAST)
+            output_dir=str(work["outputs"]), subset=6, **{**FAST, "batch_size": 4})
     m = only_run(work["outputs"], "imagenet")
     assert m["variant"] == "kd" and m["teacher"] == "ResNet50" and m["student"] == "MobileNetV1"
     assert_figures(work["outputs"] / "imagenet" / m["run_name"])
@@ -109,7 +112,7 @@ def test_quickstart_notebook(work):
     text = json.dumps(nb, ensure_ascii=False)
     assert "(n=2)" in text and "± " in text                                   # mean ± std over the two seeds
     assert "of 2 seeds" in text                                               # the paired SD gains
-    assert text.count("image/png") == 6
+    assert text.count("image/png") == len(viz.FIGURE_FILES)
     assert "covering" in text and "class-stratified sample" in text              # what the figures are drawn from
     tables = out / "tables"                                                   # the shown tables, beside the runs
     assert len(pd.read_csv(tables / "quickstart.csv")) >= 2                  # DKD and SD-DKD rows at least
