@@ -33,10 +33,13 @@ def only_run(output_dir, dataset):
     return distilled[0]
 
 
-def assert_figures(run_dir, expect_history=True):
+def assert_figures(run_dir, expect_history=True, expect_features=True):
     for key, name in viz.FIGURE_FILES.items():
         path = Path(run_dir) / "figures" / name
         if key == "category_history" and not expect_history:
+            continue
+        if key in ("tsne", "correlation") and not expect_features:
+            assert not path.exists(), path
             continue
         assert path.is_file(), path
         width, height = Image.open(path).size
@@ -73,15 +76,13 @@ def test_cifar100_notebook_headline_run(work):
 
 def test_cub200_notebook(work):
     data = work["root"] / "cub"
-    write_tiny_cub200(data, n_classes=3, per_class=4, size=64)
-    teacher = work["root"] / "cub-teacher.pth"   # a teacher trained here would take the protocol's batch of 64
-    torch.save({"model": create_model("resnet8x4", num_classes=3, stem="cub").state_dict()}, teacher)
+    # 66 training images: the teacher trained here takes the CUB protocol's batch of 64 (the loader drops the rest)
+    write_tiny_cub200(data, n_classes=3, per_class=44, size=48)
     execute("cub200", work["root"], teacher="resnet8x4", student="MobileNetV2", method="nkd", M="[1,2]",
-            data_dir=str(data), output_dir=str(work["outputs"]), subset=12, teacher_ckpt=str(teacher),
-            **{**FAST, "batch_size": 4})
+            data_dir=str(data), output_dir=str(work["outputs"]), feature_figures=False, **FAST)
     m = only_run(work["outputs"], "cub200")
     assert m["variant"] == "sd_nkd" and m["params"]["gamma"] == 8.0 and m["params"]["T"] == 4.0
-    assert_figures(work["outputs"] / "cub200" / m["run_name"])
+    assert_figures(work["outputs"] / "cub200" / m["run_name"], expect_features=False)   # the switch for sweeps
 
 
 def test_imagenet_notebook(work):
