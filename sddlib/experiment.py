@@ -30,7 +30,7 @@ from . import distributed
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                           read_checkpoint, run_lock, save_checkpoint, shipped_teacher_path, teacher_cache_path,
                           write_checkpoint, write_json)
-from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, teacher_file_in
+from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, file_name, teacher_file_in
 from .data import get_dataloaders
 from .departures import PARAMS_DIR, departures, describe, vanilla_departures
 from .distill import DistillationCallback
@@ -67,7 +67,7 @@ def run_dir(params) -> Path:
 def vanilla_dir(params, arch: str) -> Path:
     """Where `arch` trained alone (no teacher) is recorded."""
     cfg = RunConfig.from_params(params)
-    return Path(cfg.output_dir) / cfg.dataset / f"{arch}-alone-seed{cfg.seed}"
+    return Path(cfg.output_dir) / cfg.data_name / f"{file_name(arch)}-alone-seed{cfg.seed}"
 
 
 def load_metrics(path) -> dict | None:
@@ -106,7 +106,24 @@ def _dataloaders(cfg: RunConfig, device):
     """The run's loaders; on several processes each holds its share of every batch (`sddlib.distributed`)."""
     return distributed.shard_dataloaders(get_dataloaders(
         cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset, num_workers=cfg.num_workers, seed=cfg.seed,
-        device=device, pipeline=cfg.data_pipeline))
+        device=device, pipeline=cfg.data_pipeline, **cfg.data_options))
+
+
+def _new_model(cfg: RunConfig, arch: str, num_classes: int) -> nn.Module:
+    """`arch` to train; the run's student from its ImageNet weights when `student_pretrained` says so."""
+    if not (arch == cfg.student and cfg.student_pretrained):
+        return create_model(arch, num_classes=num_classes, stem=cfg.stem)
+    role = "teacher" if cfg.teacher == cfg.student else "student"  # a teacher is fine-tuned as its own student
+    try:
+        return create_model(arch, num_classes=num_classes, stem=cfg.stem, pretrained=True,
+                            weights_file=cfg.student_weights_file, weights_param=f"{role}_weights_file")
+    except ValueError as err:  # ImageNet weights neither downloadable nor given: which file to put where
+        raise ConfigError(str(err)) from None
+
+
+def _data_record(dls) -> dict:
+    """What a folder's loader decided (split, class counts, normalisation, skipped images), for metrics.json."""
+    return {"data": dls.folder} if hasattr(dls, "folder") else {}
 
 
 def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
@@ -124,7 +141,9 @@ def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
 # --- runs ------------------------------------------------------------------------------------------
 def _vanilla_fingerprint(cfg: RunConfig, arch: str) -> dict:
     # the data pipeline draws its own augmentation and bf16 rounds otherwise: either makes another run
-    return {"arch": arch, "dataset": cfg.dataset, **cfg.solver, "pipeline": cfg.data_pipeline,
+    pretrained = {"pretrained": True} if arch == cfg.student and cfg.student_pretrained else {}
+    return {"arch": arch, "dataset": cfg.dataset, **cfg.solver, "pipeline": cfg.data_pipeline, **cfg.data_options,
+            **pretrained,
             **({"precision": cfg.precision} if cfg.precision != "fp32" else {})}
 
 
@@ -145,11 +164,12 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
         set_seed(cfg.seed, reproducible=True)
         device = _device(cfg.device)
         dls = _dataloaders(cfg, device)
-        model = create_model(arch, num_classes=dls.info.num_classes, stem=cfg.stem)
+        model = _new_model(cfg, arch, dls.info.num_classes)
         name = out.name
         recorder = fit_resumable(build_learner(dls, model, cfg), cfg, out, fingerprint, force, "model_best.pth")
         metrics = _summary(cfg, recorder.rows, name=name, variant="alone", arch=arch, fingerprint=fingerprint)
         metrics["protocol"] = cfg.solver
+        metrics.update(_data_record(dls))
         _record_departures(metrics, *vanilla_departures(cfg, arch))
         metrics["wall_time_s"] = recorder.elapsed_s
         distributed.run_on_main(_write_vanilla, model, out, cfg.epochs, metrics)  # the others wait for the files
@@ -163,7 +183,7 @@ def train_teacher(params) -> Path:
     (`RunConfig.teacher_protocol`: the same for every student) and cache it with that protocol."""
     cfg = RunConfig.from_params(params)
     protocol = cfg.teacher_protocol
-    cached = teacher_cache_path(cfg.output_dir, cfg.dataset, cfg.teacher)
+    cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
     print(f"no checkpoint for teacher {cfg.teacher} on {cfg.dataset}: training it for {protocol['epochs']} epochs "
           f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']})", flush=True)
     teacher_cfg = cfg.teacher_training_config()
@@ -187,7 +207,7 @@ def _cache_teacher(trained: Path, cached: Path, protocol: dict, top1: float) -> 
 
 def _cached_teacher(cfg: RunConfig, model: nn.Module):
     """The cached teacher when it was trained under this configuration's teacher protocol."""
-    cached = teacher_cache_path(cfg.output_dir, cfg.dataset, cfg.teacher)
+    cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
     if not cached.is_file():
         return None
     saved = read_checkpoint(cached, "teacher")
@@ -235,7 +255,7 @@ def get_teacher(params, dls) -> tuple[nn.Module, dict]:
     if cfg.teachers_dir:
         path = teacher_file_in(cfg.teachers_dir, cfg.teacher)
         return load_checkpoint(teacher, path, arch=cfg.teacher), {"source": "published", "path": str(path)}
-    cache_dir = teacher_cache_path(cfg.output_dir, cfg.dataset, cfg.teacher).parent
+    cache_dir = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher)).parent
     # one run trains it, the others wait; the processes of one run read it on rank 0, which hands it to the others
     with distributed.main_only(run_lock(cache_dir, wait=True, name=f".{cfg.teacher}.lock")):
         found = distributed.run_on_main(_cached_teacher, cfg, teacher)
@@ -278,7 +298,7 @@ def _summary(cfg: RunConfig, rows: list[dict], name: str, variant: str, fingerpr
     alone = variant == "alone"
     return {
         "status": "complete", "run_name": name,
-        "dataset": cfg.dataset, "teacher": None if alone else cfg.teacher,
+        "dataset": cfg.data_name, "teacher": None if alone else cfg.teacher,
         "student": arch if alone else cfg.student, "method": None if alone else cfg.method,
         "scales": None if alone else list(cfg.scales), "sd": False if alone else cfg.decoupled,
         "variant": variant, "seed": cfg.seed,
@@ -313,14 +333,15 @@ def run(params, force: bool = False) -> dict:
         teacher, teacher_source = get_teacher(cfg, dls)
         teacher_top1, teacher_top5 = evaluate(teacher, dls.valid, device)
         set_seed(cfg.seed, reproducible=True)
-        student = create_model(cfg.student, num_classes=dls.info.num_classes, stem=cfg.stem)
+        student = _new_model(cfg, cfg.student, dls.info.num_classes)
         distill = DistillationCallback(teacher, cfg.method, cfg.scales, ce_weight=cfg.ce_weight,
                                        kd_weight=cfg.kd_weight, warmup_epochs=cfg.warmup_epochs,
                                        complementary_weight=cfg.complementary_weight, **cfg.loss_kwargs)
         learn = build_learner(dls, student, cfg, cbs=[distill])
         recorder = fit_resumable(learn, cfg, out, fingerprint, force, "student_best.pth", distill)
         metrics = _summary(cfg, recorder.rows, name=cfg.name, variant=cfg.variant, fingerprint=fingerprint)
-        metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source)
+        metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source,
+                       **_data_record(dls))
         _record_departures(metrics, *departures(cfg, teacher_source))
         if not distributed.is_main():
             return metrics  # the same numbers; rank 0 writes them (and draws the figures alone)
