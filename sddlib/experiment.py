@@ -184,7 +184,7 @@ def train_teacher(params) -> Path:
     cfg = RunConfig.from_params(params)
     protocol = cfg.teacher_protocol
     cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
-    print(f"no checkpoint for teacher {cfg.teacher} on {cfg.dataset}: training it for {protocol['epochs']} epochs "
+    print(f"no checkpoint for teacher {cfg.teacher} on {cfg.data_name}: training it for {protocol['epochs']} epochs "
           f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']})", flush=True)
     teacher_cfg = cfg.teacher_training_config()
     metrics = run_vanilla(teacher_cfg, arch=cfg.teacher)  # on several processes: all train it, rank 0 caches it

@@ -22,14 +22,14 @@ from .figures import (draw_agreement, draw_category_history, draw_category_share
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
 from .predictions import RegionPredictions, collect_region_predictions, collect_run_predictions, region_labels
-from .samples import class_counts, plot_samples
 from .run_figures import FIGURE_CAPTIONS, FIGURE_FILES, save_run_figures, show_run_figure, show_run_figures
+from .samples import class_counts, plot_samples
 from .style import CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, DPI, csv_path
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "FIGURE_CAPTIONS", "FIGURE_FILES",
-           "RegionPredictions", "agreement_frame", "class_counts", "plot_samples", "category_history_frame", "category_shares_frame",
+           "RegionPredictions", "agreement_frame", "category_history_frame", "category_shares_frame", "class_counts",
            "collect_region_predictions", "collect_run_predictions", "csv_path", "draw_agreement",
            "draw_category_history", "draw_category_shares", "draw_per_class", "draw_region_logits",
            "draw_region_map", "per_class_frame", "plot_agreement", "plot_category_history", "plot_category_shares",
-           "plot_per_class", "plot_region_logits", "plot_region_map", "region_labels", "region_logits_frame",
-           "region_map_frame", "save_run_figures", "show_run_figure", "show_run_figures"]
+           "plot_per_class", "plot_region_logits", "plot_region_map", "plot_samples", "region_labels",
+           "region_logits_frame", "region_map_frame", "save_run_figures", "show_run_figure", "show_run_figures"]
