@@ -207,3 +207,11 @@ def test_your_data_notebook_and_the_cli(tmp_path):
     assert cli(args) == 0
     metrics = experiment.load_metrics(next(out.glob("shelter/resnet8-resnet8-*/metrics.json")))
     assert metrics["data"]["layout"] == "train/val" and metrics["params"]["dataset"] == "folder"
+
+
+def test_the_sweep_runs_a_folder_params_file_through_the_your_data_notebook(tmp_path):
+    from sddlib import sweep
+    root = write_folder(tmp_path / "birds", per_class=3)
+    job = sweep.plan(REPO / "params" / "your_data.yaml", {"data_dir": str(root), "output_dir": str(tmp_path)})
+    assert Path(job["notebook"]) == REPO / "notebooks" / "your_data.ipynb"
+    assert Path(job["out"]).parent == tmp_path / "birds" / "timm_resnet50-timm_resnet18-sd_kd-M124-seed0"
