@@ -123,6 +123,7 @@ def _new_model(cfg: RunConfig, arch: str, num_classes: int) -> nn.Module:
 
 def _data_record(dls) -> dict:
     """What a folder's loader decided (split, class counts, normalisation, skipped images), for metrics.json."""
+    dls = distributed.whole(dls)  # on several processes: the loaders before sharding
     return {"data": dls.folder} if hasattr(dls, "folder") else {}
 
 
