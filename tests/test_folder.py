@@ -114,6 +114,9 @@ def test_refusals_of_the_folder(tmp_path):
     message = refusal(folder_params(root, image_size=8))                         # resnet8 strides 4: a 2x2 map
     assert "image_size=8 is too small for teacher resnet8" in message and "4x4" in message
     RunConfig.from_params(folder_params(root, image_size=8, M="[1]")).check_environment(teacher_needed=False)
+    message = refusal(folder_params(root, image_size=128, teacher="torchvision:mobilenet_v3_small",
+                                    student="timm:test_resnet"))
+    assert "cannot be scale-decoupled" in message and "mobilenet_v3_small" in message
 
 
 def test_refusals_of_the_parameters(tmp_path):
