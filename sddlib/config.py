@@ -26,6 +26,7 @@ from typing import Callable
 import yaml
 
 from .data.build import PIPELINES
+from .data.folder import AUGMENTS, NORMALIZE
 from .losses import dkd_loss, kd_loss, nkd_loss
 from .regions import parse_scales
 
@@ -78,11 +79,21 @@ PROTOCOLS = {
     # the embedded demo data: a short schedule with the same shape (two decays near the end)
     "digit_mosaic": dict(epochs=8, batch_size=64, lr=0.05, lr_decay_stages=(5, 7), lr_decay_rate=0.1,
                          weight_decay=5e-4, momentum=0.9),
+    # your own folder of images: no paper; the CIFAR/CUB solver on a 30-epoch schedule of the same shape
+    "folder": dict(epochs=30, batch_size=64, lr=0.05, lr_decay_stages=(20, 25), lr_decay_rate=0.1,
+                   weight_decay=5e-4, momentum=0.9),
 }
 # The pair a run distils when none is named: the paper's headline pair of each dataset.
 DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "ShuffleV1"), "cub200": ("resnet32x4", "ShuffleV1"),
-                 "imagenet": ("ResNet50", "MobileNetV1"), "digit_mosaic": ("resnet14", "resnet8")}
-STEMS = {"cifar100": "cifar", "digit_mosaic": "cifar", "cub200": "cub", "imagenet": "torchvision"}
+                 "imagenet": ("ResNet50", "MobileNetV1"), "digit_mosaic": ("resnet14", "resnet8"),
+                 "folder": ("ResNet34", "ResNet18")}
+STEMS = {"cifar100": "cifar", "digit_mosaic": "cifar", "cub200": "cub", "imagenet": "torchvision",
+         "folder": "torchvision"}
+# A folder of images up to this size is built with the CIFAR networks (stem "cifar", pair resnet14 -> resnet8).
+SMALL_IMAGES = 64
+# The parameters that only a folder of your own images takes (dataset "folder"), with their input defaults.
+FOLDER_ONLY = {"image_size": None, "augment": "auto", "normalize": "imagenet", "val_fraction": 0.2,
+               "skip_bad_images": False}
 # Speed switches (sddlib.acceleration): autocast precisions and torch.compile modes.
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -305,6 +316,24 @@ class RunConfig(Mapping):
     lr_warmup_epochs: float = _param(0.0, _float(low=0, what="a finite number >= 0"),
                                      "the LR rises linearly from 0 over this many epochs, step by step (0: none, "
                                      "as published)")
+    image_size: int = _param(None, _optional(_int(low=8, what="an integer >= 8")),
+                             "dataset 'folder': side of the square images the models see (None: 224)")
+    augment: str = _param("auto", _choice(AUGMENTS), "dataset 'folder': train augmentation, 'imagenet' (random "
+                          "resized crop + flip), 'cifar' (pad 1/8, crop, flip), 'crop' (pad 1/16, crop, no flip: "
+                          "digits, text) or 'auto' (cifar up to 64 px, imagenet above)")
+    normalize: str = _param("imagenet", _choice(NORMALIZE), "dataset 'folder': ImageNet mean/std, or 'auto': "
+                            "computed on a fixed sample of the training images (recorded in metrics)")
+    val_fraction: float = _param(0.2, _float(low=0, high=1, low_open=True, high_open=True,
+                                             what="a number in (0, 1)"),
+                                 "dataset 'folder' without train/ and val/: the share of each class held out")
+    skip_bad_images: bool = _param(False, _flag, "dataset 'folder': skip unreadable image files (counted in "
+                                   "metrics) instead of stopping at the first")
+    teacher_pretrained: bool = _param(False, _flag, "build a timm:/torchvision: teacher from its ImageNet weights "
+                                      "and fine-tune it on the data")
+    teacher_weights_file: str = _param("", _text, "the teacher's ImageNet weights as a local .safetensors/.pth "
+                                       "file (no network access)")
+    student_pretrained: bool = _param(False, _flag, "start a timm:/torchvision: student from its ImageNet weights")
+    student_weights_file: str = _param("", _text, "the student's ImageNet weights as a local file")
     # Not a parameter: the processes that train the run together (torchrun's world size; `on_processes`). With
     # BatchNorm per process it decides what the statistics are taken over, so it enters `bn_batch`.
     processes: int = field(default=1, metadata={"check": _POSITIVE_INT, "doc": "processes training the run",
@@ -348,10 +377,14 @@ class RunConfig(Mapping):
                 if key in method.loss_defaults else None
         if values["sync_bn"] is None:
             values["sync_bn"] = values["dataset"] == "imagenet"
-        stem = STEMS[values["dataset"]]
-        for role, default in zip(("teacher", "student"), DEFAULT_PAIRS[values["dataset"]]):
+        _resolve_folder(values)
+        stem = _stem(values["dataset"], values["image_size"])
+        pair = ("resnet14", "resnet8") if stem == "cifar" and values["dataset"] == "folder" \
+            else DEFAULT_PAIRS[values["dataset"]]
+        for role, default in zip(("teacher", "student"), pair):
             values[role] = default if values[role] is None else values[role]
             _check_model(role, values[role], stem)
+            _check_pretrained(role, values[role], values[f"{role}_pretrained"], values[f"{role}_weights_file"])
         if values["pipeline"] == "device" and values["dataset"] not in IN_MEMORY:
             raise ConfigError(f"pipeline='device' is not available for {values['dataset']} (its images are files, "
                               "decoded per image); use 'workers', 'device_decode' or 'auto'.")
@@ -429,11 +462,12 @@ class RunConfig(Mapping):
         """e.g. `resnet32x4-ShuffleV1-sd_dkd-M124-seed0`; M=[1] runs are the plain baselines (`dkd`)."""
         if self.run_name:
             return self.run_name
-        return f"{self.teacher}-{self.student}-{self.variant}-M{''.join(map(str, self.scales))}-seed{self.seed}"
+        return (f"{file_name(self.teacher)}-{file_name(self.student)}-{self.variant}-M{''.join(map(str, self.scales))}"
+                f"-seed{self.seed}")
 
     @property
     def directory(self) -> Path:
-        return Path(self.output_dir) / self.dataset / self.name
+        return Path(self.output_dir) / self.data_name / self.name
 
     @property
     def data_pipeline(self) -> str:
@@ -444,7 +478,17 @@ class RunConfig(Mapping):
 
     @property
     def stem(self) -> str:
-        return STEMS[self.dataset]
+        return _stem(self.dataset, self.image_size)
+
+    @property
+    def data_name(self) -> str:
+        """The name runs are filed under: the dataset, or for dataset 'folder' the folder's own name."""
+        return Path(self.data_dir).expanduser().resolve().name if self.dataset == "folder" else self.dataset
+
+    @property
+    def data_options(self) -> dict:
+        """The keywords of the dataset's loader beyond the common ones (dataset 'folder' only)."""
+        return {k: self[k] for k in FOLDER_ONLY} if self.dataset == "folder" else {}
 
     @property
     def bn_batch(self) -> int:
@@ -500,15 +544,19 @@ class RunConfig(Mapping):
         for key in ("epochs", "lr", "lr_decay_stages"):
             if getattr(self, f"teacher_{key}") is not None:
                 protocol[key] = getattr(self, f"teacher_{key}")
+        # a folder's teacher also depends on how its images are read and whether it started from ImageNet weights
+        data = {**self.data_options, "pretrained": self.teacher_pretrained} if self.dataset == "folder" else {}
         return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]),
-                "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED,
+                "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED, **data,
                 **self._bn(protocol["batch_size"])}
 
     def teacher_training_config(self) -> RunConfig:
-        """The configuration under which the teacher is trained alone."""
-        protocol = {k: v for k, v in self.teacher_protocol.items() if k != "bn_batch"}  # follows from processes
+        """The configuration under which the teacher is trained alone (from its ImageNet weights when asked)."""
+        # bn_batch follows from the processes; pretrained is the student's (the teacher's) pretrained flag here
+        protocol = {k: v for k, v in self.teacher_protocol.items() if k not in ("bn_batch", "pretrained")}
         student_only = {k: DEFAULTS[k] for k in ("optimizer", "lr_warmup_epochs")}  # the teacher's solver is SGD
-        return self.replace(**protocol, **student_only, student=self.teacher, run_name="")
+        return self.replace(**protocol, **student_only, student=self.teacher, run_name="",
+                            student_pretrained=self.teacher_pretrained, student_weights_file=self.teacher_weights_file)
 
     @property
     def fingerprint(self) -> dict:
@@ -525,6 +573,8 @@ class RunConfig(Mapping):
         """Dataset layout, writable output folder, device, teacher checkpoint: before any work."""
         _check_device(self.device)
         _check_dataset(self.dataset, self.data_dir)
+        if self.dataset == "folder":
+            check_folder(self)
         _check_writable("output_dir", self.output_dir)
         if not teacher_needed:
             return
@@ -539,7 +589,7 @@ class RunConfig(Mapping):
                                       "<arch>_vanilla/<arch>_best.pth files (the authors' teachers), "
                                       "or leave it empty.")
                 path = teacher_file_in(path, self.teacher)
-            num_classes = _dataset_classes(self.dataset, self.data_dir)
+            num_classes = _dataset_classes(self.dataset, self.data_dir, self.val_fraction)
             model = create_model(self.teacher, num_classes=num_classes or 1000, stem=self.stem)
             load_checkpoint(model, path, arch=self.teacher, role="teacher", check_shapes=num_classes is not None)
             break
@@ -547,7 +597,9 @@ class RunConfig(Mapping):
 
 # Parameters added after runs were first recorded, with the value every earlier run had: a fingerprint names
 # them only when they differ from it, so the runs and checkpoints recorded before they existed stay valid.
-_ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_warmup_epochs": 0.0}
+_ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_warmup_epochs": 0.0, **FOLDER_ONLY,
+                "teacher_pretrained": False, "teacher_weights_file": "", "student_pretrained": False,
+                "student_weights_file": ""}
 
 
 def _without_unchanged_additions(values: dict) -> dict:
@@ -576,13 +628,55 @@ def teacher_file_in(teachers_dir, arch: str) -> Path:
                       "point teachers_dir at the authors' teacher folder, or leave it empty to train one here.")
 
 
+def file_name(arch: str) -> str:
+    """A model name as part of a file or folder name ("timm:resnet18" -> "timm_resnet18")."""
+    return arch.replace(":", "_")
+
+
+def _stem(dataset: str, image_size) -> str:
+    if dataset == "folder" and image_size <= SMALL_IMAGES:
+        return "cifar"
+    return STEMS[dataset]
+
+
+def _resolve_folder(values: dict) -> None:
+    """image_size None -> 224 for a folder; the folder-only parameters refused elsewhere (unless at default)."""
+    if values["dataset"] == "folder":
+        values["image_size"] = 224 if values["image_size"] is None else values["image_size"]
+        if values["pipeline"] == "device_decode":
+            raise ConfigError("pipeline='device_decode' is not available for dataset 'folder' (its images are "
+                              "decoded per image in workers); use 'workers' or 'auto'.")
+        return
+    changed = [k for k, default in FOLDER_ONLY.items() if values[k] != default]
+    if changed:
+        raise ConfigError(f"{changed[0]}={values[changed[0]]!r} applies to dataset 'folder' only (your own images), "
+                          f"not {values['dataset']}; remove it or set dataset='folder'.")
+
+
+def _check_pretrained(role, name, pretrained, weights_file):
+    from .models import is_external
+    if pretrained and not is_external(name):
+        raise ConfigError(f"{role}_pretrained=True needs a timm or torchvision model with ImageNet weights, not "
+                          f"{role}={name!r}; use e.g. {role}='timm:resnet18' or 'torchvision:resnet18'.")
+    if weights_file and not pretrained:
+        raise ConfigError(f"{role}_weights_file={weights_file!r} is given but {role}_pretrained is False; set "
+                          f"{role}_pretrained=True to start from it, or leave {role}_weights_file empty.")
+
+
 def _check_model(role, name, stem):
-    from .models import list_models
+    from .models import external_exists, is_external, list_models
+    if is_external(name):
+        if not external_exists(name):
+            library, model = name.split(":", 1)
+            raise ConfigError(f"{role}={name!r}: {library} has no model {model!r}; see "
+                              f"{'timm.list_models()' if library == 'timm' else 'torchvision.models.list_models()'}.")
+        return
     names = list_models(stem)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ConfigError(f"{role}={name!r} is not a model for this dataset{hint}; use one of {', '.join(names)}.")
+        raise ConfigError(f"{role}={name!r} is not a model for this dataset{hint}; use one of {', '.join(names)}, "
+                          "or any timm or torchvision classifier as 'timm:<name>' or 'torchvision:<name>'.")
 
 
 def _check_device(device):
@@ -617,7 +711,7 @@ def _check_writable(name, folder):
 # into an empty data_dir, so only a half-present layout is an error for them.
 def _check_dataset(dataset, data_dir):
     root = Path(data_dir).expanduser()
-    if dataset == "digit_mosaic":
+    if dataset in ("digit_mosaic", "folder"):  # a folder: check_folder
         return
     if dataset == "imagenet":
         split = [root / s for s in ("train", "val")]
@@ -642,9 +736,48 @@ def _check_dataset(dataset, data_dir):
         _check_writable("data_dir", root)
 
 
-def _dataset_classes(dataset, data_dir) -> int | None:
+def check_folder(cfg: RunConfig) -> None:
+    """A folder of your own images, before any work: its layout (`sddlib.data.scan_folder`, one sentence per
+    problem), the weights files, and an image size the models' strides leave a feature map for the regions."""
+    import torch
+
+    from .data.folder import ImageFolderError, scan_folder
+    from .models import create_model
+    from .regions import _model_parts
+    try:
+        classes = len(scan_folder(cfg.data_dir, cfg.val_fraction).classes)
+    except ImageFolderError as err:
+        raise ConfigError(str(err)) from None
+    for role in ("teacher", "student"):
+        path = cfg[f"{role}_weights_file"]
+        if path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{role}_weights_file={path!r} is not a file; give the path of the {cfg[role]} "
+                              "ImageNet weights (.safetensors or .pth).")
+    need = 4 if cfg.decoupled else 1  # SD pools a 4x4 grid from the map whatever M is (the authors' rule)
+    for role in ("teacher", "student"):
+        model = create_model(cfg[role], num_classes=classes, stem=cfg.stem).eval()
+        try:
+            features, _ = _model_parts(model)
+        except TypeError as err:
+            raise ConfigError(f"{role}={cfg[role]!r} cannot be scale-decoupled: {err}") from None
+        try:
+            with torch.no_grad():
+                fmap = features(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+            side = min(fmap.shape[-2:]) if fmap.ndim == 4 else need  # token maps: the patch grid is checked by SD
+        except RuntimeError:
+            side = 0
+        if side < need:
+            raise ConfigError(f"image_size={cfg.image_size} is too small for {role} {cfg[role]}: its feature map "
+                              f"would be {side}x{side}, and M={cfg['M']} needs at least {need}x{need}; raise "
+                              "image_size or choose a model with a smaller stride.")
+
+
+def _dataset_classes(dataset, data_dir, val_fraction=0.2) -> int | None:
     """The class count a teacher must predict, known without loading the data (None: not known yet)."""
     root = Path(data_dir).expanduser()
+    if dataset == "folder":
+        from .data.folder import scan_folder
+        return len(scan_folder(root, val_fraction).classes)
     if dataset == "imagenet":
         train = root / "train"
         return sum(1 for d in train.iterdir() if d.is_dir()) if train.is_dir() else None

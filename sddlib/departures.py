@@ -17,7 +17,8 @@ compared too.
 
 Datasets without a paper (digit_mosaic) are compared with their dataset protocol and the method's
 defaults, with a teacher trained here under the dataset's teacher protocol. A run on a paper dataset whose
-pair and method the paper has no params file for departs by `experiment`: nothing published to compare.
+pair and method the paper has no params file for departs by `experiment`: nothing published to compare; so does
+every run on a folder of your own images (`experiment`: your data).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
 PUBLISHED_TEACHER = {"cifar100": "published", "cub200": "published", "imagenet": "torchvision weights",
                      "digit_mosaic": "trained here"}
 _SAME_AS = {"shipped with sddlib": "trained here"}
+# A folder of your own images has no published experiment to be compared with.
+YOUR_DATA = {"experiment": ["your data", None]}
 # Values that say where a file is, not what is trained (the teacher's origin is compared as `teacher`), and
 # sync_bn, compared through what it decides (`bn_batch`).
 _NOT_COMPARED = {"seed", "teacher_ckpt", "teachers_dir", "teacher_epochs", "teacher_lr", "teacher_lr_decay_stages",
@@ -75,6 +78,9 @@ def teacher_description(source: dict | None, dataset: str) -> str:
         return f"torchvision weights {source.get('weights')}"
     if kind == "checkpoint":
         return f"checkpoint {source.get('path')}"
+    if kind in ("trained here", "shipped") and dataset not in PROTOCOLS:  # your data: no dataset protocol
+        protocol = source.get("protocol") or {}
+        return "fine-tuned here from ImageNet weights" if protocol.get("pretrained") else "trained here"
     if kind in ("trained here", "shipped"):
         standard = {**PROTOCOLS[dataset], "clip_grad_norm": DEFAULTS["clip_grad_norm"], "subset": 0,
                     "seed": TEACHER_SEED}
@@ -87,6 +93,8 @@ def teacher_description(source: dict | None, dataset: str) -> str:
 
 def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None, dict]:
     """The published params file (or None) and {parameter: [value used, published value]} (empty: as published)."""
+    if cfg.dataset == "folder":
+        return None, YOUR_DATA
     path, published = published_config(cfg)
     out = {}
     if path is None and cfg.dataset != "digit_mosaic":
@@ -104,6 +112,8 @@ def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None
 def vanilla_departures(cfg: RunConfig, arch: str) -> tuple[Path | None, dict]:
     """A model trained alone: its solver and speed switches against the published experiment it was started from
     (the student's own solver) or, for another model, the dataset protocol."""
+    if cfg.dataset == "folder":
+        return None, YOUR_DATA
     if arch == cfg.student:
         path, published = published_config(cfg)
     else:

@@ -32,7 +32,7 @@ from . import distributed, tracking
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                           read_checkpoint, run_lock, save_checkpoint, shipped_teacher_path, teacher_cache_path,
                           write_checkpoint, write_json)
-from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, teacher_file_in
+from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, file_name, teacher_file_in
 from .data import get_dataloaders
 from .departures import PARAMS_DIR, departures, describe, vanilla_departures
 from .models import create_model
@@ -69,7 +69,7 @@ def run_dir(params) -> Path:
 def vanilla_dir(params, arch: str) -> Path:
     """Where `arch` trained alone (no teacher) is recorded."""
     cfg = RunConfig.from_params(params)
-    return Path(cfg.output_dir) / cfg.dataset / f"{arch}-alone-seed{cfg.seed}"
+    return Path(cfg.output_dir) / cfg.data_name / f"{file_name(arch)}-alone-seed{cfg.seed}"
 
 
 def evaluate(model: nn.Module, dl, device) -> tuple[float, float]:
@@ -100,7 +100,8 @@ def _dataloaders(cfg: RunConfig, device, whole_batch: bool = True):
     (`whole_batch=False`, for a teacher trained under its dataset's batch on a small subset: only when an epoch
     would have no batch at all)."""
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
-                          num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline)
+                          num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline,
+                          **cfg.data_options)
     if cfg.batch_size > dls.train.n and (whole_batch or not len(dls.train)):
         images = f"{dls.train.n} images{f' with subset={cfg.subset}' if cfg.subset else ''}"
         if not whole_batch:
@@ -135,6 +136,24 @@ def _starting(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def _new_model(cfg: RunConfig, arch: str, num_classes: int) -> nn.Module:
+    """`arch` to train; the run's student from its ImageNet weights when `student_pretrained` says so."""
+    if not (arch == cfg.student and cfg.student_pretrained):
+        return create_model(arch, num_classes=num_classes, stem=cfg.stem)
+    role = "teacher" if cfg.teacher == cfg.student else "student"  # a teacher is fine-tuned as its own student
+    try:
+        return create_model(arch, num_classes=num_classes, stem=cfg.stem, pretrained=True,
+                            weights_file=cfg.student_weights_file, weights_param=f"{role}_weights_file")
+    except ValueError as err:  # ImageNet weights neither downloadable nor given: which file to put where
+        raise ConfigError(str(err)) from None
+
+
+def _data_record(dls) -> dict:
+    """What a folder's loader decided (split, class counts, normalisation, skipped images), for metrics.json."""
+    dls = distributed.whole(dls)  # on several processes: the loaders before sharding
+    return {"data": dls.folder} if hasattr(dls, "folder") else {}
+
+
 def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
     """The run folder's complete metrics when they are of this configuration (and not forced)."""
     done = load_metrics(out / "metrics.json")
@@ -150,7 +169,9 @@ def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
 # --- runs ------------------------------------------------------------------------------------------
 def _vanilla_fingerprint(cfg: RunConfig, arch: str) -> dict:
     # the data pipeline draws its own augmentation and bf16 rounds otherwise: either makes another run
-    return {"arch": arch, "dataset": cfg.dataset, **cfg.solver, "pipeline": cfg.data_pipeline,
+    pretrained = {"pretrained": True} if arch == cfg.student and cfg.student_pretrained else {}
+    return {"arch": arch, "dataset": cfg.dataset, **cfg.solver, "pipeline": cfg.data_pipeline, **cfg.data_options,
+            **pretrained,
             **({"precision": cfg.precision} if cfg.precision != "fp32" else {})}
 
 
@@ -177,12 +198,13 @@ def _train_alone(cfg: RunConfig, arch: str, force: bool, whole_batch: bool = Tru
         set_seed(cfg.seed, reproducible=True)
         device = _device(cfg.device)
         dls = _dataloaders(cfg, device, whole_batch)
-        model = create_model(arch, num_classes=dls.info.num_classes, stem=cfg.stem)
+        model = _new_model(cfg, arch, dls.info.num_classes)
         with tracking.tracked(cfg.tracker, out, cfg.to_params()) as tracker:
             learn = build_learner(dls, model, cfg, cbs=[tracker] if tracker else [])
             recorder = fit_resumable(learn, cfg, out, fingerprint, force, "model_best.pth")
             metrics = _summary(cfg, recorder.rows, name=out.name, variant="alone", arch=arch, fingerprint=fingerprint)
             metrics["protocol"] = cfg.solver
+            metrics.update(_data_record(dls))
             _record_departures(metrics, *vanilla_departures(cfg, arch))
             metrics["wall_time_s"] = recorder.elapsed_s
             distributed.run_on_main(_write_vanilla, model, out, cfg.epochs, metrics)  # the others wait for the files
@@ -198,8 +220,8 @@ def train_teacher(params) -> Path:
     (`RunConfig.teacher_protocol`: the same for every student) and cache it with that protocol."""
     cfg = RunConfig.from_params(params)
     protocol = cfg.teacher_protocol
-    cached = teacher_cache_path(cfg.output_dir, cfg.dataset, cfg.teacher)
-    print(f"no checkpoint for teacher {cfg.teacher} on {cfg.dataset}: training it for {protocol['epochs']} epochs "
+    cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
+    print(f"no checkpoint for teacher {cfg.teacher} on {cfg.data_name}: training it for {protocol['epochs']} epochs "
           f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']})", flush=True)
     teacher_cfg = cfg.teacher_training_config()
     # on several processes all train it and rank 0 caches it; its batch is the protocol's, whatever the subset
@@ -223,7 +245,7 @@ def _cache_teacher(trained: Path, cached: Path, protocol: dict, top1: float) -> 
 
 def _cached_teacher(cfg: RunConfig, model: nn.Module):
     """The cached teacher when it was trained under this configuration's teacher protocol."""
-    cached = teacher_cache_path(cfg.output_dir, cfg.dataset, cfg.teacher)
+    cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
     if not cached.is_file():
         return None
     saved = read_checkpoint(cached, "teacher")
@@ -271,7 +293,7 @@ def get_teacher(params, dls) -> tuple[nn.Module, dict]:
     if cfg.teachers_dir:
         path = teacher_file_in(cfg.teachers_dir, cfg.teacher)
         return load_checkpoint(teacher, path, arch=cfg.teacher), {"source": "published", "path": str(path)}
-    cache_dir = teacher_cache_path(cfg.output_dir, cfg.dataset, cfg.teacher).parent
+    cache_dir = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher)).parent
     # one run trains it, the others wait; the processes of one run read it on rank 0, which hands it to the others
     with distributed.main_only(run_lock(cache_dir, wait=True, name=f".{cfg.teacher}.lock")):
         found = distributed.run_on_main(_cached_teacher, cfg, teacher)
@@ -314,7 +336,7 @@ def _summary(cfg: RunConfig, rows: list[dict], name: str, variant: str, fingerpr
     alone = variant == "alone"
     return {
         "status": "complete", "run_name": name,
-        "dataset": cfg.dataset, "teacher": None if alone else cfg.teacher,
+        "dataset": cfg.data_name, "teacher": None if alone else cfg.teacher,
         "student": arch if alone else cfg.student, "method": None if alone else cfg.method,
         "scales": None if alone else list(cfg.scales), "sd": False if alone else cfg.decoupled,
         "variant": variant, "seed": cfg.seed,
@@ -352,13 +374,14 @@ def run(params, force: bool = False) -> dict:
         teacher, teacher_source = get_teacher(cfg, dls)
         teacher_top1, teacher_top5 = evaluate(teacher, dls.valid, device)
         set_seed(cfg.seed, reproducible=True)
-        student = create_model(cfg.student, num_classes=dls.info.num_classes, stem=cfg.stem)
+        student = _new_model(cfg, cfg.student, dls.info.num_classes)
         distill = distillation_callback(teacher, cfg)
         with tracking.tracked(cfg.tracker, out, cfg.to_params()) as tracker:
             learn = build_learner(dls, student, cfg, cbs=[distill, *([tracker] if tracker else [])])
             recorder = fit_resumable(learn, cfg, out, fingerprint, force, "student_best.pth", distill)
             metrics = _summary(cfg, recorder.rows, name=cfg.name, variant=cfg.variant, fingerprint=fingerprint)
-            metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source)
+            metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source,
+                           **_data_record(dls))
             _record_departures(metrics, *departures(cfg, teacher_source))
             if not distributed.is_main():
                 return metrics  # the same numbers; rank 0 writes them (and draws the figures alone)

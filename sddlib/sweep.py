@@ -39,7 +39,8 @@ import submitit
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: notebooks run there to import sddlib
-PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt", "teachers_dir")
+PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt", "teachers_dir", "teacher_weights_file", "student_weights_file")
+NOTEBOOKS = {"folder": "your_data"}  # the notebook of a dataset not named after it
 
 
 def parse_overrides(pairs) -> dict:
@@ -67,7 +68,8 @@ def plan(path, overrides: dict, notebook=None) -> dict:
     for key in PATH_KEYS:  # relative paths mean "from where the sweep was started"
         if params.get(key):
             params[key] = str(Path(params[key]).expanduser().absolute())
-    nb = Path(notebook) if notebook else ROOT / "notebooks" / f"{params.get('dataset', DEFAULTS['dataset'])}.ipynb"
+    dataset = params.get("dataset", DEFAULTS["dataset"])
+    nb = Path(notebook) if notebook else ROOT / "notebooks" / f"{NOTEBOOKS.get(dataset, dataset)}.ipynb"
     if not nb.is_file():
         raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
     out = run_dir(params)

@@ -9,6 +9,7 @@ as `dls.info`, a `DatasetInfo` (name, class_names, num_classes, mean, std, image
 
     paper_datasets  cifar100, imagenet, cub200 (the authors' augmentation, exactly)
     mosaics         the digit-mosaic generator and its loader
+    folder          any folder of class folders (ImageFolder layout, or split here), checked before any work
     build           the datasets and DataLoaders every loader shares
     info            DatasetInfo, (de)normalisation
 
@@ -18,15 +19,18 @@ torch's global RNG, as torchvision transforms do in the reference.
 from __future__ import annotations
 
 from .build import DatasetNotFoundError
+from .folder import ImageFolderError, image_folder, scan_folder
 from .info import DatasetInfo, dataset_info, denormalize, unnormalize
 from .mosaics import MosaicLayout, digit_mosaic, load_digit_mosaics, make_digit_mosaics, mosaic_cache_path
 from .paper_datasets import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, cifar100, cub200, imagenet
 
 __all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "MosaicLayout", "cifar100", "cub200", "dataset_info",
            "denormalize", "digit_mosaic", "get_dataloaders", "imagenet", "load_digit_mosaics", "make_digit_mosaics",
-           "mosaic_cache_path", "unnormalize", "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "mosaic_cache_path", "unnormalize", "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+           "ImageFolderError", "image_folder", "scan_folder"]
 
-DATASETS = {"cifar100": cifar100, "imagenet": imagenet, "cub200": cub200, "digit_mosaic": digit_mosaic}
+DATASETS = {"cifar100": cifar100, "imagenet": imagenet, "cub200": cub200, "digit_mosaic": digit_mosaic,
+            "folder": image_folder}
 _ALIASES = {"cifar_100": "cifar100", "cub_200": "cub200", "cub": "cub200", "cub_200_2011": "cub200",
             "digit_mosaics": "digit_mosaic"}
 

@@ -24,6 +24,10 @@ Which network a (name, stem) pair gives:
   And MobileNetV1, the student of the paper's ImageNet table, in the authors' layout (their
   checkpoint keys; no pretrained weights).
 
+* ``"timm:<name>"`` and ``"torchvision:<name>"`` (any stem): any classifier of those libraries, from scratch
+  or with ``pretrained=True`` from its ImageNet weights under a new head (``weights_file=``: a local copy of
+  them); see ``sddlib/models/external.py``.
+
 Every model has ``forward(x) -> logits``, ``forward_features(x) -> B x C x H x W`` (the map the
 global pool consumes), ``forward_head(fmap) -> logits`` and ``get_classifier()``.
 """
@@ -37,8 +41,9 @@ import torch.nn as nn
 from . import mobilenetv1, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, vit, wrn  # noqa: F401
 from . import torchvision_models  # noqa: F401  (imported last: it only adds the stem)
 from ._registry import STEMS, builders, register
+from .external import build_external, external_exists, is_external
 
-__all__ = ["create_model", "list_models", "register", "STEMS"]
+__all__ = ["create_model", "list_models", "register", "STEMS", "is_external", "external_exists"]
 
 
 def list_models(stem: str | None = None) -> list[str]:
@@ -65,6 +70,8 @@ def create_model(name: str, num_classes: int = 100, stem: str = "cifar", **kwarg
     _check_stem(stem)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    if is_external(name):
+        return build_external(name, num_classes, **kwargs)
     registry = builders()
     if name not in registry:
         raise ValueError(_unknown_name_message(name, registry))

@@ -5,6 +5,7 @@ agree with the global one (consistent) or disagree in an informative way (comple
     frames       one tidy DataFrame per figure, from the predictions (or the training history)
     figures      each figure drawn from its frame (seaborn where it fits); plot_* = frame + draw + save
     features     the family's two figures: t-SNE of penultimate features, teacher-student correlation difference
+    samples      a dataset before training: class counts, a grid of labelled images
     run_figures  every figure of a run as PNG + CSV (save_run_figures), shown with captions
     region_file  the run's region predictions saved beside its figures (top-k per region), for the explorer
     explorer     explore(run_dir): an ipywidgets app over those predictions (a static snapshot when headless)
@@ -19,28 +20,28 @@ agree with the global one (consistent) or disagree in an informative way (comple
 
 Category ids and names follow `CATEGORIES` (the `RegionMasks` order).
 """
+from .explorer import Explorer, explore
+from .features import (FeaturePredictions, collect_features, correlation_frame, draw_correlation, draw_tsne,
+                       plot_correlation, plot_tsne, tsne_frame)
 from .figures import (draw_agreement, draw_category_history, draw_category_shares, draw_per_class,
                       draw_region_logits, draw_region_map, plot_agreement, plot_category_history,
                       plot_category_shares, plot_per_class, plot_region_logits, plot_region_map)
-from .features import (FeaturePredictions, collect_features, correlation_frame, draw_correlation, draw_tsne,
-                       plot_correlation, plot_tsne, tsne_frame)
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
-from .explorer import Explorer, explore
 from .predictions import RegionPredictions, collect_region_predictions, collect_run_predictions, region_labels
 from .region_file import REGION_FILE, RegionFile, load_region_file, region_predictions, save_region_file
 from .run_figures import (FIGURE_CAPTIONS, FIGURE_FILES, SAMPLE_FILE, sample_sentence, save_learner_figures,
                           save_run_figures, show_run_figure, show_run_figures)
+from .samples import class_counts, plot_samples
 from .style import CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, DPI, csv_path
 
-__all__ = ["Explorer", "explore", "REGION_FILE", "RegionFile", "load_region_file", "region_predictions",
-           "save_region_file", "CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "FIGURE_CAPTIONS", "FIGURE_FILES",
-           "FeaturePredictions", "collect_features", "correlation_frame", "draw_correlation", "draw_tsne",
-           "plot_correlation", "plot_tsne", "tsne_frame", "RegionPredictions", "agreement_frame",
-           "category_history_frame", "category_shares_frame",
-           "collect_region_predictions", "collect_run_predictions", "csv_path", "draw_agreement",
-           "draw_category_history", "draw_category_shares", "draw_per_class", "draw_region_logits",
-           "draw_region_map", "per_class_frame", "plot_agreement", "plot_category_history", "plot_category_shares",
-           "plot_per_class", "plot_region_logits", "plot_region_map", "region_labels", "region_logits_frame",
-           "region_map_frame", "SAMPLE_FILE", "sample_sentence", "save_learner_figures", "save_run_figures",
-           "show_run_figure", "show_run_figures"]
+__all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "Explorer", "FIGURE_CAPTIONS", "FIGURE_FILES",
+           "FeaturePredictions", "REGION_FILE", "RegionFile", "RegionPredictions", "SAMPLE_FILE", "agreement_frame",
+           "category_history_frame", "category_shares_frame", "class_counts", "collect_features",
+           "collect_region_predictions", "collect_run_predictions", "correlation_frame", "csv_path", "draw_agreement",
+           "draw_category_history", "draw_category_shares", "draw_correlation", "draw_per_class",
+           "draw_region_logits", "draw_region_map", "draw_tsne", "explore", "load_region_file", "per_class_frame",
+           "plot_agreement", "plot_category_history", "plot_category_shares", "plot_correlation", "plot_per_class",
+           "plot_region_logits", "plot_region_map", "plot_samples", "plot_tsne", "region_labels",
+           "region_logits_frame", "region_map_frame", "region_predictions", "sample_sentence", "save_learner_figures",
+           "save_region_file", "save_run_figures", "show_run_figure", "show_run_figures", "tsne_frame"]

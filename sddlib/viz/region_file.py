@@ -145,7 +145,7 @@ def _from_saved_models(run_dir: Path, metrics: dict, path: Path) -> RegionFile:
     from .predictions import collect_run_predictions
     cfg = RunConfig.from_params(metrics["params"])
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset, num_workers=0,
-                          seed=cfg.seed, device="cpu")
+                          seed=cfg.seed, device="cpu", **cfg.data_options)
     source = metrics["teacher_source"]
     if source.get("source") == "torchvision weights":
         teacher = create_model(cfg.teacher, num_classes=dls.info.num_classes, stem=cfg.stem, weights=source["weights"])
