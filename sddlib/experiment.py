@@ -316,7 +316,8 @@ def run(params, force: bool = False) -> dict:
         student = create_model(cfg.student, num_classes=dls.info.num_classes, stem=cfg.stem)
         distill = DistillationCallback(teacher, cfg.method, cfg.scales, ce_weight=cfg.ce_weight,
                                        kd_weight=cfg.kd_weight, warmup_epochs=cfg.warmup_epochs,
-                                       complementary_weight=cfg.complementary_weight, **cfg.loss_kwargs)
+                                       complementary_weight=cfg.complementary_weight,
+                                       logit_standardization=cfg.logit_standardization, **cfg.loss_kwargs)
         learn = build_learner(dls, student, cfg, cbs=[distill])
         recorder = fit_resumable(learn, cfg, out, fingerprint, force, "student_best.pth", distill)
         metrics = _summary(cfg, recorder.rows, name=cfg.name, variant=cfg.variant, fingerprint=fingerprint)
