@@ -26,7 +26,7 @@ import yaml
 from .departures import describe, teacher_description
 
 __all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
-           "imagenet_baselines", "authors_logged_runs", "method_name", "load_runs", "table_datasets", "results_table",
+           "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name", "load_runs", "table_datasets", "results_table",
            "departures_table", "sd_gains", "run_summary", "format_table", "format_gains", "format_departures",
            "to_markdown", "write_tables"]
 
@@ -94,6 +94,13 @@ def imagenet_baselines() -> list[dict]:
     """The authors' plain KD/DKD/NKD ImageNet configs (imagenet_baselines.yaml): the paper's ImageNet baseline
     rows come from these, not from the SD configs run with M=[1]."""
     return yaml.safe_load(_reference("imagenet_baselines.yaml").read_text())
+
+
+def ls_paper_results() -> pd.DataFrame:
+    """CIFAR-100 top-1 of KD, KD+LS, DKD, DKD+LS as reported by the logit-standardization paper (its README's
+    tables): dataset, teacher, student, method, top1, source. Not SDD paper rows."""
+    with _reference("ls_paper_results.csv").open("r") as f:
+        return pd.read_csv(f)
 
 
 def authors_logged_runs() -> pd.DataFrame:

@@ -1,13 +1,17 @@
 """The registry of logit losses: the contract every registered loss keeps (shapes, finiteness, gradients to the
 student only, SD at M=[1] = the plain loss), logit standardization against a plain restatement of its formula,
 the typed configuration of a registered loss, and a new loss registered and trained through the real Learner."""
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 import torch.nn as nn
 from fastai.learner import Learner
 
-from sddlib import losses
+from sddlib import losses, report
 from sddlib.config import ConfigError, RunConfig
+from sddlib.departures import departures
 from sddlib.distill import DistillationCallback
 from sddlib.losses import LOSSES, Hyper, logit_loss, register_loss, sdd_loss, standardize
 
@@ -35,7 +39,8 @@ def _batch(B=6, K=7, N=None, seed=0):
 
 
 def _contract_losses():
-    return ["kd", "dkd", "nkd", "l2"]
+    """Every loss registered when the tests are collected, and the L2 of the fixture."""
+    return [*LOSSES, "l2"]
 
 
 @pytest.mark.parametrize("base", _contract_losses())
@@ -166,3 +171,26 @@ def test_a_new_loss_trains_plain_and_sd_through_the_learner(scales, l2):
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     assert all(not p.requires_grad for p in teacher.parameters())
     assert losses.LOSSES["l2"] is l2
+
+
+LS_FILES = sorted((Path(__file__).resolve().parents[1] / "params" / "cifar100" / "logit_standardization").glob("*.yaml"))
+
+
+def test_ls_params_files_are_sd_runs_beside_no_sdd_row():
+    assert len(LS_FILES) == 6
+    reported = report.ls_paper_results()
+    for path in LS_FILES:
+        values = yaml.safe_load(path.read_text())
+        cfg = RunConfig.from_params(values)
+        assert cfg.logit_standardization and cfg.scales == (1, 2, 4) and cfg.variant == f"sd_{cfg.method}+ls"
+        # the SDD config's solver, and a departure from it (never as published)
+        sdd = yaml.safe_load((path.parents[1] / f"{cfg.teacher}-{cfg.student}-sd_{cfg.method}.yaml").read_text())
+        assert {k: v for k, v in sdd.items() if k not in ("ce_weight", "kd_weight", "T", "alpha", "beta")} == \
+            {k: v for k, v in values.items() if k in sdd and k not in ("ce_weight", "kd_weight", "T", "alpha", "beta")}
+        found = departures(cfg, {"source": "published"})[1]
+        assert found["logit_standardization"] == [True, False]
+        # the numbers the header quotes are the reference file's
+        rows = reported[(reported.teacher == cfg.teacher) & (reported.student == cfg.student)]
+        for method in (cfg.method, f"{cfg.method}+ls"):
+            top1 = rows[rows.method == method].top1.item()
+            assert f"{method.upper()} {top1:.2f}" in path.read_text()
