@@ -194,3 +194,30 @@ def test_ls_params_files_are_sd_runs_beside_no_sdd_row():
         for method in (cfg.method, f"{cfg.method}+ls"):
             top1 = rows[rows.method == method].top1.item()
             assert f"{method.upper()} {top1:.2f}" in path.read_text()
+
+
+def test_tables_pair_ls_and_registered_variants_by_seed(tmp_path):
+    from test_report import metrics, write
+    root = tmp_path / "outputs"
+    ls = {"departures": {"logit_standardization": [True, False]}}
+    for seed, (plain, sd) in enumerate([(94.0, 94.5), (94.2, 94.1)]):
+        for variant, best in (("kd+ls", plain), ("sd_kd+ls", sd)):
+            m = metrics(dataset="digit_mosaic", method="kd", scales=[1] if variant == "kd+ls" else [1, 2, 4],
+                        seed=seed, best=best, last=best, **ls)
+            m.update(variant=variant, run_name=m["run_name"].replace(m["variant"], variant))
+            write(root, m)
+        write(root, metrics(dataset="digit_mosaic", method="kd", scales=[1], seed=seed, best=93.0, last=93.0))
+    runs = report.load_runs(root)
+    table = report.results_table(runs, "digit_mosaic", published_only=False).set_index("method")
+    assert list(table.index) == ["teacher", "kd", "kd+ls", "sd_kd+ls"]
+    assert table.loc["sd_kd+ls", "sd_gain_ours"] == pytest.approx((94.5 + 94.1 - 94.0 - 94.2) / 2)
+    gains = report.sd_gains(runs, "digit_mosaic", published_only=False)
+    assert list(gains.method) == ["kd+ls"] and gains.iloc[0].sd_ahead == 1
+    assert report.format_gains(gains).iloc[0]["Method"] == "SD-KD+LS − KD+LS"
+    assert report.format_table(table.reset_index()).Method.tolist()[1:] == ["KD", "KD+LS", "SD-KD+LS"]
+
+
+def test_a_notebook_parameter_switches_standardization_on():
+    from sddlib.experiment import notebook_params
+    cfg = notebook_params({"dataset": "digit_mosaic", "method": "dkd", "M": "[1]", "logit_standardization": True})
+    assert cfg.variant == "dkd+ls" and (cfg.alpha, cfg.beta, cfg.T) == (9.0, 72.0, 2.0)
