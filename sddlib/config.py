@@ -20,10 +20,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .data.build import PIPELINES
-from .losses import LOSSES
+from .losses import LOSSES, LogitLoss
 from .regions import parse_scales
 
 __all__ = ["ConfigError", "METHODS", "LOSS_FIELDS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig", "PARAMETERS",
@@ -353,8 +352,8 @@ class RunConfig(Mapping):
 
     # --- what the run is --------------------------------------------------------------------------
     @property
-    def method_spec(self):
-        """The registered loss (sddlib.losses.LogitLoss)."""
+    def method_spec(self) -> LogitLoss:
+        """The registered loss of `method`."""
         return METHODS[self.method]
 
     @property
