@@ -168,8 +168,9 @@ def section(args, runs, table, gains) -> str:
              "under the same protocol (seed 0); its row is its accuracy on each seed's test mosaics. Top-1 (%) on "
              "the test set, mean ± std over seeds (n runs); best = best epoch, last = final epoch.", "",
              report.to_markdown(report.format_table(table)[["Method", "M", "Ours best top-1", "Ours last top-1"]]),
-             "SD gain per base method, paired by seed (SD-X − X of the same seed: mean ± std over seeds):", "",
-             report.to_markdown(report.format_gains(gains).drop(columns=["Teacher", "Student"])),
+             *(["SD gain per base method, paired by seed (SD-X − X of the same seed: mean ± std over seeds):", "",
+                report.to_markdown(report.format_gains(gains).drop(columns=["Teacher", "Student"]))]
+               if len(gains) else ["No SD run has its plain counterpart of the same seed here: no SD gain.", ""]),
              *([f"**Not complete when this was recorded: {missing}** (the table's n says what each row rests on; the "
                 "same command without --summary-only trains them: complete runs are skipped, the rest resume).", ""]
                if missing else []),
@@ -220,7 +221,7 @@ def main(argv=None) -> None:
     if not args.summary_only:
         train_all(args)
     runs, table, gains = summary(args)
-    if table.empty or gains.empty:
+    if runs.empty:
         sys.exit(f"no complete runs of seeds {args.seeds} under {args.output_dir}; run without --summary-only.")
     text = section(args, runs, table, gains)
     print(text)
