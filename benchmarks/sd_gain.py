@@ -1,8 +1,10 @@
 """SD's gain on the digit mosaics, measured over several seeds: the quickstart's pair (resnet14 -> resnet8)
 under the full digit_mosaic protocol, the student alone and KD, DKD and NKD, each plain (M=[1]) and scale
-decoupled (M=[1,2,4]), for every seed.
+decoupled (M=[1,2,4]), for every seed; `--methods` picks the variants, logit standardization included
+(`kd+ls`, `sd_kd+ls`: the switch `logit_standardization` with its defaults).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --seeds 0 1 2 --jobs 2 --record
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --methods kd,kd+ls,sd_kd,sd_kd+ls --record
 
 The settings are the quickstart notebook's defaults: the dataset's protocol (8 epochs, batch 64, SGD lr 0.05
 x0.1 after epochs 5 and 7, weight decay 5e-4), the teacher trained here under that protocol (seed 0, one
@@ -40,17 +42,40 @@ RESULTS = REPO / "benchmarks" / "results.md"
 SECTION = "### sd_gain.py"
 TEACHER, STUDENT, SD_SCALES = "resnet14", "resnet8", "[1,2,4]"
 BASE_METHODS = ("kd", "dkd", "nkd")
+DEFAULT_METHODS = ("alone", "kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
 WARMUP = {"kd": 0, "dkd": 2, "nkd": 2}  # the quickstart's: SD-KD has none (as the authors'), DKD/NKD 2 of 8 epochs
 
 
-def run_params(method: str | None, scales: str, seed: int, args) -> dict:
-    """One run's parameters; `method=None` is the student alone."""
+def run_params(method: str | None, scales: str, seed: int, args, standardized: bool = False) -> dict:
+    """One run's parameters; `method=None` is the student alone; `standardized`: with logit standardization."""
     params = dict(dataset="digit_mosaic", teacher=TEACHER, student=STUDENT, method=method or "kd", M=scales,
                   seed=seed, subset=args.subset, data_dir=args.data_dir, output_dir=args.output_dir, device=args.device,
                   figures=False, progress=False)
     if method:
         params["warmup_epochs"] = WARMUP[method]
+    if standardized:
+        params["logit_standardization"] = True
     return params
+
+
+def variant_params(variant: str, seed: int, args) -> dict:
+    """The parameters of a variant such as `sd_dkd+ls` for one seed."""
+    plain = variant.removeprefix("sd_")
+    return run_params(plain.removesuffix("+ls"), SD_SCALES if plain != variant else "[1]", seed, args,
+                      standardized=plain.endswith("+ls"))
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """`alone,kd,kd+ls,sd_kd,...` -> the variants, each checked: the student alone, or a base method of this
+    benchmark, SD or not, +ls or not."""
+    known = {"alone", *(f"{sd}{m}{ls}" for m in BASE_METHODS for sd in ("", "sd_") for ls in ("", "+ls"))}
+    variants = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in variants if v not in known]
+    if bad or not variants:
+        raise argparse.ArgumentTypeError(f"{bad[0] if bad else text!r} is not a variant of this benchmark; use "
+                                         "comma-separated alone, kd, dkd or nkd, the last three optionally with "
+                                         "sd_ before and +ls after, e.g. kd,kd+ls,sd_kd,sd_kd+ls.")
+    return tuple(dict.fromkeys(variants))
 
 
 def _init_worker(threads: int) -> None:
@@ -67,17 +92,25 @@ def _train(kind: str, params: dict) -> str:
 
 
 def train_all(args) -> None:
-    """The teacher first, with students alone (which do not need it) on the other workers meanwhile; then KD
-    and SD-KD seed by seed (the headline pair: a call stopped early leaves as many complete pairs as it
-    could), then the remaining students alone, then DKD and NKD the same way."""
+    """The teacher first, with students alone (which do not need it) on the other workers meanwhile; then the
+    first base method's variants seed by seed (KD and SD-KD by default, the headline pair: a call stopped early
+    leaves as many complete pairs as it could), then the remaining students alone, then the other base methods
+    the same way."""
     cfg = experiment.RunConfig.from_params(run_params("kd", SD_SCALES, 0, args))
+    # the teacher sddlib ships is this benchmark's teacher (see above): no run needs to train it
     cached = Path(args.output_dir) / "teachers" / "digit_mosaic" / f"{TEACHER}.pth"
-    alone = [run_params(None, "[1]", seed, args) for seed in args.seeds]
+    if not args.subset and experiment.shipped_teacher_path("digit_mosaic", TEACHER).is_file():
+        cached = experiment.shipped_teacher_path("digit_mosaic", TEACHER)
+    alone = [run_params(None, "[1]", seed, args) for seed in args.seeds if "alone" in args.methods]
     alone = [p for p in alone if experiment.load_metrics(experiment.vanilla_dir(p, STUDENT) / "metrics.json") is None]
     fillers = alone[:args.jobs - 1] if not cached.is_file() else []
-    pairs = {method: [("distill", run_params(method, scales, seed, args))
-                      for seed in args.seeds for scales in ("[1]", SD_SCALES)] for method in BASE_METHODS}
-    later = [*pairs["kd"], *[("alone", p) for p in alone[len(fillers):]], *pairs["dkd"], *pairs["nkd"]]
+    groups = {}
+    for variant in (v for v in args.methods if v != "alone"):
+        groups.setdefault(variant.removeprefix("sd_").removesuffix("+ls"), []).append(variant)
+    pairs = [[("distill", variant_params(v, seed, args)) for seed in args.seeds for v in variants]
+             for variants in groups.values()]
+    first, *rest = pairs or [[]]
+    later = [*first, *[("alone", p) for p in alone[len(fillers):]], *[job for group in rest for job in group]]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(args.threads,)) as pool:
@@ -94,7 +127,7 @@ def train_all(args) -> None:
 def summary(args) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """This benchmark's runs (the seeds asked for), the per-method table and the paired SD gains."""
     runs = report.load_runs(Path(args.output_dir) / "digit_mosaic")
-    runs = runs[(runs["seed"].isin(args.seeds)) & (runs["student"] == STUDENT)
+    runs = runs[(runs["seed"].isin(args.seeds)) & (runs["student"] == STUDENT) & runs["variant"].isin(args.methods)
                 & ((runs["variant"] == "alone") | (runs["teacher"] == TEACHER))]
     table = report.results_table(runs, "digit_mosaic", published_only=False)
     table = table[(table.teacher == TEACHER) & (table.student == STUDENT)]
@@ -103,38 +136,41 @@ def summary(args) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def _run_times(runs: pd.DataFrame) -> str:
     medians = runs.groupby("variant", sort=False)["wall_time_s"].median()
-    return ", ".join(f"{report.METHOD_NAMES.get(v, 'student alone')} {t / 60:.1f} min" for v, t in medians.items())
+    return ", ".join(f"{report.method_name(v).replace('Trained alone', 'student alone')} {t / 60:.1f} min"
+                     for v, t in medians.items())
 
 
-def missing_runs(runs: pd.DataFrame, seeds) -> str:
+def missing_runs(runs: pd.DataFrame, seeds, methods=DEFAULT_METHODS) -> str:
     """The runs of this benchmark not complete (yet), e.g. "DKD seeds 1, 2; SD-DKD seed 2"; empty when none."""
     done = set(zip(runs["variant"], runs["seed"]))
     missing = []
-    for variant in ("alone", *(v for m in BASE_METHODS for v in (m, f"sd_{m}"))):
+    for variant in methods:
         left = [s for s in seeds if (variant, s) not in done]
         if left:
-            name = "student alone" if variant == "alone" else report.METHOD_NAMES[variant]
+            name = "student alone" if variant == "alone" else report.method_name(variant)
             missing.append(f"{name} seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}")
     return "; ".join(missing)
 
 
 def section(args, runs, table, gains) -> str:
     command = "benchmarks/sd_gain.py " + " ".join(shlex.quote(a) for a in args.argv)
-    missing = missing_runs(runs, args.seeds)
+    missing = missing_runs(runs, args.seeds, args.methods)
     machine = (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
-    lines = [f"{SECTION}, {datetime.date.today()}, {machine}", "",
+    lines = [f"{section_title(args)}, {datetime.date.today()}, {machine}", "",
              f"`{command}`", "",
              f"{TEACHER} → {STUDENT} on the digit mosaics (8,000 train / 2,000 test images), the full digit_mosaic "
              "protocol (8 epochs, batch 64, SGD lr 0.05, x0.1 after epochs 5 and 7, weight decay 5e-4), DKD/NKD "
-             "warm-up 2 epochs, each method's loss defaults: the quickstart's defaults (one seed there). Seeds "
+             "warm-up 2 epochs, each method's loss defaults: the quickstart's defaults (one seed there); +LS: "
+             "logit standardization on, with its defaults (KD: T 2, CE 1, KD weight 9; DKD: T 2, alpha 9, beta 72). Seeds "
              f"{', '.join(map(str, args.seeds))}; a seed sets the initialisation, the batch order and the crops, and "
              "also draws that seed's mosaics (from the same disjoint train/test scans). One teacher, trained here "
              "under the same protocol (seed 0); its row is its accuracy on each seed's test mosaics. Top-1 (%) on "
              "the test set, mean ± std over seeds (n runs); best = best epoch, last = final epoch.", "",
              report.to_markdown(report.format_table(table)[["Method", "M", "Ours best top-1", "Ours last top-1"]]),
-             "SD gain per base method, paired by seed (SD-X − X of the same seed: mean ± std over seeds):", "",
-             report.to_markdown(report.format_gains(gains).drop(columns=["Teacher", "Student"])),
+             *(["SD gain per base method, paired by seed (SD-X − X of the same seed: mean ± std over seeds):", "",
+                report.to_markdown(report.format_gains(gains).drop(columns=["Teacher", "Student"]))]
+               if len(gains) else ["No SD run has its plain counterpart of the same seed here: no SD gain.", ""]),
              *([f"**Not complete when this was recorded: {missing}** (the table's n says what each row rests on; the "
                 "same command without --summary-only trains them: complete runs are skipped, the rest resume).", ""]
                if missing else []),
@@ -143,12 +179,17 @@ def section(args, runs, table, gains) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(text: str) -> None:
-    """Put the section into benchmarks/results.md, replacing the one an earlier call wrote (up to the next
-    '### ' heading)."""
+def section_title(args) -> str:
+    """The default variants' section is "### sd_gain.py"; another choice of --methods has its own."""
+    return SECTION if tuple(args.methods) == DEFAULT_METHODS else f"{SECTION} --methods {','.join(args.methods)}"
+
+
+def record(text: str, title: str = SECTION) -> None:
+    """Put the section into benchmarks/results.md, replacing the one an earlier call with the same `title` wrote
+    (up to the next '### ' heading)."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.startswith(SECTION)), None)
+    start = next((i for i, line in enumerate(lines) if line.startswith(title + ",")), None)
     if start is None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
@@ -160,6 +201,9 @@ def record(text: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run (default 0 1 2)")
+    parser.add_argument("--methods", type=parse_methods, default=DEFAULT_METHODS,
+                        help="comma-separated variants, e.g. kd,kd+ls,sd_kd,sd_kd+ls (+ls: logit standardization; "
+                             "alone: the student alone; default alone,kd,sd_kd,dkd,sd_dkd,nkd,sd_nkd)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output-dir", default=str(REPO / "outputs" / "sd_gain"))
@@ -177,12 +221,12 @@ def main(argv=None) -> None:
     if not args.summary_only:
         train_all(args)
     runs, table, gains = summary(args)
-    if table.empty or gains.empty:
+    if runs.empty:
         sys.exit(f"no complete runs of seeds {args.seeds} under {args.output_dir}; run without --summary-only.")
     text = section(args, runs, table, gains)
     print(text)
     if args.record:
-        record(text)
+        record(text, section_title(args))
         print(f"recorded in {RESULTS}")
 
 

@@ -21,16 +21,15 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from .data.build import PIPELINES
 from .data.folder import AUGMENTS, NORMALIZE
-from .losses import dkd_loss, kd_loss, nkd_loss
+from .losses import LOSSES, LogitLoss
 from .regions import parse_scales
 
-__all__ = ["ConfigError", "parse_list", "Method", "METHODS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig",
+__all__ = ["ConfigError", "parse_list", "METHODS", "LOSS_FIELDS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig",
            "PARAMETERS", "DEFAULTS", "teacher_file_in"]
 
 
@@ -38,33 +37,11 @@ class ConfigError(ValueError):
     """A parameter that cannot give the run the user asked for (one sentence: what, value, accepted)."""
 
 
-@dataclass(frozen=True)
-class Method:
-    """A distillation method: its loss, the authors' default weights and warm-up, and the loss
-    hyper-parameters it accepts (with their defaults)."""
-    loss: Callable
-    ce_weight: float
-    kd_weight: float
-    warmup_epochs: float
-    loss_defaults: dict
-    needs_target: bool
-
-    @property
-    def loss_keys(self) -> tuple[str, ...]:
-        return tuple(self.loss_defaults)
-
-
-# The authors' defaults per method (their distiller classes + mdistiller's default config).
-# SD-NKD reads T and gamma from the DKD section of their config: T=4, gamma=DKD.BETA (8 by default);
-# exclude_target=False is their class mask (the target stays in the "non-target" distribution).
-METHODS = {
-    "kd": Method(kd_loss, ce_weight=0.1, kd_weight=0.9, warmup_epochs=0, loss_defaults={"T": 4.0},
-                 needs_target=False),
-    "dkd": Method(dkd_loss, ce_weight=1.0, kd_weight=1.0, warmup_epochs=20,
-                  loss_defaults={"alpha": 1.0, "beta": 8.0, "T": 4.0}, needs_target=True),
-    "nkd": Method(nkd_loss, ce_weight=1.0, kd_weight=1.0, warmup_epochs=20,
-                  loss_defaults={"T": 4.0, "gamma": 8.0, "exclude_target": False}, needs_target=True),
-}
+# The distillation methods: every registered logit loss (sddlib.losses.register_loss), with its authors' defaults.
+METHODS = LOSSES
+# Loss hyper-parameters that are RunConfig fields of their own (the built-in losses'); any other one of a
+# registered loss goes in `loss_params`.
+LOSS_FIELDS = ("T", "alpha", "beta", "gamma", "exclude_target")
 
 # Solver of each dataset as the authors ran it (their configs merged with mdistiller's defaults).
 # Student-specific learning rates (0.01 for ShuffleNet/MobileNet students) live in params/ files.
@@ -213,6 +190,30 @@ def _run_name(name, value):
     return value
 
 
+def _mapping(name, value):
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        _fail(name, value, "a mapping of hyper-parameter names to values, e.g. {'scale': 0.5}")
+    return dict(value)
+
+
+def _loss_value(method, key, value):
+    try:
+        return method.hyper[key].check(key, value)
+    except ValueError as err:
+        raise ConfigError(f"{err} (method {method.name})") from None
+
+
+def _loss_params(method, given: dict, recipe: dict) -> dict:
+    """`loss_params` of `method`: each given value checked, the others its defaults; the fields of their own refused."""
+    own = [k for k in method.hyper if k not in LOSS_FIELDS]
+    for key in given:
+        if key not in own:
+            where = (f"give {key} as a parameter of its own" if key in LOSS_FIELDS else
+                     f"{method.name} takes {', '.join(own) if own else 'none'} there")
+            raise ConfigError(f"loss_params key {key!r} is not accepted for method {method.name}; {where}.")
+    return {k: _loss_value(method, k, given[k]) if k in given else recipe[k] for k in own}
+
+
 def _choice(options):
     def check(name, value):
         if value not in options:
@@ -248,7 +249,8 @@ class RunConfig(Mapping):
     dataset: str = _param("cifar100", _choice(PROTOCOLS), "cifar100, cub200, imagenet or digit_mosaic (demo)")
     teacher: str = _param(None, _optional(_text), "teacher architecture (sddlib.models.list_models)")
     student: str = _param(None, _optional(_text), "student architecture (sddlib.models.list_models)")
-    method: str = _param("dkd", _choice(METHODS), "base distillation loss: kd, dkd or nkd")
+    method: str = _param("dkd", _choice(METHODS), "base distillation loss: kd, dkd, nkd or a registered one "
+                         "(sddlib.losses.register_loss)")
     scales: tuple = _param((1, 2, 4), None, "M: region scales, [1] (plain method), [1,2] or [1,2,4]")
     epochs: int = _param(None, _optional(_POSITIVE_INT), "training epochs")
     batch_size: int = _param(None, _optional(_POSITIVE_INT), "images per step")
@@ -267,6 +269,11 @@ class RunConfig(Mapping):
     beta: float = _param(None, _WEIGHT, "DKD non-target weight")
     gamma: float = _param(None, _WEIGHT, "NKD non-target weight")
     exclude_target: bool = _param(None, _optional(_flag), "NKD: drop the target from the non-target term")
+    loss_params: dict = _param(None, _optional(_mapping), "hyper-parameters of a registered loss that are not "
+                               "fields of their own, e.g. {'scale': 0.5}; None: the loss's defaults")
+    logit_standardization: bool = _param(False, _flag, "z-score the teacher's and the student's logits per sample "
+                                         "(per region for SD) before the temperature (Sun et al., CVPR 2024); "
+                                         "loss defaults become their CIFAR-100 recipe; not the SDD paper's protocol")
     complementary_weight: float = _param(2.0, _float(low=0, what="a finite number >= 0"),
                                          "weight of complementary regions (consistent ones: 1)")
     clip_grad_norm: float = _param(40.0, _optional(_float(low=0, what="a finite number >= 0 (0: off)")),
@@ -354,7 +361,7 @@ class RunConfig(Mapping):
             raise ConfigError(f"parameter {key!r} is unknown; {hint}the accepted ones are {', '.join(PARAMETERS)}.")
         if "M" in params:
             params["scales"] = params.pop("M")
-        given_loss_values = {k: params[k] for k in _LOSS_KEYS if params.get(k) is not None}
+        given_loss_values = {k: params[k] for k in LOSS_FIELDS if params.get(k) is not None}
         values = {}
         for f in _parameter_fields():
             value = params.get(f.name, f.default)
@@ -369,12 +376,14 @@ class RunConfig(Mapping):
             if values[key] is None:
                 values[key] = value
         method = METHODS[values["method"]]
+        recipe = method.recipe(values["logit_standardization"])
         for key in ("ce_weight", "kd_weight", "warmup_epochs"):
             if values[key] is None:
-                values[key] = getattr(method, key)
-        for key in _LOSS_KEYS:
-            values[key] = (method.loss_defaults[key] if values[key] is None else values[key]) \
-                if key in method.loss_defaults else None
+                values[key] = recipe[key]
+        for key in LOSS_FIELDS:
+            values[key] = (recipe[key] if values[key] is None else _loss_value(method, key, values[key])) \
+                if key in method.hyper else None
+        values["loss_params"] = _loss_params(method, values["loss_params"] or {}, recipe)
         if values["sync_bn"] is None:
             values["sync_bn"] = values["dataset"] == "imagenet"
         _resolve_folder(values)
@@ -439,7 +448,8 @@ class RunConfig(Mapping):
 
     # --- what the run is --------------------------------------------------------------------------
     @property
-    def method_spec(self) -> Method:
+    def method_spec(self) -> LogitLoss:
+        """The registered loss of `method`."""
         return METHODS[self.method]
 
     @property
@@ -449,13 +459,13 @@ class RunConfig(Mapping):
 
     @property
     def variant(self) -> str:
-        """`kd`, `dkd`, `nkd` (M=[1]) or `sd_kd`, `sd_dkd`, `sd_nkd`."""
-        return f"sd_{self.method}" if self.decoupled else self.method
+        """`kd`, `dkd`, `nkd` (M=[1]) or `sd_kd`, `sd_dkd`, `sd_nkd`; `+ls` under logit standardization."""
+        return f"{'sd_' if self.decoupled else ''}{self.method}{'+ls' if self.logit_standardization else ''}"
 
     @property
     def loss_kwargs(self) -> dict:
         """The base loss's hyper-parameters (only those the method accepts)."""
-        return {k: getattr(self, k) for k in self.method_spec.loss_keys}
+        return {k: getattr(self, k) if k in LOSS_FIELDS else self.loss_params[k] for k in self.method_spec.loss_keys}
 
     @property
     def name(self) -> str:
@@ -599,7 +609,7 @@ class RunConfig(Mapping):
 # them only when they differ from it, so the runs and checkpoints recorded before they existed stay valid.
 _ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_warmup_epochs": 0.0, **FOLDER_ONLY,
                 "teacher_pretrained": False, "teacher_weights_file": "", "student_pretrained": False,
-                "student_weights_file": ""}
+                "student_weights_file": "", "loss_params": {}, "logit_standardization": False}
 
 
 def _without_unchanged_additions(values: dict) -> dict:
@@ -611,7 +621,6 @@ def _parameter_fields():
 
 
 PARAMETERS = tuple("M" if f.name == "scales" else f.name for f in _parameter_fields())
-_LOSS_KEYS = ("T", "alpha", "beta", "gamma", "exclude_target")
 # Every parameter's input default, as a params file would write it (None: the dataset's or method's value).
 DEFAULTS = {name: ("[1,2,4]" if name == "M" else
                    RunConfig.__dataclass_fields__[name].default) for name in PARAMETERS}

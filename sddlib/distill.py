@@ -1,5 +1,5 @@
 """fastai callback that turns a plain `Learner(dls, student, loss_func=CrossEntropy)` into (SD-)KD,
-(SD-)DKD or (SD-)NKD distillation.
+(SD-)DKD, (SD-)NKD or the (SD-) distillation of any registered logit loss (`sddlib.losses.register_loss`).
 
 During `fit` the Learner's own forward call of each batch goes through the student's scale-decoupled
 forward (`ScaleDecoupled`), so one student pass yields both its logits and its region logits. That
@@ -26,7 +26,7 @@ import torch.nn as nn
 from fastai.callback.core import Callback
 
 from .config import METHODS
-from .losses import region_masks, sdd_loss
+from .losses import logit_loss, region_masks, sdd_loss
 from .regions import ScaleDecoupled, model_num_classes, parse_scales, region_scales
 
 __all__ = ["CATEGORIES", "FINITE_CHECK_EVERY", "DistillationCallback", "LossWatch", "NonFiniteLossError",
@@ -84,12 +84,13 @@ class LossWatch:
 
 
 class DistillationCallback(Callback):
-    """Distil `teacher` into the Learner's model with `method` ("kd", "dkd", "nkd") at `scales`.
+    """Distil `teacher` into the Learner's model with `method` ("kd", "dkd", "nkd" or a registered loss) at `scales`.
 
     scales=(1,) is the plain method; (1, 2) and (1, 2, 4) the scale-decoupled ones. Loss weights,
-    warm-up and loss hyper-parameters default to the authors' values for `method`; pass any of
-    `ce_weight`, `kd_weight`, `warmup_epochs`, `complementary_weight` or the base loss's keyword
-    arguments (`T`, `alpha`, `beta`, `gamma`, `exclude_target`) to override them.
+    warm-up and loss hyper-parameters default to the authors' values for `method` (with
+    `logit_standardization`, the logit-standardization authors' recipe); pass any of `ce_weight`, `kd_weight`,
+    `warmup_epochs`, `complementary_weight` or the base loss's keyword arguments (`T`, `alpha`, `beta`,
+    `gamma`, `exclude_target`, a registered loss's own) to override them.
 
     After every training epoch `history` gets one row: mean CE and distillation loss, the warm-up
     factor, and the share of regions in each teacher category per scale (`stats_frame()`).
@@ -102,19 +103,21 @@ class DistillationCallback(Callback):
 
     def __init__(self, teacher: nn.Module, method: str = "kd", scales=(1, 2, 4), *,
                  ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=2.0,
-                 **loss_kwargs):
+                 logit_standardization=False, **loss_kwargs):
         if method not in METHODS:
             raise ValueError(f"method {method!r} is unknown; use one of {sorted(METHODS)}.")
         spec = METHODS[method]
         unknown = sorted(set(loss_kwargs) - set(spec.loss_keys))
         if unknown:
-            raise ValueError(f"{method} takes no {unknown[0]!r}; its loss takes {', '.join(spec.loss_keys)}.")
+            raise ValueError(f"{method} takes no {unknown[0]!r}; its loss takes {', '.join(spec.loss_keys) or 'none'}.")
         self.method, self.spec, self.scales = method, spec, parse_scales(scales)
-        self.ce_weight = spec.ce_weight if ce_weight is None else ce_weight
-        self.kd_weight = spec.kd_weight if kd_weight is None else kd_weight
-        self.warmup_epochs = spec.warmup_epochs if warmup_epochs is None else warmup_epochs
+        recipe = spec.recipe(logit_standardization)
+        self.ce_weight = recipe["ce_weight"] if ce_weight is None else ce_weight
+        self.kd_weight = recipe["kd_weight"] if kd_weight is None else kd_weight
+        self.warmup_epochs = recipe["warmup_epochs"] if warmup_epochs is None else warmup_epochs
         self.complementary_weight = complementary_weight
-        self.loss_kwargs = {**spec.loss_defaults, **loss_kwargs}
+        self.logit_standardization = logit_standardization
+        self.loss_kwargs = {**{k: recipe[k] for k in spec.loss_keys}, **loss_kwargs}
         self.teacher = teacher.eval().requires_grad_(False)
         self._sd_teacher = ScaleDecoupled(self.teacher, self.scales)
         self.history: list[dict] = []
@@ -207,10 +210,10 @@ class DistillationCallback(Callback):
         if self.decoupled:
             distill = sdd_loss(self._student_regions, self._teacher_regions, target, base=self.method,
                                complementary_weight=self.complementary_weight, masks=masks,
-                               **self.loss_kwargs)
+                               logit_standardization=self.logit_standardization, **self.loss_kwargs)
         else:
-            extra = {"target": target} if self.spec.needs_target else {}
-            distill = self.spec.loss(self.learn.pred, self._teacher_logits, **extra, **self.loss_kwargs)
+            distill = logit_loss(self.method, self.learn.pred, self._teacher_logits, target,
+                                 logit_standardization=self.logit_standardization, **self.loss_kwargs)
         ce = self.learn.loss_grad
         factor = warmup_factor(self.epoch + 1, self.warmup_epochs)
         total = self.ce_weight * ce + factor * self.kd_weight * distill

@@ -1,19 +1,40 @@
-"""KD, DKD and NKD losses and their scale-decoupled (SD) versions.
+"""Logit distillation losses in one registry, and their scale-decoupled (SD) versions.
 
-Values follow the authors' code (mdistiller and the SDD repository) so published numbers can be
-reproduced, but every quantity is computed from log-softmax / log-sum-exp rather than
-`log(softmax)`: finite logits (fp32 or bf16 autocast, magnitudes up to 1e4) never give NaN or inf,
-where the authors' code silently replaced non-finite losses by zero. All math runs in fp32.
+A logit loss is registered once and then works everywhere KD, DKD and NKD do: plain (M=[1]) and scale
+decoupled, in `RunConfig` (its hyper-parameters checked, its defaults filled in), params files, notebooks, the
+departures, tables and figures. The shortest complete example, a plain L2 between the logits:
+
+    from sddlib.losses import Hyper, register_loss
+
+    def l2_rows(student, teacher, target, scale=1.0):      # one loss value per sample (row)
+        return scale * (student - teacher).pow(2).mean(1)
+
+    register_loss("l2", l2_rows, hyper={"scale": Hyper(1.0, low=0)}, ce_weight=1.0, kd_weight=1.0)
+    # now: experiment.run({..., "method": "l2", "M": "[1,2,4]", "loss_params": {"scale": 0.5}})
+
+The function receives fp32 student and teacher logits (batch x classes, already z-scored when
+`logit_standardization` is on) and the targets, and returns one value per row; the SD version evaluates it on
+every (sample, region) row. Hyper-parameters named T, alpha, beta, gamma or exclude_target are RunConfig's own
+fields; the others go in `loss_params`.
+
+Values of KD, DKD and NKD follow the authors' code (mdistiller and the SDD repository) so published numbers can
+be reproduced, but every quantity is computed from log-softmax / log-sum-exp rather than `log(softmax)`: finite
+logits (fp32 or bf16 autocast, magnitudes up to 1e4) never give NaN or inf, where the authors' code silently
+replaced non-finite losses by zero. All math runs in fp32.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kd_loss", "dkd_loss", "nkd_loss", "BASE_LOSSES", "RegionMasks", "region_masks",
-           "region_weights", "sdd_loss", "check_targets"]
+__all__ = ["Hyper", "LogitLoss", "LOSSES", "register_loss", "get_loss", "logit_loss", "standardize", "kd_loss",
+           "dkd_loss", "nkd_loss", "RegionMasks", "region_masks", "region_weights", "sdd_loss", "check_targets"]
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -55,12 +76,17 @@ def _kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tenso
     return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(1)
 
 
+def _kd_rows(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor | None = None,
+             T: float = 4.0) -> torch.Tensor:
+    s, t = student.float() / T, teacher.float() / T
+    return _kl(t.log_softmax(1), s.log_softmax(1)) * T * T
+
+
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float = 4.0,
             reduction: str = "mean") -> torch.Tensor:
     """Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), summed over classes."""
     _check_pair(student, teacher)
-    s, t = student.float() / T, teacher.float() / T
-    return _reduce(_kl(t.log_softmax(1), s.log_softmax(1)) * T * T, reduction)
+    return _reduce(_kd_rows(student, teacher, T=T), reduction)
 
 
 def _non_target_index(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -75,12 +101,8 @@ def _without_target(x: torch.Tensor, non_target: torch.Tensor) -> torch.Tensor:
     return x.gather(1, non_target)
 
 
-def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
-             alpha: float = 1.0, beta: float = 8.0, T: float = 4.0,
-             reduction: str = "mean") -> torch.Tensor:
-    """Decoupled KD: alpha * TCKD (target vs rest, binary) + beta * NCKD (among non-targets), T^2-scaled."""
-    _check_pair(student, teacher)
-    check_targets(target, student.shape[0], student.shape[1])
+def _dkd_rows(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+              alpha: float = 1.0, beta: float = 8.0, T: float = 4.0) -> torch.Tensor:
     s, t = student.float() / T, teacher.float() / T
     non_target = _non_target_index(target, s.shape[1])
 
@@ -92,7 +114,27 @@ def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
 
     tckd = _kl(binary_log_probs(t), binary_log_probs(s))
     nckd = _kl(_without_target(t, non_target).log_softmax(1), _without_target(s, non_target).log_softmax(1))
-    return _reduce((alpha * tckd + beta * nckd) * T * T, reduction)
+    return (alpha * tckd + beta * nckd) * T * T
+
+
+def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+             alpha: float = 1.0, beta: float = 8.0, T: float = 4.0,
+             reduction: str = "mean") -> torch.Tensor:
+    """Decoupled KD: alpha * TCKD (target vs rest, binary) + beta * NCKD (among non-targets), T^2-scaled."""
+    _check_pair(student, teacher)
+    check_targets(target, student.shape[0], student.shape[1])
+    return _reduce(_dkd_rows(student, teacher, target, alpha, beta, T), reduction)
+
+
+def _nkd_rows(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+              T: float = 1.0, gamma: float = 1.5, exclude_target: bool = False) -> torch.Tensor:
+    s, t = student.float(), teacher.float()
+    idx = target[:, None]
+    target_term = -(t.softmax(1).gather(1, idx) * s.log_softmax(1).gather(1, idx)).squeeze(1)
+    if exclude_target:
+        non_target = _non_target_index(target, s.shape[1])
+        s, t = _without_target(s, non_target), _without_target(t, non_target)
+    return target_term - (t.div(T).softmax(1) * s.div(T).log_softmax(1)).sum(1) * gamma * T * T
 
 
 def nkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
@@ -105,17 +147,167 @@ def nkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
     """
     _check_pair(student, teacher)
     check_targets(target, student.shape[0], student.shape[1])
+    return _reduce(_nkd_rows(student, teacher, target, T, gamma, exclude_target), reduction)
+
+
+# --- logit standardization ------------------------------------------------------------------------
+# Sun et al., "Logit Standardization in Knowledge Distillation" (CVPR 2024), as their public code computes it:
+# sunshangquan/logit-standardization-KD, mdistiller/distillers/KD.py (and DKD.py), function `normalize`: each row's
+# mean and torch.std (the unbiased, n-1 deviation) over the class dimension, with 1e-7 added to the deviation;
+# the loss then divides the z-scores by its temperature (their kd_loss / dkd_loss), as the registered losses here do.
+LS_EPSILON = 1e-7
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Z-score every row of batch x classes logits over its classes (the LS authors' `normalize`)."""
+    return (logits - logits.mean(1, keepdim=True)) / (LS_EPSILON + logits.std(1, keepdim=True))
+
+
+# --- the registry -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Hyper:
+    """A loss hyper-parameter: its default, its kind (float, int or bool) and the range it accepts."""
+    default: Any
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    doc: str = ""
+
+    @property
+    def accepted(self) -> str:
+        if self.kind is bool:
+            return "True or False"
+        text = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None:
+            text += f" {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            text += f"{' and' if self.low is not None else ''} <= {self.high}"
+        return text
+
+    def check(self, name: str, value):
+        """The value, or a ValueError saying what `name` accepts."""
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        else:
+            kinds = (int,) if self.kind is int else (int, float)
+            ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) \
+                and (self.low is None or (value > self.low if self.low_open else value >= self.low)) \
+                and (self.high is None or value <= self.high)
+        if not ok:
+            raise ValueError(f"{name}={value!r} is not accepted; {name} must be {self.accepted}.")
+        return value
+
+
+RECIPE = ("ce_weight", "kd_weight", "warmup_epochs")
+
+
+@dataclass(frozen=True)
+class LogitLoss:
+    """A registered logit loss: its per-sample function, hyper-parameters, and the training recipe's defaults
+    (CE and distillation weights, warm-up epochs), with the values that replace them under logit standardization."""
+    name: str
+    rows: Callable
+    hyper: Mapping[str, Hyper]
+    ce_weight: float
+    kd_weight: float
+    warmup_epochs: float
+    standardized: Mapping[str, Any]
+    loss: Callable = field(repr=False)
+
+    @property
+    def loss_defaults(self) -> dict:
+        return {k: h.default for k, h in self.hyper.items()}
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        return tuple(self.hyper)
+
+    def recipe(self, logit_standardization: bool = False) -> dict:
+        """The default weights, warm-up and hyper-parameters of a run, with or without logit standardization."""
+        values = {**{k: getattr(self, k) for k in RECIPE}, **self.loss_defaults}
+        return {**values, **self.standardized} if logit_standardization else values
+
+
+LOSSES: dict[str, LogitLoss] = {}
+_BUILT_IN = ("kd", "dkd", "nkd")
+
+
+def register_loss(name: str, rows: Callable, *, hyper: Mapping[str, Hyper] | None = None, ce_weight: float = 1.0,
+                  kd_weight: float = 1.0, warmup_epochs: float = 0, standardized: Mapping | None = None,
+                  loss: Callable | None = None) -> LogitLoss:
+    """Register `rows(student, teacher, target, **hyper) -> one loss per sample` as method `name`.
+
+    `standardized`: defaults (hyper-parameters, ce_weight, kd_weight, warmup_epochs) that replace the others when
+    `logit_standardization` is on. `loss`: the public function that reduces (default: `logit_loss` for `name`).
+    Registering a name again replaces it (a notebook cell run twice), except the built-in kd, dkd and nkd."""
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name.startswith("sd_"):
+        raise ValueError(f"loss name {name!r} is not accepted; use lower-case letters, digits and '_', "
+                         "starting with a letter and not with 'sd_' (that prefix names the SD version).")
+    if name in _BUILT_IN and name in LOSSES:
+        raise ValueError(f"{name!r} is a built-in loss and cannot be replaced; register yours under another name.")
+    hyper = dict(hyper or {})
+    for key, spec in hyper.items():
+        if not isinstance(spec, Hyper) or not key.isidentifier() or key in (*RECIPE, "reduction"):
+            raise ValueError(f"hyper-parameter {key!r} of {name!r} must be a Hyper(...) under a Python name other "
+                             f"than {', '.join(RECIPE)} and reduction.")
+        spec.check(key, spec.default)
+    standardized = dict(standardized or {})
+    unknown = sorted(set(standardized) - set(hyper) - set(RECIPE))
+    if unknown:
+        raise ValueError(f"standardized default {unknown[0]!r} of {name!r} is neither a hyper-parameter nor one of "
+                         f"{', '.join(RECIPE)}.")
+    entry = LogitLoss(name, rows, hyper, ce_weight, kd_weight, warmup_epochs, standardized,
+                      loss or functools.partial(logit_loss, name))
+    LOSSES[name] = entry
+    return entry
+
+
+def get_loss(name: str) -> LogitLoss:
+    if name not in LOSSES:
+        raise ValueError(f"base loss {name!r} is unknown; use one of {sorted(LOSSES)} or register it "
+                         "(sddlib.losses.register_loss).")
+    return LOSSES[name]
+
+
+def logit_loss(base: str, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *,
+               logit_standardization: bool = False, reduction: str = "mean", **hyper) -> torch.Tensor:
+    """The registered loss `base` between batch x classes logits, in fp32, z-scored first when
+    `logit_standardization` is on. Hyper-parameters not given take the function's own defaults."""
+    entry = get_loss(base)
+    _check_pair(student, teacher)
+    check_targets(target, student.shape[0], student.shape[1])
+    unknown = sorted(set(hyper) - set(entry.hyper))
+    if unknown:
+        raise ValueError(f"{base} takes no {unknown[0]!r}; its loss takes {', '.join(entry.loss_keys) or 'none'}.")
     s, t = student.float(), teacher.float()
-    idx = target[:, None]
-    target_term = -(t.softmax(1).gather(1, idx) * s.log_softmax(1).gather(1, idx)).squeeze(1)
-    if exclude_target:
-        non_target = _non_target_index(target, s.shape[1])
-        s, t = _without_target(s, non_target), _without_target(t, non_target)
-    non_target = -(t.div(T).softmax(1) * s.div(T).log_softmax(1)).sum(1) * gamma * T * T
-    return _reduce(target_term + non_target, reduction)
+    if logit_standardization:
+        s, t = standardize(s), standardize(t)
+    per_sample = entry.rows(s, t, target, **hyper)
+    if per_sample.shape != (s.shape[0],):
+        raise ValueError(f"the {base} loss returned shape {tuple(per_sample.shape)}; a registered loss returns one "
+                         f"value per sample ({s.shape[0]}).")
+    return _reduce(per_sample, reduction)
 
 
-BASE_LOSSES = {"kd": kd_loss, "dkd": dkd_loss, "nkd": nkd_loss}
+# The authors' defaults per method (their distiller classes + mdistiller's default config).
+# SD-NKD reads T and gamma from the DKD section of their config: T=4, gamma=DKD.BETA (8 by default);
+# exclude_target=False is their class mask (the target stays in the "non-target" distribution).
+# Under logit standardization, the LS authors' CIFAR-100 recipe (tools/train.py of their repository:
+# --base-temp 2 --kd-weight 9): KD's weight 9 and T 2 (CE weight 1, their KD default); DKD's alpha and beta times
+# 9 and T 2. Their code has no NKD: NKD keeps its defaults.
+_TEMPERATURE = Hyper(4.0, low=0, low_open=True, doc="temperature")
+_WEIGHT = dict(low=0)
+register_loss("kd", _kd_rows, hyper={"T": _TEMPERATURE}, ce_weight=0.1, kd_weight=0.9, warmup_epochs=0,
+              standardized={"T": 2.0, "ce_weight": 1.0, "kd_weight": 9.0}, loss=kd_loss)
+register_loss("dkd", _dkd_rows, hyper={"alpha": Hyper(1.0, **_WEIGHT, doc="DKD target-class weight"),
+                                       "beta": Hyper(8.0, **_WEIGHT, doc="DKD non-target weight"), "T": _TEMPERATURE},
+              ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, standardized={"alpha": 9.0, "beta": 72.0, "T": 2.0},
+              loss=dkd_loss)
+register_loss("nkd", _nkd_rows, hyper={"T": _TEMPERATURE, "gamma": Hyper(8.0, **_WEIGHT, doc="NKD non-target weight"),
+                                       "exclude_target": Hyper(False, bool, doc="drop the target from the "
+                                                               "non-target term")},
+              ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, loss=nkd_loss)
 
 
 class RegionMasks(NamedTuple):
@@ -157,14 +349,14 @@ def region_weights(masks: RegionMasks, complementary_weight: float = 2.0) -> tor
 
 def sdd_loss(student_regions: torch.Tensor, teacher_regions: torch.Tensor, target: torch.Tensor,
              base: str = "kd", complementary_weight: float = 2.0, masks: RegionMasks | None = None,
-             **base_kwargs) -> torch.Tensor:
+             logit_standardization: bool = False, **base_kwargs) -> torch.Tensor:
     """Scale-decoupled loss: the base loss on every (sample, region) pair, complementary regions
     up-weighted, weighted sum divided by N*B (the authors' normalisation for all three bases).
 
+    Any registered loss is a base. With `logit_standardization` every (sample, region) row is z-scored on its own.
     Pass `masks` when you already computed `region_masks` for the same teacher output.
     """
-    if base not in BASE_LOSSES:
-        raise ValueError(f"base loss {base!r} is unknown; use one of {sorted(BASE_LOSSES)}.")
+    get_loss(base)
     _check_regions(student_regions, "student region logits")
     _check_regions(teacher_regions, "teacher region logits")
     if student_regions.shape != teacher_regions.shape:
@@ -174,9 +366,6 @@ def sdd_loss(student_regions: torch.Tensor, teacher_regions: torch.Tensor, targe
         masks = region_masks(teacher_regions, target)
     B, K, N = student_regions.shape
     rows = lambda r: r.permute(0, 2, 1).reshape(B * N, K)              # sample-major rows
-    target_rows = target.repeat_interleave(N)
-    loss_fn = BASE_LOSSES[base]
-    extra = {} if base == "kd" else {"target": target_rows}
-    per_row = loss_fn(rows(student_regions), rows(teacher_regions), reduction="none",
-                      **extra, **base_kwargs)
+    per_row = logit_loss(base, rows(student_regions), rows(teacher_regions), target.repeat_interleave(N),
+                         logit_standardization=logit_standardization, reduction="none", **base_kwargs)
     return (per_row * region_weights(masks, complementary_weight).reshape(-1)).sum() / (B * N)

@@ -26,7 +26,7 @@ import yaml
 from .departures import describe, teacher_description
 
 __all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
-           "imagenet_baselines", "authors_logged_runs", "load_runs", "table_datasets", "results_table",
+           "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name", "load_runs", "table_datasets", "results_table",
            "departures_table", "sd_gains", "run_summary", "format_table", "format_gains", "format_departures",
            "to_markdown", "legend", "write_table", "write_tables"]
 
@@ -34,8 +34,34 @@ PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
 ROWS = ("teacher", "student", *METHODS)  # per pair, as the paper lists them
 TITLES = {"cifar100": "CIFAR-100", "imagenet": "ImageNet", "cub200": "CUB-200", "digit_mosaic": "Digit mosaic"}
-METHOD_NAMES = {"teacher": "Teacher", "student": "Student alone", "kd": "KD", "sd_kd": "SD-KD", "dkd": "DKD",
-                "sd_dkd": "SD-DKD", "nkd": "NKD", "sd_nkd": "SD-NKD"}
+METHOD_NAMES = {"teacher": "Teacher", "student": "Student alone", "alone": "Trained alone"}
+
+
+def method_name(variant: str) -> str:
+    """A row's name: "KD", "SD-DKD", "SD-KD+LS" (logit standardization), a registered loss's name in capitals."""
+    if variant in METHOD_NAMES:
+        return METHOD_NAMES[variant]
+    base, ls = variant.removesuffix("+ls"), variant.endswith("+ls")
+    sd = base.startswith("sd_")
+    return ("SD-" if sd else "") + base.removeprefix("sd_").upper() + ("+LS" if ls else "")
+
+
+def _order(variant: str) -> tuple:
+    """Sort key: the paper's methods first (KD, DKD, NKD), each plain before SD and without LS before with."""
+    plain = variant.removeprefix("sd_")
+    base = plain.removesuffix("+ls")
+    return (METHODS.index(base) if base in METHODS else len(METHODS), base, plain != base, variant != plain)
+
+
+def _rows(variants) -> tuple[str, ...]:
+    """The rows of a pair: the paper's, then every other variant we ran (each plain one beside its SD one)."""
+    extra = {v.removeprefix("sd_") for v in variants} - {"alone", *METHODS}
+    return (*ROWS, *sorted((v for plain in extra for v in (plain, f"sd_{plain}")), key=_order))
+
+
+def _sd_partner(variant: str) -> str | None:
+    """The plain variant an SD variant is compared with (sd_kd+ls -> kd+ls); None for a plain one."""
+    return variant[3:] if variant.startswith("sd_") else None
 # The loss values a run records (its `params`): what tells an ImageNet baseline config from an SD config at M=[1].
 LOSS_VALUES = ("ce_weight", "kd_weight", "warmup_epochs", "T", "alpha", "beta", "gamma")
 RUN_COLUMNS = ["dataset", "teacher", "student", "method", "variant", "sd", "scales", "seed", "best_top1",
@@ -68,6 +94,13 @@ def imagenet_baselines() -> list[dict]:
     """The authors' plain KD/DKD/NKD ImageNet configs (imagenet_baselines.yaml): the paper's ImageNet baseline
     rows come from these, not from the SD configs run with M=[1]."""
     return yaml.safe_load(_reference("imagenet_baselines.yaml").read_text())
+
+
+def ls_paper_results() -> pd.DataFrame:
+    """CIFAR-100 top-1 of KD, KD+LS, DKD, DKD+LS as reported by the logit-standardization paper (its README's
+    tables): dataset, teacher, student, method, top1, source. Not SDD paper rows."""
+    with _reference("ls_paper_results.csv").open("r") as f:
+        return pd.read_csv(f)
 
 
 def authors_logged_runs() -> pd.DataFrame:
@@ -151,7 +184,7 @@ def _keep_authors_baselines(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
         if wrong:
             ours = ", ".join(f"{k}={getattr(run, k)}" for k in wrong)
             theirs = ", ".join(f"{k}={config['loss'][k]}" for k in wrong)
-            warnings.warn(f"leaving {run.path} out of the {METHOD_NAMES[run.variant]} row: its {ours} are not the "
+            warnings.warn(f"leaving {run.path} out of the {method_name(run.variant)} row: its {ours} are not the "
                           f"authors' baseline config {config['source']} ({theirs}); run "
                           f"params/{dataset}/{run.teacher}-{run.student}-{run.variant}.yaml with force=True "
                           f"(sweep --force) to replace it.", SkippedRunWarning, stacklevel=3)
@@ -205,7 +238,7 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
         ours = distilled[(distilled["teacher"] == teacher) & (distilled["student"] == student)]
         alone = runs[(runs["variant"] == "alone") & (runs["student"] == student)]
         by_method = {}
-        for method in ROWS:
+        for method in _rows(ours["variant"]):
             # runs sharing one teacher checkpoint report it once (n counts distinct teacher accuracies)
             teachers = ours.drop_duplicates("teacher_top1")
             sel = {"teacher": teachers, "student": alone}.get(method, ours[ours["variant"] == method])
@@ -225,7 +258,7 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
                            paper_top5=_paper_value(paper, teacher, student, method, "top5"))
             by_method[method] = row
         for method, row in by_method.items():
-            base = by_method.get(method[3:]) if method.startswith("sd_") else None
+            base = by_method.get(_sd_partner(method))
             row["sd_gain_ours"] = row["ours_best"] - base["ours_best"] if base else np.nan
             row["sd_gain_paper"] = row["paper"] - base["paper"] if base else np.nan
             if row["n_runs"] or not np.isnan(row["paper"]) or not np.isnan(row["ours_best"]):
@@ -251,7 +284,7 @@ def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> p
     runs = _keep_authors_baselines(runs[runs["variant"] != "alone"], dataset)
     rows = []
     for (teacher, student), pair in runs.groupby(["teacher", "student"], sort=False):
-        for method in ("kd", "dkd", "nkd"):
+        for method in sorted({v for v in pair["variant"] if not _sd_partner(v)}, key=_order):
             plain = pair[pair["variant"] == method].drop_duplicates("seed", keep="last").set_index("seed")
             sd = pair[pair["variant"] == f"sd_{method}"].drop_duplicates("seed", keep="last").set_index("seed")
             seeds = sorted(set(plain.index) & set(sd.index))
@@ -277,7 +310,7 @@ def departures_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     if not len(runs):
         return pd.DataFrame(columns=DEPARTURE_COLUMNS)
     sel = runs[(runs["dataset"] == dataset) & ~runs["as_published"].astype(bool)]
-    out = sel.assign(method=sel["variant"].map(lambda v: METHOD_NAMES.get(v, "Trained alone")), M=sel["scales"])
+    out = sel.assign(method=sel["variant"].map(method_name), M=sel["scales"])
     return out[DEPARTURE_COLUMNS].sort_values(["teacher", "student", "method", "M", "seed"], na_position="first")\
         .reset_index(drop=True)
 
@@ -298,7 +331,7 @@ def run_summary(metrics: dict, paper: pd.DataFrame | None = None) -> pd.DataFram
     paper = paper_results() if paper is None else paper
     paper = paper[paper.dataset == metrics["dataset"]]
     variant = metrics["variant"]
-    other = variant[3:] if variant.startswith("sd_") else f"sd_{variant}"
+    other = _sd_partner(variant) or f"sd_{variant}"
     teacher, student = metrics["teacher"], metrics["student"]
     if metrics.get("departures") != {}:
         paper = paper.iloc[0:0]
@@ -307,8 +340,8 @@ def run_summary(metrics: dict, paper: pd.DataFrame | None = None) -> pd.DataFram
            "best top-1": metrics["best_top1"], "best epoch": metrics["best_epoch"],
            "last top-1": metrics["last_top1"], "best top-5": metrics["best_top5"],
            "last top-5": metrics["last_top5"], "teacher top-1": metrics["teacher_top1"],
-           f"paper {METHOD_NAMES[variant]}": _paper_value(paper, teacher, student, variant),
-           f"paper {METHOD_NAMES[other]}": _paper_value(paper, teacher, student, other)}
+           f"paper {method_name(variant)}": _paper_value(paper, teacher, student, variant),
+           f"paper {method_name(other)}": _paper_value(paper, teacher, student, other)}
     return pd.DataFrame([row]).set_index("run").round(2)
 
 
@@ -326,7 +359,7 @@ def _mean_std(mean, std, n=None) -> str:
 def format_table(df: pd.DataFrame) -> pd.DataFrame:
     """`results_table` as strings for reading: "76.31 ± 0.20 (n=2)", signed deltas, blanks where empty."""
     out = pd.DataFrame({
-        "Teacher": df["teacher"], "Student": df["student"], "Method": df["method"].map(METHOD_NAMES),
+        "Teacher": df["teacher"], "Student": df["student"], "Method": df["method"].map(method_name),
         "M": df["M"],
         "Ours best top-1": [_mean_std(m, s, n) for m, s, n in zip(df.ours_best, df.ours_best_std, df.n_runs)],
         "Ours last top-1": [_mean_std(m, s) for m, s in zip(df.ours_last, df.ours_last_std)],
@@ -348,7 +381,7 @@ def format_gains(df: pd.DataFrame) -> pd.DataFrame:
         return _num(mean, True) + ("" if pd.isna(std) else f" ± {std:.2f}")
     return pd.DataFrame({
         "Teacher": df["teacher"], "Student": df["student"],
-        "Method": [f"{METHOD_NAMES['sd_' + m]} − {METHOD_NAMES[m]}" for m in df["method"]],
+        "Method": [f"{method_name('sd_' + m)} − {method_name(m)}" for m in df["method"]],
         "SD gain, best top-1": [signed(m, s) for m, s in zip(df.gain_best, df.gain_best_std)],
         "SD gain, last top-1": [signed(m, s) for m, s in zip(df.gain_last, df.gain_last_std)],
         "SD ahead (best)": [f"{k} of {n} seeds" for k, n in zip(df.sd_ahead, df.n_seeds)],

@@ -65,7 +65,8 @@ def _probe(params: dict) -> int:
                           bs=cfg.batch_size, **stats)
     teacher = create_model(cfg.teacher, num_classes=num_classes, stem=cfg.stem)
     student = create_model(cfg.student, num_classes=num_classes, stem=cfg.stem)
-    distill = DistillationCallback(teacher, cfg.method, cfg.scales, **cfg.loss_kwargs)
+    distill = DistillationCallback(teacher, cfg.method, cfg.scales, logit_standardization=cfg.logit_standardization,
+                                   **cfg.loss_kwargs)
     build_learner(DataLoaders(train, valid, device=device), student, cfg, cbs=[distill]).fit(1)
     if device.type != "cuda":
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -176,10 +176,11 @@ def build_learner(dls, model, params, cbs=()) -> Learner:
 
 
 def distillation_callback(teacher: nn.Module, cfg: RunConfig) -> DistillationCallback:
-    """The configuration's distillation: its method, scales, loss weights, warm-up and loss hyper-parameters."""
+    """The configuration's distillation: its method, scales, loss weights, warm-up, loss hyper-parameters and
+    logit standardization."""
     return DistillationCallback(teacher, cfg.method, cfg.scales, ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight,
                                 warmup_epochs=cfg.warmup_epochs, complementary_weight=cfg.complementary_weight,
-                                **cfg.loss_kwargs)
+                                logit_standardization=cfg.logit_standardization, **cfg.loss_kwargs)
 
 
 def distill_learner(dls, student: nn.Module, teacher: nn.Module, method: str = "kd", M="[1,2,4]",

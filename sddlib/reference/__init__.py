@@ -5,4 +5,7 @@
 - `imagenet_baselines.yaml`: the authors' plain KD/DKD/NKD ImageNet configs, the source of the paper's
   ImageNet baseline rows (their ImageNet SD models cannot run M=[1]).
 - `authors_logged_runs.csv`: top-1 accuracies the authors noted beside their own run commands.
+- `ls_paper_results.csv`: CIFAR-100 top-1 of KD, KD+LS, DKD and DKD+LS as reported by the logit-standardization
+  paper (Sun et al., CVPR 2024) in the tables of its code release's README (not SDD numbers; method `kd+ls` is
+  plain KD with logit standardization).
 """
