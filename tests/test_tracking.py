@@ -109,7 +109,7 @@ def test_a_resumed_run_continues_the_same_runs(tmp_path, offline):
     assert scalars["top1"] == {1: 10.0, 2: 20.0, 3: 33.0}
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     run_id = (tmp_path / "wandb-run-id.txt").read_text()
-    assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)   # two sessions of one W&B run
+    assert len(runs) == 2 and all((r / f"run-{run_id}.wandb").is_file() for r in runs)  # two sessions of one run
     assert [h["top1"] for _, h in sorted(wandb_history(tmp_path).items())][-1] == 33.0
 
 
