@@ -30,6 +30,7 @@ RANKINGS = {
     "teacher_only": "teacher right, student wrong",
     "sd_only": "plain-method student wrong, SD student right",
 }
+_NAMES = {"teacher": "teacher", "student": "student", "baseline": "plain-method student"}
 _CLASS_SHOWN = {"target": "the target's logit", "top1": "each region's own top-1 logit"}
 
 
@@ -142,7 +143,7 @@ class Explorer:
         cats = d.categories[i, regions]
         self.cell_colors = [CATEGORY_COLORS[CATEGORIES[c]] for c in cats]
         target = d.class_names[d.targets[i]]
-        verdicts = ", ".join(f"{m} global top-1 {d.class_names[d.topk_classes[m][i, 0, 0]]}" for m in d.models)
+        verdicts = ", ".join(f"{_NAMES[m]} global top-1 {d.class_names[d.topk_classes[m][i, 0, 0]]}" for m in d.models)
         self.caption.value = (f"Image {i} ({self.position.value + 1} of {len(self.images)} listed): target "
                               f"<b>{html.escape(target)}</b>; {html.escape(verdicts)}.")
         self.picture.value = _png(self._draw_picture(i, s, regions))
