@@ -65,7 +65,7 @@ def main(argv=None) -> int:
             rows.append(f"| {name} | {path.stat().st_size / 1e6:.2f} | {result['open_s']:.2f} | "
                         f"{result['redraw_median_ms']:.0f} | {result['redraw_max_ms']:.0f} |")
             print(rows[-1], flush=True)
-    table = (heading("Region explorer", load) + f"`.venv/bin/python benchmarks/explorer.py`: a run's "
+    table = (heading("Region explorer", load) + "`.venv/bin/python benchmarks/explorer.py`: a run's "
              "`figures/region_predictions.npz` (512 test images, 21 regions, top-5 of teacher, SD and plain-method "
              "students), the time `explore(run_dir)` takes to open, and the time 12 control changes take to "
              "redraw (goals: 20 MB, 3 s, 300 ms).\n\n| run | file (MB) | open (s) | redraw median (ms) | "

@@ -301,7 +301,7 @@ def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> p
 
 
 DEPARTURE_COLUMNS = ["teacher", "student", "method", "M", "seed", "best_top1", "last_top1", "teacher_top1",
-                     "teacher_from", "departures", "run_name"]
+                     "teacher_from", "departures", "run_name", "path"]
 
 
 def departures_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:

@@ -55,9 +55,12 @@ def _href(target: Path, page: Path) -> str:
     return html.escape(Path(os.path.relpath(target, page.parent)).as_posix(), quote=True)
 
 
+def _run_link(name, metrics_path, page: Path) -> str:
+    return f'<a href="{_href(Path(metrics_path).parent, page)}/">{html.escape(str(name))}</a>'
+
+
 def _run_links(runs: pd.DataFrame, page: Path) -> str:
-    return ", ".join(f'<a href="{_href(Path(p).parent, page)}/">{html.escape(str(n))}</a>'
-                     for n, p in zip(runs["run_name"], runs["path"]))
+    return ", ".join(_run_link(n, p, page) for n, p in zip(runs["run_name"], runs["path"]))
 
 
 def _rows_runs(table: pd.DataFrame, runs: pd.DataFrame) -> list[pd.DataFrame]:
@@ -129,9 +132,7 @@ def _dataset_section(runs: pd.DataFrame, dataset: str, page: Path) -> str:
                 _table(report.format_gains(gains), f"{dataset}-gains")]
     other = report.departures_table(runs, dataset)
     if len(other):
-        paths = dict(zip(runs["run_name"], runs["path"]))
-        other_links = [_run_links(pd.DataFrame({"run_name": [n], "path": [paths[n]]}), page)
-                       for n in other["run_name"]]
+        other_links = [_run_link(n, p, page) for n, p in zip(other["run_name"], other["path"])]
         out += [f"<h3>{html.escape(title)}: runs not as published (not in the table above)</h3>",
                 _table(report.format_departures(other), f"{dataset}-departures", other_links)]
     mine = runs[runs["dataset"] == dataset] if len(runs) else runs
