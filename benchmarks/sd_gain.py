@@ -1,19 +1,23 @@
 """SD's gain on the digit mosaics, measured over several seeds: the quickstart's pair (resnet14 -> resnet8)
 under the full digit_mosaic protocol, the student alone and KD, DKD and NKD, each plain (M=[1]) and scale
 decoupled (M=[1,2,4]), for every seed; `--methods` picks the variants, logit standardization included
-(`kd+ls`, `sd_kd+ls`: the switch `logit_standardization` with its defaults).
+(`kd+ls`, `sd_kd+ls`: the switch `logit_standardization` with its defaults), and the other registered losses
+of the family (TTM, WTTM, RLD, ABKD: sddlib/loss_family.py).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --seeds 0 1 2 --jobs 2 --record
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --methods kd,kd+ls,sd_kd,sd_kd+ls --record
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --methods ttm,sd_ttm,wttm,sd_wttm,rld,sd_rld,abkd,sd_abkd
 
 The settings are the quickstart notebook's defaults: the dataset's protocol (8 epochs, batch 64, SGD lr 0.05
 x0.1 after epochs 5 and 7, weight decay 5e-4), the teacher trained here under that protocol (seed 0, one
-teacher for every seed), each method's loss defaults, DKD/NKD warm-up 2 epochs (the paper: 20 of 240). Two
+teacher for every seed), each method's loss defaults, DKD/NKD/RLD warm-up 2 epochs (their authors: 20 of 240),
+none for the others (none either in their authors' recipes). Two
 settings that change only float rounding differ: the runs keep the reference NCHW layout (the quickstart
 trains in channels_last) and `--threads` per run. The teacher it trains with one thread is the one
 sddlib ships for the quickstart (`sddlib/teachers/digit_mosaic/resnet14.pth`), bit for bit.
 Runs go to `--output-dir` (default outputs/sd_gain/); complete runs are skipped and interrupted ones resume,
-so a rerun only trains what is missing. The summary gives, per method, best and last top-1 as mean ± std (n)
+so a rerun only trains what is missing. Runs go seed by seed (every variant of the first seed, then the next), so
+a call stopped early leaves complete paired comparisons for the seeds it finished. The summary gives, per method, best and last top-1 as mean ± std (n)
 (`sddlib.report.results_table`), and per base method the SD gain paired by seed, with the number of seeds
 in which SD was ahead (`sddlib.report.sd_gains`); `--record` writes it to benchmarks/results.md, replacing
 the section an earlier call wrote.
@@ -41,9 +45,11 @@ from sddlib import experiment, report  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results.md"
 SECTION = "### sd_gain.py"
 TEACHER, STUDENT, SD_SCALES = "resnet14", "resnet8", "[1,2,4]"
-BASE_METHODS = ("kd", "dkd", "nkd")
+BASE_METHODS = ("kd", "dkd", "nkd", "ttm", "wttm", "rld", "abkd")
 DEFAULT_METHODS = ("alone", "kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
-WARMUP = {"kd": 0, "dkd": 2, "nkd": 2}  # the quickstart's: SD-KD has none (as the authors'), DKD/NKD 2 of 8 epochs
+# The quickstart's: KD has none (as the authors'), DKD/NKD 2 of 8 epochs for their 20 of 240; RLD's recipe has DKD's
+# 20 of 240 and maps the same way; TTM, WTTM and ABKD have none.
+WARMUP = {"kd": 0, "dkd": 2, "nkd": 2, "ttm": 0, "wttm": 0, "rld": 2, "abkd": 0}
 
 
 def run_params(method: str | None, scales: str, seed: int, args, standardized: bool = False) -> dict:
@@ -73,8 +79,8 @@ def parse_methods(text: str) -> tuple[str, ...]:
     bad = [v for v in variants if v not in known]
     if bad or not variants:
         raise argparse.ArgumentTypeError(f"{bad[0] if bad else text!r} is not a variant of this benchmark; use "
-                                         "comma-separated alone, kd, dkd or nkd, the last three optionally with "
-                                         "sd_ before and +ls after, e.g. kd,kd+ls,sd_kd,sd_kd+ls.")
+                                         f"comma-separated alone or {', '.join(BASE_METHODS)}, each of the others "
+                                         "optionally with sd_ before and +ls after, e.g. kd,kd+ls,sd_kd,sd_kd+ls.")
     return tuple(dict.fromkeys(variants))
 
 
@@ -92,10 +98,9 @@ def _train(kind: str, params: dict) -> str:
 
 
 def train_all(args) -> None:
-    """The teacher first, with students alone (which do not need it) on the other workers meanwhile; then the
-    first base method's variants seed by seed (KD and SD-KD by default, the headline pair: a call stopped early
-    leaves as many complete pairs as it could), then the remaining students alone, then the other base methods
-    the same way."""
+    """The teacher first, with students alone (which do not need it) on the other workers meanwhile; then seed by
+    seed every variant asked for (and that seed's student alone, if not trained yet), so that a call stopped early
+    leaves complete paired comparisons for every seed it finished."""
     cfg = experiment.RunConfig.from_params(run_params("kd", SD_SCALES, 0, args))
     # the teacher sddlib ships is this benchmark's teacher (see above): no run needs to train it
     cached = Path(args.output_dir) / "teachers" / "digit_mosaic" / f"{TEACHER}.pth"
@@ -104,13 +109,10 @@ def train_all(args) -> None:
     alone = [run_params(None, "[1]", seed, args) for seed in args.seeds if "alone" in args.methods]
     alone = [p for p in alone if experiment.load_metrics(experiment.vanilla_dir(p, STUDENT) / "metrics.json") is None]
     fillers = alone[:args.jobs - 1] if not cached.is_file() else []
-    groups = {}
-    for variant in (v for v in args.methods if v != "alone"):
-        groups.setdefault(variant.removeprefix("sd_").removesuffix("+ls"), []).append(variant)
-    pairs = [[("distill", variant_params(v, seed, args)) for seed in args.seeds for v in variants]
-             for variants in groups.values()]
-    first, *rest = pairs or [[]]
-    later = [*first, *[("alone", p) for p in alone[len(fillers):]], *[job for group in rest for job in group]]
+    alone_later = {p["seed"]: p for p in alone[len(fillers):]}
+    later = [job for seed in args.seeds
+             for job in ([("distill", variant_params(v, seed, args)) for v in args.methods if v != "alone"]
+                         + ([("alone", alone_later[seed])] if seed in alone_later else []))]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(args.threads,)) as pool:
@@ -160,9 +162,10 @@ def section(args, runs, table, gains) -> str:
     lines = [f"{section_title(args)}, {datetime.date.today()}, {machine}", "",
              f"`{command}`", "",
              f"{TEACHER} → {STUDENT} on the digit mosaics (8,000 train / 2,000 test images), the full digit_mosaic "
-             "protocol (8 epochs, batch 64, SGD lr 0.05, x0.1 after epochs 5 and 7, weight decay 5e-4), DKD/NKD "
-             "warm-up 2 epochs, each method's loss defaults: the quickstart's defaults (one seed there); +LS: "
-             "logit standardization on, with its defaults (KD: T 2, CE 1, KD weight 9; DKD: T 2, alpha 9, beta 72). Seeds "
+             f"protocol (8 epochs, batch 64, SGD lr 0.05, x0.1 after epochs 5 and 7, weight decay 5e-4), "
+             f"{warmup_text(args.methods)}, each method's loss defaults: the quickstart's defaults (one seed there)"
+             + ("; +LS: logit standardization on, with its defaults (KD: T 2, CE 1, KD weight 9; DKD: T 2, alpha 9, "
+                "beta 72)" if any(v.endswith("+ls") for v in args.methods) else "") + ". Seeds "
              f"{', '.join(map(str, args.seeds))}; a seed sets the initialisation, the batch order and the crops, and "
              "also draws that seed's mosaics (from the same disjoint train/test scans). One teacher, trained here "
              "under the same protocol (seed 0); its row is its accuracy on each seed's test mosaics. Top-1 (%) on "
@@ -177,6 +180,17 @@ def section(args, runs, table, gains) -> str:
              f"Median wall time per run, as the runs recorded it (trained while other jobs shared the cores: not a "
              f"timing benchmark): {_run_times(runs)}.", ""]
     return "\n".join(lines) + "\n"
+
+
+def warmup_text(methods) -> str:
+    """e.g. "warm-up 2 epochs for DKD and NKD, no warm-up for KD": what each base method run here had."""
+    bases = dict.fromkeys(v.removeprefix("sd_").removesuffix("+ls") for v in methods if v != "alone")
+    by_length = {}
+    for base in bases:
+        by_length.setdefault(WARMUP[base], []).append(base.upper())
+    names = lambda group: " and ".join([", ".join(group[:-1]), group[-1]] if len(group) > 1 else group)  # noqa: E731
+    return ", ".join(f"warm-up {n} epochs for {names(g)}" if n else f"no warm-up for {names(g)}"
+                     for n, g in sorted(by_length.items(), reverse=True))
 
 
 def section_title(args) -> str:

@@ -26,6 +26,7 @@ import yaml
 
 from .data.build import PIPELINES
 from .data.folder import AUGMENTS, NORMALIZE
+from . import loss_family  # noqa: F401  (registers ttm, wttm, rld, abkd wherever a run is checked)
 from .losses import LOSSES, LogitLoss
 from .regions import parse_scales
 
@@ -265,9 +266,9 @@ class RunConfig(Mapping):
     kd_weight: float = _param(None, _WEIGHT, "weight of the distillation term")
     warmup_epochs: float = _param(None, _WEIGHT, "distillation weight ramps as min(epoch / warm-up, 1); 0: none")
     T: float = _param(None, _TEMPERATURE, "distillation temperature")
-    alpha: float = _param(None, _WEIGHT, "DKD target-class weight")
-    beta: float = _param(None, _WEIGHT, "DKD non-target weight")
-    gamma: float = _param(None, _WEIGHT, "NKD non-target weight")
+    alpha: float = _param(None, _WEIGHT, "DKD/RLD target-class weight; ABKD alpha")
+    beta: float = _param(None, _WEIGHT, "DKD non-target weight; RLD below-target weight; ABKD beta")
+    gamma: float = _param(None, _WEIGHT, "NKD non-target weight; TTM/WTTM teacher exponent")
     exclude_target: bool = _param(None, _optional(_flag), "NKD: drop the target from the non-target term")
     loss_params: dict = _param(None, _optional(_mapping), "hyper-parameters of a registered loss that are not "
                                "fields of their own, e.g. {'scale': 0.5}; None: the loss's defaults")
