@@ -27,8 +27,7 @@ __all__ = ["ExportError", "export_student", "main"]
 # The student file of a distillation run per `weights` choice (what `experiment.run` writes).
 WEIGHT_FILES = {"last": "student.pth", "best": "student_best.pth"}
 # Hugging Face dataset ids of the paper's datasets (the card's `datasets:`); other data is named as the run names it.
-HUB_DATASETS = {"cifar100": "uoft-cs/cifar100", "imagenet": "ILSVRC/imagenet-1k",
-                "cub200": "bentrevett/caltech-ucsd-birds-200-2011"}
+HUB_DATASETS = {"cifar100": "uoft-cs/cifar100", "imagenet": "ILSVRC/imagenet-1k"}
 
 
 class ExportError(ValueError):
@@ -76,7 +75,7 @@ def _data_info(cfg, data_dir):
     return dls.info
 
 
-def _student(cfg, metrics: dict, run_dir: Path, weights: str, num_classes: int) -> nn.Module:
+def _student(cfg, run_dir: Path, weights: str, num_classes: int) -> nn.Module:
     # TODO(issue 28): one function will load a finished run's models; this is the student half of it.
     from .checkpoints import load_checkpoint
     from .models import create_model
@@ -109,7 +108,7 @@ def _timm_config(model: nn.Module, path: Path, info, data_config: dict, tag: str
     path.write_text(json.dumps(config, indent=2))
 
 
-def _own_config(cfg, model: nn.Module, path: Path, info, data_config: dict, tag: str) -> None:
+def _own_config(cfg, path: Path, info, data_config: dict, tag: str) -> None:
     """The same shape for sddlib's own networks (timm cannot build them: `sddlib` says how)."""
     pretrained_cfg = {"tag": tag, "input_size": list(data_config["input_size"]),
                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()
@@ -119,9 +118,13 @@ def _own_config(cfg, model: nn.Module, path: Path, info, data_config: dict, tag:
     path.write_text(json.dumps(config, indent=2))
 
 
+def _rounded(values) -> list[float]:
+    return [round(v, 4) for v in values]
+
+
 def _method_name(cfg) -> str:
     """"SD-DKD", "KD", "SD-KD+LS": the run's variant as the paper writes it."""
-    return cfg.variant.replace("sd_", "SD-").upper().replace("SD-", "SD-").replace("+LS", "+LS")
+    return cfg.variant.replace("sd_", "SD-").upper()
 
 
 def _card_facts(metrics: dict, cfg, weights: str) -> list[tuple[str, str]]:
@@ -144,7 +147,8 @@ def _card_facts(metrics: dict, cfg, weights: str) -> list[tuple[str, str]]:
         ("these weights", f"the {'final' if weights == 'last' else 'best'} epoch's ({WEIGHT_FILES[weights]})"),
         ("departures from the published protocol", describe(metrics.get("departures"))),
         ("published experiment", metrics.get("published_params") or "none"),
-        ("sddlib", f"{(metrics.get('versions') or {}).get('sddlib', '?')}, commit {metrics.get('git_commit') or 'not recorded'}"),
+        ("sddlib", f"version {(metrics.get('versions') or {}).get('sddlib', 'not recorded')}, commit "
+                   f"{metrics.get('git_commit') or 'not recorded'}"),
         ("run", metrics["run_name"]),
     ]
 
@@ -162,7 +166,6 @@ def model_card(metrics: dict, cfg, info, data_config: dict, weights: str, timm_n
     if timm_name:
         load = f"""```python
 import timm
-import torch
 
 model = timm.create_model("local-dir:path/to/this/folder", pretrained=True).eval()
 # from the Hub after uploading: timm.create_model("hf-hub:<you>/<name>", pretrained=True)
@@ -174,20 +177,23 @@ transform = timm.data.create_transform(**config)
     else:
         load = f"""```python
 from safetensors.torch import load_file
-from sddlib.models import create_model   # pip install sddlib (this network is sddlib's, not timm's)
+from sddlib.models import create_model   # sddlib installed: this network is sddlib's, not timm's
 
 model = create_model("{cfg.student}", num_classes={info.num_classes}, stem="{cfg.stem}")
 model.load_state_dict(load_file("path/to/this/folder/model.safetensors"))
 model.eval()
 ```
 Normalise images as below (config.json holds the same numbers)."""
+    how = ("by scale-decoupled distillation (SDD, CVPR 2024): the distillation loss is applied to the logits of every "
+           "region of the final feature map at several scales, not only to the global logits" if cfg.decoupled
+           else "with the plain method (no scale decoupling)")
     labels = ", ".join(info.class_names) if len(info.class_names) <= 20 else "in config.json (`label_names`)"
     return "\n".join(front) + f"""
 
 # {title}
 
 The student {cfg.student} of an sddlib run: knowledge distillation from the teacher {metrics['teacher']}
-{"by scale-decoupled distillation (SDD, CVPR 2024): the distillation loss is applied to the logits of every region of the final feature map at several scales, not only to the global logits" if cfg.decoupled else "with the plain method (no scale decoupling)"}.
+{how}.
 Every number below is from the run's own record (metrics.json).
 
 | | |
@@ -198,14 +204,16 @@ Every number below is from the run's own record (metrics.json).
 
 {load}
 
-Input: RGB images at {size}x{size}, scaled to [0, 1] and normalised with mean {list(data_config["mean"])} and std
-{list(data_config["std"])} (the run's data); crop fraction {data_config["crop_pct"]}.
+Input: RGB images at {size}x{size}, scaled to [0, 1] and normalised with mean {_rounded(data_config["mean"])} and
+std {_rounded(data_config["std"])} (the run's data; config.json holds them in full); crop fraction
+{data_config["crop_pct"]}.
 Classes ({info.num_classes}): {labels}.
 
 ## Upload
 
 This folder was written by `python -m sddlib.export`; nothing was uploaded. To publish it:
-`hf upload <you>/<name> path/to/this/folder` (older huggingface_hub: `huggingface-cli upload <you>/<name> path/to/this/folder`).
+`hf upload <you>/<name> path/to/this/folder` (older huggingface_hub:
+`huggingface-cli upload <you>/<name> path/to/this/folder`).
 Add a licence to the front matter that fits the data and the teacher's weights first.
 """
 
@@ -219,7 +227,6 @@ def export_student(run_dir, dest, *, weights: str = "last", data_dir=None) -> Pa
     from safetensors.torch import save_file
 
     from .config import RunConfig
-    from .models import is_external
 
     if weights not in WEIGHT_FILES:
         raise ExportError(f"weights={weights!r} is not known; use 'last' (the final epoch) or 'best'.")
@@ -228,9 +235,9 @@ def export_student(run_dir, dest, *, weights: str = "last", data_dir=None) -> Pa
     _empty_destination(dest)
     cfg = RunConfig.from_params(metrics["params"])
     info = _data_info(cfg, data_dir)
-    model = _student(cfg, metrics, run_dir, weights, info.num_classes)
+    model = _student(cfg, run_dir, weights, info.num_classes)
     data_config = _preprocessing(cfg, info)
-    timm_name = cfg.student.split(":", 1)[1] if is_external(cfg.student) and cfg.student.startswith("timm:") else None
+    timm_name = cfg.student.removeprefix("timm:") if cfg.student.startswith("timm:") else None
     tag = f"{cfg.variant.replace('+', '_')}_{cfg.data_name}".lower()
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -240,7 +247,7 @@ def export_student(run_dir, dest, *, weights: str = "last", data_dir=None) -> Pa
         if timm_name:
             _timm_config(model, staging / "config.json", info, data_config, tag)
         else:
-            _own_config(cfg, model, staging / "config.json", info, data_config, tag)
+            _own_config(cfg, staging / "config.json", info, data_config, tag)
         (staging / "README.md").write_text(model_card(metrics, cfg, info, data_config, weights, timm_name))
         if dest.exists():
             dest.rmdir()   # empty (checked above); rename does not replace a folder

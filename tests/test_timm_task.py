@@ -2,7 +2,9 @@
 LogitDistillationTask for plain KD, a plain PyTorch loop, DDP over gloo and torch.compile."""
 import copy
 import os
+import re
 import socket
+from pathlib import Path
 
 import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
 import pytest
@@ -87,7 +89,8 @@ class CaptureStep(Callback):
 
 
 CASES = [("kd", "[1,2,4]", {}), ("dkd", "[1,2]", {"warmup_epochs": 4, "beta": 2.0}), ("nkd", "[1]", {}),
-         ("task_test_squared", "[1,2,4]", {"scale": 0.5}), ("kd", "[1,2]", {"logit_standardization": True})]
+         ("task_test_squared", "[1,2,4]", {"scale": 0.5}), ("kd", "[1,2]", {"logit_standardization": True}),
+         ("dkd", "[1,2,4]", {"ce_weight": 0.5, "kd_weight": 3.0, "warmup_epochs": 0, "complementary_weight": 3.0})]
 
 
 @pytest.mark.parametrize("method,M,options", CASES)
@@ -105,8 +108,9 @@ def test_loss_and_gradients_equal_the_fastai_callback_step(method, M, options):
         learn.fit(1)
     seen = capture.seen
     start.load_state_dict(seen["state"])
-    weights = {"task_loss_weight": options.pop("ce_weight", None), "distill_loss_weight": options.pop("kd_weight", None)}
-    task = ScaleDecoupledDistillationTask(start, teacher, method, M, verbose=False, **weights, **options).train()
+    timm_names = {"ce_weight": "task_loss_weight", "kd_weight": "distill_loss_weight"}
+    task = ScaleDecoupledDistillationTask(start, teacher, method, M, verbose=False,
+                                          **{timm_names.get(k, k): v for k, v in options.items()}).train()
     task.set_epoch(0)
     out = task(seen["x"], seen["y"])
     out["loss"].backward()
@@ -267,3 +271,21 @@ def test_compile_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
     assert compiled.student is student and compiled.get_eval_model() is eval_model
     torch.testing.assert_close(eval_model(x), student(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # trains two epochs on 512 digit mosaics, then one fastai epoch
+def test_the_docs_page_code_runs(tmp_path, monkeypatch, capsys):
+    """Every Python block of docs/own-training-loop.md, in order, in one namespace (as a reader pastes them)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "own-training-loop.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert len(blocks) == 2 and len(blocks[0].splitlines()) <= 25
+    assert "digit_mosaic(bs=64, subset=512)" in blocks[0]
+    blocks[0] = blocks[0].replace("digit_mosaic(bs=64", f"digit_mosaic({str(tmp_path)!r}, bs=64")  # not in ~/.cache
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "docs/own-training-loop.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert re.search(r"^top-1 0\.\d+", printed, re.M)
+    assert [row["epoch"] for row in namespace["distill"].history] == [1]
+    assert isinstance(namespace["task"], ScaleDecoupledDistillationTask)
