@@ -76,7 +76,7 @@ def _data_info(cfg, data_dir):
 
 
 def _student(cfg, run_dir: Path, weights: str, num_classes: int) -> nn.Module:
-    # TODO(issue 28): one function will load a finished run's models; this is the student half of it.
+    # the student half of loading a finished run's models, as viz.region_file does; issue 28's one loader replaces it
     from .checkpoints import load_checkpoint
     from .models import create_model
     path = run_dir / WEIGHT_FILES[weights]

@@ -32,51 +32,60 @@ def tiny_runs(tmp_path_factory):
     return runs
 
 
-# Run in a fresh interpreter: the card's code (its folder path made real), then top-1 on the run's test set with the
-# preprocessing the folder declares (the loader's normalisation undone, the folder's mean and std applied).
+# Run in a fresh interpreter that imports neither sddlib's data code nor fastai: the card's code (its folder path made
+# real), then top-1 on the run's test images (in [0, 1], saved by the test) with the preprocessing the folder declares.
 RELOAD = r"""
 import json, re, sys, torch
 from pathlib import Path
-from sddlib.data import get_dataloaders, unnormalize
-folder, data_dir, out = sys.argv[1:4]
+folder, test_set, out = sys.argv[1:4]
 card = (Path(folder) / "README.md").read_text()
 code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("path/to/this/folder", folder)
 scope = {}
 exec(code, scope)
 model = scope["model"]
-config = json.loads((Path(folder) / "config.json").read_text())["pretrained_cfg"]
-mean, std = (torch.tensor(config[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
-dls = get_dataloaders("digit_mosaic", data_dir, bs=32, subset=96, num_workers=0, device="cpu")
-hits, total, logits = 0, 0, []
+config = json.loads((Path(folder) / "config.json").read_text())
+cfg = config["pretrained_cfg"]
+images, labels = torch.load(test_set).values()
+assert tuple(images.shape[1:]) == tuple(cfg["input_size"])
+inputs = (images - torch.tensor(cfg["mean"]).view(1, -1, 1, 1)) / torch.tensor(cfg["std"]).view(1, -1, 1, 1)
 with torch.no_grad():
-    for x, y in dls.valid:
-        images = unnormalize(x, dls.info.mean, dls.info.std)
-        assert tuple(images.shape[1:]) == tuple(config["input_size"])
-        z = model((images - mean) / std)
-        hits, total = hits + (z.argmax(1) == y).sum().item(), total + len(y)
-        logits.append(z)
-torch.save({"top1": 100 * hits / total, "logits": torch.cat(logits), "type": type(model).__module__}, out)
+    logits = model(inputs)
+    by_name = None
+    if "sddlib" not in config:   # a timm student: also by name, with the weights file
+        import timm
+        n = config["num_classes"]
+        by_name = timm.create_model(config["architecture"], pretrained=True, num_classes=n,
+                                    pretrained_cfg_overlay=dict(file=f"{folder}/model.safetensors", num_classes=n))
+        by_name = by_name.eval()(inputs)
+torch.save({"top1": 100 * (logits.argmax(1) == labels).float().mean().item(), "logits": logits,
+            "type": type(model).__module__, "by_name": by_name}, out)
 """
 
 
-def _reload(folder: Path, data_dir: str, tmp_path: Path) -> dict:
-    out = tmp_path / f"{folder.name}.pt"
-    done = subprocess.run([sys.executable, "-c", RELOAD, str(folder), data_dir, str(out)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out)
-
-
-def _run_logits(run_dir: Path, metrics: dict) -> torch.Tensor:
-    """The run's own student (student.pth through sddlib) on the test set, as the run evaluated it."""
+def _test_set(metrics: dict, tmp_path: Path) -> tuple[Path, torch.Tensor]:
+    """The run's test images through its own loader, normalisation undone (in [0, 1]), saved for the fresh process;
+    and the logits of the run's own student (student.pth through sddlib) on them, as the run evaluated it."""
     from sddlib.checkpoints import load_checkpoint
-    from sddlib.data import get_dataloaders
+    from sddlib.data import get_dataloaders, unnormalize
     from sddlib.models import create_model
-    student = load_checkpoint(create_model(metrics["student"], num_classes=10), run_dir / "student.pth").eval()
     dls = get_dataloaders("digit_mosaic", metrics["params"]["data_dir"], bs=32, subset=96, num_workers=0,
                           device="cpu")
+    x, y = (torch.cat(t) for t in zip(*[(x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor))
+                                        for x, y in dls.valid]))
+    path = tmp_path / "test_set.pt"
+    torch.save({"images": unnormalize(x, dls.info.mean, dls.info.std), "labels": y}, path)
+    run_dir = Path(metrics["params"]["output_dir"]) / "digit_mosaic" / metrics["run_name"]
+    student = load_checkpoint(create_model(metrics["student"], num_classes=10), run_dir / "student.pth").eval()
     with torch.no_grad():
-        return torch.cat([student(x) for x, _ in dls.valid])
+        return path, student(x)
+
+
+def _reload(folder: Path, test_set: Path, tmp_path: Path) -> dict:
+    out = tmp_path / f"{folder.name}.pt"
+    done = subprocess.run([sys.executable, "-c", RELOAD, str(folder), str(test_set), str(out)], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out)
 
 
 @pytest.mark.slow  # trains a teacher and two students (tiny_runs), and starts a fresh Python per export
@@ -85,10 +94,13 @@ def test_an_exported_student_reloads_in_a_fresh_process_with_the_runs_top1(tiny_
     run_dir, metrics = tiny_runs[kind]
     dest = export_student(run_dir, tmp_path / "export")
     assert sorted(p.name for p in dest.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    reloaded = _reload(dest, metrics["params"]["data_dir"], tmp_path)
+    test_set, run_logits = _test_set(metrics, tmp_path)
+    reloaded = _reload(dest, test_set, tmp_path)
     assert reloaded["top1"] == pytest.approx(metrics["last_top1"])
-    torch.testing.assert_close(reloaded["logits"], _run_logits(run_dir, metrics), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reloaded["logits"], run_logits, rtol=1e-4, atol=1e-5)
     assert reloaded["type"].startswith("timm." if kind == "timm" else "sddlib.models")
+    if kind == "timm":   # timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...)) too
+        torch.testing.assert_close(reloaded["by_name"], reloaded["logits"])
 
 
 @pytest.mark.slow  # trains a teacher and two students (tiny_runs)
