@@ -27,7 +27,7 @@ from fastai.callback.core import Callback
 
 from .config import METHODS
 from .losses import RegionMasks, logit_loss, region_masks, sdd_loss
-from .regions import ScaleDecoupled, model_num_classes, parse_scales, region_scales
+from .regions import ScaleDecoupled, model_num_classes, parse_scales
 
 __all__ = ["CATEGORIES", "FINITE_CHECK_EVERY", "DistillationCallback", "LossWatch", "NonFiniteLossError",
            "category_counts", "category_shares", "distillation_term", "resolve_recipe", "warmup_factor"]
@@ -83,13 +83,13 @@ def category_counts(masks: RegionMasks) -> torch.Tensor:
 
 def category_shares(counts: torch.Tensor, scales: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """`{"<category>@<scale>": share}` from 4 x N region counts: within each scale the four shares sum to 1.
-    The values stay tensors on the counts' device (read them when you log them)."""
-    scale_of = torch.tensor(region_scales(scales), device=counts.device)
-    shares = {}
-    for s in scales:
-        per_category = counts[:, scale_of == s].sum(1).float()
+    The values stay tensors on the counts' device, computed without a host sync (read them when you log them)."""
+    shares, start = {}, 0
+    for s in scales:   # a scale's regions are contiguous, in the library's region order
+        per_category = counts[:, start:start + s * s].sum(1).float()
         per_category = per_category / per_category.sum().clamp(min=1)
         shares.update({f"{name}@{s}": v for name, v in zip(CATEGORIES, per_category)})
+        start += s * s
     return shares
 
 
