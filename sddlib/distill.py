@@ -26,11 +26,11 @@ import torch.nn as nn
 from fastai.callback.core import Callback
 
 from .config import METHODS
-from .losses import logit_loss, region_masks, sdd_loss
-from .regions import ScaleDecoupled, model_num_classes, parse_scales, region_scales
+from .losses import RegionMasks, logit_loss, region_masks, sdd_loss
+from .regions import ScaleDecoupled, model_num_classes, parse_scales
 
 __all__ = ["CATEGORIES", "FINITE_CHECK_EVERY", "DistillationCallback", "LossWatch", "NonFiniteLossError",
-           "warmup_factor"]
+           "category_counts", "category_shares", "distillation_term", "resolve_recipe", "warmup_factor"]
 
 # Names of the four teacher-defined region categories, in `RegionMasks` order.
 CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "complementary_gw_lr")
@@ -39,6 +39,58 @@ CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "co
 def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     """min(epoch / warm-up, 1) with epochs counted from 1, as the authors' trainer does."""
     return 1.0 if not warmup_epochs else min(epoch / warmup_epochs, 1.0)
+
+
+def resolve_recipe(method: str, *, ce_weight=None, kd_weight=None, warmup_epochs=None,
+                   logit_standardization: bool = False, **loss_kwargs) -> dict:
+    """`ce_weight`, `kd_weight`, `warmup_epochs` and `loss_kwargs` of a distillation with `method`: the method's
+    registered recipe (with `logit_standardization`, its standardized one), overridden by what is given. Shared by
+    the fastai callback and the timm task, so both train on the same loss."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is unknown; use one of {sorted(METHODS)}.")
+    spec = METHODS[method]
+    unknown = sorted(set(loss_kwargs) - set(spec.loss_keys))
+    if unknown:
+        raise ValueError(f"{method} takes no {unknown[0]!r}; its loss takes {', '.join(spec.loss_keys) or 'none'}.")
+    recipe = spec.recipe(logit_standardization)
+    return {"ce_weight": recipe["ce_weight"] if ce_weight is None else ce_weight,
+            "kd_weight": recipe["kd_weight"] if kd_weight is None else kd_weight,
+            "warmup_epochs": recipe["warmup_epochs"] if warmup_epochs is None else warmup_epochs,
+            "loss_kwargs": {**{k: recipe[k] for k in spec.loss_keys}, **loss_kwargs}}
+
+
+def distillation_term(method: str, scales: tuple[int, ...], student_logits: torch.Tensor,
+                      student_regions: torch.Tensor, teacher_logits: torch.Tensor, teacher_regions: torch.Tensor,
+                      target: torch.Tensor, *, complementary_weight: float, logit_standardization: bool,
+                      loss_kwargs: dict) -> tuple[torch.Tensor, RegionMasks]:
+    """The distillation loss of one batch (unweighted, before warm-up) and the teacher's region masks: the SD loss
+    over every region when `scales` decouple, else `method` on the models' own logits (M=[1], the plain method)."""
+    masks = region_masks(teacher_regions, target)
+    if scales != (1,):
+        distill = sdd_loss(student_regions, teacher_regions, target, base=method,
+                           complementary_weight=complementary_weight, masks=masks,
+                           logit_standardization=logit_standardization, **loss_kwargs)
+    else:
+        distill = logit_loss(method, student_logits, teacher_logits, target,
+                             logit_standardization=logit_standardization, **loss_kwargs)
+    return distill, masks
+
+
+def category_counts(masks: RegionMasks) -> torch.Tensor:
+    """How many samples of the batch fall in each category at each region position: 4 x N, `CATEGORIES` order."""
+    return torch.stack([m.sum(0) for m in masks])
+
+
+def category_shares(counts: torch.Tensor, scales: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """`{"<category>@<scale>": share}` from 4 x N region counts: within each scale the four shares sum to 1.
+    The values stay tensors on the counts' device, computed without a host sync (read them when you log them)."""
+    shares, start = {}, 0
+    for s in scales:   # a scale's regions are contiguous, in the library's region order
+        per_category = counts[:, start:start + s * s].sum(1).float()
+        per_category = per_category / per_category.sum().clamp(min=1)
+        shares.update({f"{name}@{s}": v for name, v in zip(CATEGORIES, per_category)})
+        start += s * s
+    return shares
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -104,20 +156,13 @@ class DistillationCallback(Callback):
     def __init__(self, teacher: nn.Module, method: str = "kd", scales=(1, 2, 4), *,
                  ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=2.0,
                  logit_standardization=False, **loss_kwargs):
-        if method not in METHODS:
-            raise ValueError(f"method {method!r} is unknown; use one of {sorted(METHODS)}.")
-        spec = METHODS[method]
-        unknown = sorted(set(loss_kwargs) - set(spec.loss_keys))
-        if unknown:
-            raise ValueError(f"{method} takes no {unknown[0]!r}; its loss takes {', '.join(spec.loss_keys) or 'none'}.")
-        self.method, self.spec, self.scales = method, spec, parse_scales(scales)
-        recipe = spec.recipe(logit_standardization)
-        self.ce_weight = recipe["ce_weight"] if ce_weight is None else ce_weight
-        self.kd_weight = recipe["kd_weight"] if kd_weight is None else kd_weight
-        self.warmup_epochs = recipe["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+        recipe = resolve_recipe(method, ce_weight=ce_weight, kd_weight=kd_weight, warmup_epochs=warmup_epochs,
+                                logit_standardization=logit_standardization, **loss_kwargs)
+        self.method, self.spec, self.scales = method, METHODS[method], parse_scales(scales)
+        self.ce_weight, self.kd_weight = recipe["ce_weight"], recipe["kd_weight"]
+        self.warmup_epochs, self.loss_kwargs = recipe["warmup_epochs"], recipe["loss_kwargs"]
         self.complementary_weight = complementary_weight
         self.logit_standardization = logit_standardization
-        self.loss_kwargs = {**{k: recipe[k] for k in spec.loss_keys}, **loss_kwargs}
         self.teacher = teacher.eval().requires_grad_(False)
         self._sd_teacher = ScaleDecoupled(self.teacher, self.scales)
         self.history: list[dict] = []
@@ -205,22 +250,17 @@ class DistillationCallback(Callback):
     def after_loss(self):
         if not self.training or not hasattr(self, "_teacher_regions"):
             return
-        target = self.learn.yb[0]
-        masks = region_masks(self._teacher_regions, target)
-        if self.decoupled:
-            distill = sdd_loss(self._student_regions, self._teacher_regions, target, base=self.method,
-                               complementary_weight=self.complementary_weight, masks=masks,
-                               logit_standardization=self.logit_standardization, **self.loss_kwargs)
-        else:
-            distill = logit_loss(self.method, self.learn.pred, self._teacher_logits, target,
-                                 logit_standardization=self.logit_standardization, **self.loss_kwargs)
+        distill, masks = distillation_term(
+            self.method, self.scales, self.learn.pred, self._student_regions, self._teacher_logits,
+            self._teacher_regions, self.learn.yb[0], complementary_weight=self.complementary_weight,
+            logit_standardization=self.logit_standardization, loss_kwargs=self.loss_kwargs)
         ce = self.learn.loss_grad
         factor = warmup_factor(self.epoch + 1, self.warmup_epochs)
         total = self.ce_weight * ce + factor * self.kd_weight * distill
         self.learn.loss_grad = total
         self.learn.loss = total.detach().clone()
         self._watch.add(ce, distill)
-        self._counts += torch.stack([m.sum(0) for m in masks])
+        self._counts += category_counts(masks)
         del self._teacher_logits, self._teacher_regions, self._student_regions
         if (self.iter + 1) % FINITE_CHECK_EVERY == 0:
             self._watch.check(self.epoch + 1, self.n_iter)
@@ -232,11 +272,7 @@ class DistillationCallback(Callback):
         row = {"epoch": self.epoch + 1, "ce": ce, "distill": distill,
                "warmup_factor": warmup_factor(self.epoch + 1, self.warmup_epochs)}
         counts_all = self._counts.cpu().float()
-        scale_of = torch.tensor(region_scales(self.scales))
-        for s in self.scales:
-            counts = counts_all[:, scale_of == s].sum(1)
-            shares = counts / counts.sum().clamp(min=1)
-            row.update({f"{name}@{s}": float(v) for name, v in zip(CATEGORIES, shares)})
+        row.update({k: float(v) for k, v in category_shares(counts_all, self.scales).items()})
         self.history.append(row)
         self.region_counts = counts_all
 
