@@ -1,6 +1,7 @@
 """sddlib installed from a wheel (`pip install .`, not the editable checkout; issue 31) finds every file it reads at
 run time: the params files (every run's departures), the reference tables, the shipped teacher and the notebooks a
 sweep runs; and the wheel's package list is the sddlib/ folders, so a new subpackage cannot be left out of it."""
+import os
 import subprocess
 import sys
 import sysconfig
@@ -50,8 +51,10 @@ def test_the_wheel_lists_every_package():
 
 @pytest.mark.slow  # builds a wheel and installs it in a new environment (~30 s idle)
 def test_a_wheel_install_finds_its_run_time_files(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # nothing but the new environment's path
+
     def sh(*command, cwd=tmp_path):
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(command, cwd=cwd, env=clean, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         return done.stdout
 
