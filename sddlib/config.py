@@ -233,7 +233,7 @@ def _trackers(name, value):
 
 
 def _imports(name, value):
-    """`imports`: module names, imported here (`sddlib.custom_imports`), so what they register is known to the checks."""
+    """`imports`: module names, imported here (`sddlib.custom_imports`) so that what they register is checked."""
     from .custom_imports import import_modules
     modules = tuple(parse_list(name, value, str, "['my_losses']"))
     try:

@@ -34,8 +34,8 @@ from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, writ
 from .config import METHODS, PROTOCOLS, RunConfig
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
-__all__ = ["RESUME_FILE", "RunFailedError", "RunInterrupted", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice",
-           "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
+__all__ = ["RESUME_FILE", "RunFailedError", "RunInterrupted", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss",
+           "SmoothLossOnDevice", "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
 
 RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run is complete
@@ -52,7 +52,8 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, out: Path, epoch: int, epochs: int):
         kept = (f"interrupted after epoch {epoch}/{epochs} of {out.name}; its checkpoint {out / RESUME_FILE} is kept "
                 "and the same command resumes the run from it") if epoch else \
-            f"interrupted in epoch 1/{epochs} of {out.name}, before any epoch was kept; the same command starts it again"
+            (f"interrupted in epoch 1/{epochs} of {out.name}, before any epoch was kept; the same command starts it "
+             "again")
         super().__init__(kept)
 
 

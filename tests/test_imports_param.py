@@ -103,7 +103,8 @@ def test_imports_come_before_the_checks_and_stay_out_of_the_fingerprint(work, mo
     monkeypatch.syspath_prepend(str(folder))
     cfg = RunConfig.from_params({**params, "imports": MODULE})          # `-p imports issue31_losses`: one name
     assert cfg.imports == (MODULE,) and cfg.to_params()["imports"] == [MODULE]
-    assert "imports" not in cfg.fingerprint and cfg.fingerprint == RunConfig.from_params({**params, "imports": []}).fingerprint
+    assert "imports" not in cfg.fingerprint
+    assert cfg.fingerprint == RunConfig.from_params({**params, "imports": []}).fingerprint
 
 
 # --- each entry point ----------------------------------------------------------------------------------------------

@@ -116,8 +116,8 @@ class DeviceImageDL(DataLoader):
         return next(iter(self))
 
     def to_detach(self, b, cpu=True, gather=True):
-        """fastai's `Learner.to_detach` asks the loader: a shard keeps this process's own values, never gathered per
-        batch (`sddlib.distributed.ShardedDL.to_detach` says why)."""
+        """fastai's `Learner.to_detach` asks the loader: a shard keeps this process's own values, never gathered
+        per batch (`sddlib.distributed.ShardedDL.to_detach` says why)."""
         return to_detach(b, cpu, gather=gather and self.shard is None)
 
     def new(self, dataset=None, cls=None, **kwargs):
