@@ -9,7 +9,8 @@ process or, under torchrun, on many (`sddlib.distributed`).
 such as M stay text), later ones win. The run is `experiment.run` (a distillation), or with `--alone` the
 student (or `--alone ARCH`) trained alone with cross-entropy (`experiment.run_vanilla`). A bad parameter,
 dataset or checkpoint ends with one sentence and exit status 2; a run that fails (non-finite loss, out of
-memory) with exit status 1.
+memory) with exit status 1; Ctrl-C with one line naming the epoch whose checkpoint is kept (the same command
+resumes from it) and exit status 130.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     from .checkpoints import CheckpointError, RunLockedError
     from .config import ConfigError, RunConfig
     from .data import DatasetNotFoundError
-    from .training import RunFailedError
+    from .training import RunFailedError, RunInterrupted
     try:
         params = load_params(args.parameters_file, args.parameter)
         with distributed.process_group(RunConfig.from_params(params).device) as device:
@@ -73,6 +74,11 @@ def main(argv=None) -> int:
     except RunFailedError as err:
         print(f"failed: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C: one line (the epoch kept, if training), no traceback
+        print(f"{err}." if isinstance(err, RunInterrupted) else
+              "interrupted; the same command resumes the run from its last kept epoch (if it had one).",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -233,6 +233,17 @@ def _trackers(name, value):
     return tuple(dict.fromkeys(names))
 
 
+def _imports(name, value):
+    """`imports`: module names, imported here (`sddlib.custom_imports`) so that what they register is checked."""
+    from .custom_imports import import_modules
+    modules = tuple(parse_list(name, value, str, "['my_losses']"))
+    try:
+        import_modules(modules)
+    except ImportError as err:
+        raise ConfigError(str(err)) from None
+    return modules
+
+
 def _param(default, check, doc):
     return field(default=default, metadata={"check": check, "doc": doc})
 
@@ -342,6 +353,9 @@ class RunConfig(Mapping):
                                        "file (no network access)")
     student_pretrained: bool = _param(False, _flag, "start a timm:/torchvision: student from its ImageNet weights")
     student_weights_file: str = _param("", _text, "the student's ImageNet weights as a local file")
+    imports: tuple = _param((), _imports, "modules to import before the parameters are checked, in every process "
+                            "of the run (your own losses or models, registered when imported), e.g. ['my_losses']; "
+                            "found from the folder a command starts in, PYTHONPATH or installed packages")
     # Not a parameter: the processes that train the run together (torchrun's world size; `on_processes`). With
     # BatchNorm per process it decides what the statistics are taken over, so it enters `bn_batch`.
     processes: int = field(default=1, metadata={"check": _POSITIVE_INT, "doc": "processes training the run",
@@ -360,6 +374,7 @@ class RunConfig(Mapping):
             close = difflib.get_close_matches(key, PARAMETERS, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"parameter {key!r} is unknown; {hint}the accepted ones are {', '.join(PARAMETERS)}.")
+        _imports("imports", params.get("imports", ()))  # first: the losses and models they register are checked below
         if "M" in params:
             params["scales"] = params.pop("M")
         given_loss_values = {k: params[k] for k in LOSS_FIELDS if params.get(k) is not None}
@@ -572,10 +587,10 @@ class RunConfig(Mapping):
     @property
     def fingerprint(self) -> dict:
         """Everything that decides the trained weights: equal fingerprints may continue each other's checkpoints.
-        (Paths, device, loader processes, figures, progress bars, memory layout and compilation do not change
-        them beyond fp32 rounding; precision does.)"""
+        (Paths, device, loader processes, figures, progress bars, memory layout, compilation and the modules
+        imported do not change them beyond fp32 rounding; precision does; the method a module registers does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "tracker",
-                "progress", "run_name", "channels_last", "compile"}
+                "progress", "run_name", "channels_last", "compile", "imports"}
         return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
                 **self._bn(self.batch_size)}
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import DEFAULTS, PROTOCOLS, TEACHER_SEED, RunConfig
+from .shipped import shipped_folder
 
 __all__ = ["PARAMS_DIR", "published_file", "published_config", "teacher_description", "departures",
            "vanilla_departures", "describe"]
 
-PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
+PARAMS_DIR = shipped_folder("params")  # the repository's params/ (an installed wheel: its copy, sddlib/params/)
 # Where the paper's teachers came from, per dataset; digit_mosaic has no paper: its teacher is trained here
 # under the dataset's protocol, or is the one sddlib ships, trained so.
 PUBLISHED_TEACHER = {"cifar100": "published", "cub200": "published", "imagenet": "torchvision weights",

@@ -14,7 +14,9 @@ What makes N processes train the run one process would:
   the global batch, as the authors ran ImageNet; GPUs only, a torch limit). Before every validation
   the buffers of rank 0 are copied to all processes, so every process holds rank 0's weights.
 - Validation and the teacher's accuracy count each test image exactly once: the test set is split
-  without padding and the counts (and losses) are summed over the processes.
+  without padding (a process may hold fewer test batches than another, or none), each process sums its own
+  losses and counts (fastai's per-batch gather is off for a share: the loaders' `to_detach`), and the sums are added
+  over the processes once, after validation.
 - Only rank 0 writes (checkpoints, metrics.json, figures, the run lock) and prints; decisions that
   read the disk (is the run complete, is a teacher cached) are taken on rank 0 and broadcast
   (`run_on_main`), so the processes never disagree. A teacher that has to be trained is trained by
@@ -39,6 +41,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
+from fastai.torch_core import to_detach
 
 from .config import ConfigError
 from .runs import load_metrics
@@ -218,6 +221,12 @@ class ShardedDL(DataLoader):
     def __len__(self):
         return self.shard.batches(self.n, self.global_bs, self.drop_last)
 
+    def to_detach(self, b, cpu=True, gather=True):
+        """fastai's `Learner.to_detach` asks the loader: a share keeps this process's own values, never gathered per
+        batch (fastai's default under torchrun), since the processes may hold different numbers of test batches and
+        a gather would wait for one that never comes; `DistributedTraining` sums the validation totals once."""
+        return to_detach(b, cpu, gather=False)
+
 
 def shard_dataloaders(dls):
     """`dls` split over the processes of this run (`dls` itself in one process); the result keeps the whole
@@ -298,6 +307,7 @@ class DistributedTraining(Callback):
         self.learn.model = self.plain  # no collective calls while processes validate different numbers of batches
 
     def after_validate(self):
+        # each process's loss and metric sums over its own test images (its loader does not gather): added once here
         metrics = list(self.recorder._valid_mets)
         if metrics:
             sums = [float(m.total) for m in metrics] + [float(m.count) for m in metrics]

@@ -29,14 +29,18 @@ DATASET_SIZES = {"cifar100": (50_000, 10_000, 32), "digit_mosaic": (8_000, 2_000
 CUDA_CONTEXT_BYTES = 512 * 2**20  # the CUDA context and cuDNN workspaces the allocator does not see
 HEADROOM = 0.9                    # never plan more than this share of the free memory
 _PROBE_KEYS = ("dataset", "data_dir", "teacher", "student", "method", "M", "batch_size", "subset", "device", "pipeline",
-               "channels_last", "precision", "compile")
+               "channels_last", "precision", "compile", "imports")
 
 
 def train_images(params) -> int:
     """Images one epoch of the run trains on (its subset, if any)."""
     from .config import RunConfig
     cfg = RunConfig.from_params(params)
-    n = DATASET_SIZES[cfg.dataset][0]
+    if cfg.dataset == "folder":  # your own images: the training split its scan finds
+        from .data.folder import scan_folder
+        n = len(scan_folder(cfg.data_dir, cfg.val_fraction).train)
+    else:
+        n = DATASET_SIZES[cfg.dataset][0]
     return min(cfg.subset, n) if cfg.subset else n
 
 
@@ -108,8 +112,10 @@ def _measure(configs) -> dict[str, int]:
     probes = [{k: cfg[k] for k in _PROBE_KEYS} for cfg in configs]
     code = ("import json, sys; from sddlib.run_memory import _probe_each; "
             "print(json.dumps(_probe_each(json.loads(sys.argv[1]))))")
+    # the runs' `imports` are found from this process's folder, as the runs themselves find them
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-c", code, json.dumps(probes)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": path})
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"measuring the memory of {', '.join(cfg.name for cfg in configs)} failed: {last}")

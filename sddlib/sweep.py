@@ -8,8 +8,9 @@
 
 Each file runs `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the `-p`
 overrides (values parsed as YAML; text parameters such as M stay text), writing the executed notebook to
-`run_dir(params)/notebook.ipynb`. Runs whose metrics.json is complete are skipped unless `--force` (which
-moves the old metrics.json aside to metrics.previous.json); an interrupted run resumes from its last
+`run_dir(params)/notebook.ipynb`. A run's `imports` modules are found from the folder the sweep starts in (every
+job's notebook kernel has it on its path) and PYTHONPATH. Runs whose metrics.json is complete are skipped unless
+`--force` (which moves the old metrics.json aside to metrics.previous.json); an interrupted run resumes from its last
 completed epoch. A failed run (an error, or a notebook that ends without a complete metrics.json) does not
 stop the others; all failures are listed at the end and the exit status is 1. Each finished run says
 "as published" or how it departs from its published experiment (`sddlib.departures`), and the summary
@@ -30,6 +31,8 @@ processes (`--jobs` at a time). Failed jobs are listed with their log files (`--
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,7 +41,12 @@ from pathlib import Path
 import submitit
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository root: notebooks run there to import sddlib
+from .shipped import checkout, shipped_folder
+
+# Notebooks run in the repository root (relative defaults such as outputs/ and data/ are there); sddlib installed from
+# a wheel has no repository: they run in the folder the sweep starts in.
+ROOT = checkout() or Path.cwd()
+NOTEBOOK_DIR = shipped_folder("notebooks")
 PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt", "teachers_dir", "teacher_weights_file", "student_weights_file")
 NOTEBOOKS = {"folder": "your_data"}  # the notebook of a dataset not named after it
 
@@ -69,13 +77,29 @@ def plan(path, overrides: dict, notebook=None) -> dict:
         if params.get(key):
             params[key] = str(Path(params[key]).expanduser().absolute())
     dataset = params.get("dataset", DEFAULTS["dataset"])
-    nb = Path(notebook) if notebook else ROOT / "notebooks" / f"{NOTEBOOKS.get(dataset, dataset)}.ipynb"
+    nb = Path(notebook) if notebook else NOTEBOOK_DIR / f"{NOTEBOOKS.get(dataset, dataset)}.ipynb"
     if not nb.is_file():
         raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
     out = run_dir(params)
     return {"file": str(path), "params": params, "notebook": str(nb), "out": str(out / "notebook.ipynb"),
             "complete": load_metrics(out / "metrics.json") is not None,
-            "resumes": (out / RESUME_FILE).is_file()}
+            "resumes": (out / RESUME_FILE).is_file(), "import_path": str(Path.cwd())}
+
+
+@contextlib.contextmanager
+def _importable_from(folder):
+    """The notebook kernel, which starts in the repository root, finds a run's `imports` modules in `folder` (where the
+    sweep started, as `python -m sddlib` finds them where it starts) before PYTHONPATH."""
+    before = os.environ.get("PYTHONPATH")
+    if folder:
+        os.environ["PYTHONPATH"] = os.pathsep.join([folder, before] if before else [folder])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def execute(job: dict, kernel=None) -> str | None:
@@ -87,8 +111,9 @@ def execute(job: dict, kernel=None) -> str | None:
         (out.parent / "metrics.json").replace(out.parent / "metrics.previous.json")
     processes = {"nproc": job["nproc"]} if job.get("nproc", 1) > 1 else {}  # the notebook launches torchrun
     try:
-        papermill.execute_notebook(job["notebook"], str(out), parameters={**job["params"], **processes},
-                                   cwd=str(ROOT), kernel_name=kernel, progress_bar=False)
+        with _importable_from(job.get("import_path") if job["params"].get("imports") else None):
+            papermill.execute_notebook(job["notebook"], str(out), parameters={**job["params"], **processes},
+                                       cwd=str(ROOT), kernel_name=kernel, progress_bar=False)
     except Exception as err:  # noqa: BLE001 - any failure is reported, the sweep goes on
         text = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
         return f"{(text.strip().splitlines() or [''])[0][:300]} (see {out})"
@@ -115,6 +140,8 @@ def main(argv=None) -> int:
                          help="time limit of one attempt in minutes; a run that reaches it is requeued and resumes")
     cluster.add_argument("--log-dir", help="where the jobs' logs go (default: <output_dir>/submitit)")
     args = ap.parse_args(argv)
+    if str(Path.cwd()) not in sys.path:  # a run's `imports` from the folder the sweep starts in, as `python -m` does
+        sys.path.insert(0, str(Path.cwd()))
 
     failures, jobs, seen, skipped = [], [], {}, 0
     overrides = parse_overrides(args.parameter)

@@ -34,8 +34,8 @@ from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, writ
 from .config import METHODS, PROTOCOLS, RunConfig
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
-__all__ = ["RESUME_FILE", "RunFailedError", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss", "SmoothLossOnDevice",
-           "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
+__all__ = ["RESUME_FILE", "RunFailedError", "RunInterrupted", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss",
+           "SmoothLossOnDevice", "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
 
 RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run is complete
@@ -43,6 +43,18 @@ RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run
 
 class RunFailedError(RuntimeError):
     """A run that stopped (non-finite loss, out of memory); its metrics.json says "failed" and why."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a fit, said in one sentence: the epoch whose checkpoint is kept, and that the same run resumes
+    from it. Still a KeyboardInterrupt, so a notebook or script stops as it would for any interrupt."""
+
+    def __init__(self, out: Path, epoch: int, epochs: int):
+        kept = (f"interrupted after epoch {epoch}/{epochs} of {out.name}; its checkpoint {out / RESUME_FILE} is kept "
+                "and the same command resumes the run from it") if epoch else \
+            (f"interrupted in epoch 1/{epochs} of {out.name}, before any epoch was kept; the same command starts it "
+             "again")
+        super().__init__(kept)
 
 
 class StepLR(Callback):
@@ -252,6 +264,7 @@ class RunRecorder(Callback):
         self.rows = list(resume["rows"]) if resume else []
         self.best = resume["best_top1"] if resume else -1.0
         self.first_epoch = resume["epoch"] if resume else 0
+        self.kept_epoch = self.first_epoch  # the epoch of the resume checkpoint on disk
         self.elapsed = resume["elapsed_s"] if resume else 0.0
         self._start = time.time()
 
@@ -275,6 +288,7 @@ class RunRecorder(Callback):
         better = self.rows[-1]["top1"] > self.best
         self.best = max(self.best, self.rows[-1]["top1"])
         if not distributed.is_main():
+            self.kept_epoch = self.epoch + 1
             return  # every process keeps the same rows; rank 0 writes
         if better:
             save_checkpoint(model, self.out / self.best_name, epoch=self.epoch + 1, top1=self.best)
@@ -285,6 +299,7 @@ class RunRecorder(Callback):
                         smooth_loss=(smooth.count, smooth.val),
                         distill_history=self.distill.history if self.distill else [],
                         region_counts=self.distill.region_counts if self.distill else None)
+        self.kept_epoch = self.epoch + 1
 
     @property
     def elapsed_s(self) -> float:
@@ -343,6 +358,8 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
     except torch.OutOfMemoryError:
         reason = (f"the GPU ran out of memory with batch_size={cfg.batch_size} on {cfg.device}; use a smaller "
                   "batch_size or run fewer jobs on this GPU at once.")
+    except KeyboardInterrupt:
+        raise RunInterrupted(out, recorder.kept_epoch, cfg.epochs) from None
     finally:  # fastai calls no after_fit when an exception escapes: no autocast hook may outlive the fit
         for cb in learn.cbs:
             if isinstance(cb, SpeedSwitches):

@@ -103,3 +103,18 @@ def write_tiny_imagenet(root, n_classes=3, per_class=4, size=64, seed=0) -> Path
             _jpeg(root / "val" / wnid / f"ILSVRC2012_val_{val_id:08d}.JPEG", rng, size * 3 // 4, size)
     (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {names}\n" for w, names in synsets))
     return root
+
+
+def write_tiny_folder(root, n_train=(24, 24), n_val=(3, 2), size=32, seed=0) -> Path:
+    """dataset "folder" in its train/ + val/ layout: two classes ("cats", "dogs") of random PNG images, `n_train`
+    and `n_val` images per class (48 and 5 by default: a test set that two processes split unevenly)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, counts in (("train", n_train), ("val", n_val)):
+        for name, n in zip(("cats", "dogs"), counts):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -17,6 +17,7 @@ import random
 import torch
 import torch.nn.functional as F
 from fastai.data.load import DataLoader
+from fastai.torch_core import to_detach
 
 __all__ = ["crop_flip", "DeviceImageDL"]
 
@@ -113,6 +114,11 @@ class DeviceImageDL(DataLoader):
 
     def one_batch(self):
         return next(iter(self))
+
+    def to_detach(self, b, cpu=True, gather=True):
+        """fastai's `Learner.to_detach` asks the loader: a shard keeps this process's own values, never gathered
+        per batch (`sddlib.distributed.ShardedDL.to_detach` says why)."""
+        return to_detach(b, cpu, gather=gather and self.shard is None)
 
     def new(self, dataset=None, cls=None, **kwargs):
         """A copy with other loader options (fastai's `get_preds` asks for an unshuffled one)."""
