@@ -135,10 +135,10 @@ def test_imagenet_notebook(work, tiny_imagenet):
     assert_figures(work["outputs"] / "imagenet" / m["run_name"])
 
 
-def test_quickstart_notebook(work):
+def test_quickstart_notebook(work, mosaic_dir):
     out = work["outputs"] / "quickstart"
     nb = execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["dkd"],
-                 seeds=[0, 1], output_dir=str(out), data_dir=str(work["root"] / "mosaics"), teacher="resnet14")
+                 seeds=[0, 1], output_dir=str(out), data_dir=str(mosaic_dir), teacher="resnet14")
     metrics = [json.loads(p.read_text()) for p in out.glob("digit_mosaic/*/metrics.json")]
     assert sorted(m["run_name"] for m in metrics if m["variant"] == "alone") == [
         "resnet14-alone-seed0", "resnet8-alone-seed0", "resnet8-alone-seed1"]       # one teacher for both seeds
