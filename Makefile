@@ -1,4 +1,6 @@
-# The README's two commands, test-fast: the suite without the `slow` tests (notebooks, longer training), and report.
+# The README's two commands, test-fast: the suite without the tests that train (`slow`: notebooks, longer training;
+# `trains`: a step or a few), and report. The tests run on two processes (pytest-xdist; tests/conftest.py says how
+# they share the cores); `.venv/bin/python -m pytest -p no:xdist tests/test_x.py -k name` debugs one alone.
 # All create .venv/ on first use and reuse it afterwards.
 PYTHON ?= python3
 VENV := .venv
@@ -27,10 +29,10 @@ report: $(STAMP)
 	$(PY) -m sddlib.report_page outputs
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow and not trains"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -74,6 +74,7 @@ def _assert_weights_close(a, b, **tol):
         torch.testing.assert_close(a.state_dict()[key], value, msg=key, **tol)
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_channels_last_changes_the_layout_not_the_step():
     reference, _, seen_ref, _ = _fit_one_step()
     student, teacher, seen, _ = _fit_one_step(channels_last=True)
@@ -84,6 +85,7 @@ def test_channels_last_changes_the_layout_not_the_step():
     _assert_weights_close(student, reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_bf16_computes_the_forwards_in_bfloat16_and_releases_them_after_the_fit():
     reference, _, _, images = _fit_one_step()
     student, teacher, seen, _ = _fit_one_step(precision="bf16")
@@ -94,6 +96,7 @@ def test_bf16_computes_the_forwards_in_bfloat16_and_releases_them_after_the_fit(
     assert student(images.float()).dtype == torch.float32
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_a_fit_that_raises_leaves_no_autocast_behind(tmp_path):
     class Boom(Callback):
         def after_pred(self):

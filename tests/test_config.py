@@ -101,6 +101,7 @@ def test_adamw_skips_weight_decay_on_norms_biases_and_tokens():
     assert warmup.warmup_epochs == 0.5
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_lr_warmup_rises_step_by_step_then_follows_the_stages():
     from fastai.callback.core import Callback
     from fastai.data.core import DataLoaders

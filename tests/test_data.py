@@ -309,6 +309,7 @@ def test_mosaic_dataloaders(tmp_path):
     assert np.array_equal(sub.valid_ds.layout.target_box, lay.target_box[:20])
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_mosaic_trains_with_a_plain_learner(tmp_path):
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat

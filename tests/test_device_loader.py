@@ -122,6 +122,7 @@ def test_same_seed_same_batches_and_epochs_differ():
     assert not torch.equal(a[0], epochs(6)[0])
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_trains_in_a_fastai_learner():
     import torch.nn as nn
     import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)

@@ -77,6 +77,7 @@ def test_fit_reduces_loss_and_leaves_teacher_untouched(method, scales):
     assert "forward" not in learn.model.__dict__                       # plain forward restored
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_one_student_forward_per_training_batch():
     learn, cb, _ = make_learner("dkd", (1, 2, 4))
     calls = []
@@ -87,6 +88,7 @@ def test_one_student_forward_per_training_batch():
     assert len(calls) == train_batches + valid_batches
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_loss_equals_the_documented_formula():
     learn, cb, teacher = make_learner("dkd", (1, 2), warmup_epochs=4)
     seen = {}
@@ -114,6 +116,7 @@ def test_loss_equals_the_documented_formula():
     assert torch.allclose(seen["loss"], expected.detach(), rtol=1e-5)
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_save_load_and_validate_use_the_plain_student(tmp_path):
     learn, cb, _ = make_learner("kd", (1, 2))
     learn.path, learn.model_dir = tmp_path, "models"
@@ -147,6 +150,7 @@ def test_defaults_follow_the_authors_code():
         DistillationCallback(SmallNet(), "kd", beta=2.0)
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_rejected_inputs():
     with pytest.raises(ValueError, match="method 'fitnet' is unknown"):
         DistillationCallback(SmallNet(), "fitnet")
@@ -161,6 +165,7 @@ def test_rejected_inputs():
     assert "forward" not in learn.model.__dict__
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_an_interrupted_fit_leaves_a_plain_student():
     learn, cb, _ = make_learner("kd", (1, 2, 4))
 
@@ -175,6 +180,7 @@ def test_an_interrupted_fit_leaves_a_plain_student():
     assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_an_interrupt_inside_the_forward_leaves_a_plain_student():
     """Ctrl-C during the student's forward pass: fastai runs no after_fit, the student must still be plain."""
     learn, cb, _ = make_learner("dkd", (1, 2, 4))
@@ -193,6 +199,7 @@ def test_an_interrupt_inside_the_forward_leaves_a_plain_student():
     assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_an_exception_in_another_callback_leaves_a_plain_student():
     learn, cb, _ = make_learner("kd", (1, 2))
 
@@ -210,6 +217,7 @@ def test_an_exception_in_another_callback_leaves_a_plain_student():
     assert isinstance(out, torch.Tensor) and out.shape == (32, 4)
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_a_non_finite_term_stops_the_fit_naming_epoch_batch_and_term():
     learn, cb, teacher = make_learner("kd", (1, 2))
     with torch.no_grad():

@@ -17,7 +17,7 @@ from fastai.data.load import DataLoader
 from forked import run_children
 from sddlib import distributed, experiment
 from sddlib.config import ConfigError, RunConfig
-from sddlib.data import digit_mosaic, load_digit_mosaics
+from sddlib.data import digit_mosaic
 from sddlib.distill import DistillationCallback
 from sddlib.distributed import Shard, ShardedDL
 from sddlib.models import create_model
@@ -102,11 +102,9 @@ def test_one_process_is_untouched():
 
 
 @pytest.fixture(scope="module")
-def mosaics(tmp_path_factory):
-    """The digit mosaics, generated once for the runs of this module."""
-    folder = tmp_path_factory.mktemp("mosaics")
-    load_digit_mosaics(folder)
-    return folder
+def mosaics(mosaic_dir):
+    """The digit mosaics, generated once for the whole test run (tests/conftest.py)."""
+    return mosaic_dir
 
 
 # --- the first step on 2 processes and on 1 ----------------------------------------------------------
@@ -284,12 +282,10 @@ def test_two_nodes_over_a_localhost_rendezvous(tmp_path, mosaics):
 
 
 @pytest.mark.slow  # executes a notebook that starts 2 training processes
-def test_a_notebook_runs_on_two_processes(tmp_path):
+def test_a_notebook_runs_on_two_processes(tmp_path, tiny_cifar100):
     import papermill as pm
 
-    from fake_datasets import write_tiny_cifar100
-    data = tmp_path / "cifar"
-    write_tiny_cifar100(data, n_train=32, n_test=16)
+    data = tiny_cifar100                          # 32 training and 16 test images
     teacher_file = tmp_path / "teacher.pth"
     torch.save({"model": create_model("resnet8", num_classes=100).state_dict()}, teacher_file)
     output = tmp_path / "cifar100.executed.ipynb"

@@ -8,15 +8,7 @@ from sddlib import checkpoints, experiment
 from sddlib.data import get_dataloaders
 from sddlib.models import create_model
 
-TINY = dict(dataset="digit_mosaic", teacher="resnet8", student="resnet8", method="kd", M="[1,2]", epochs=2,
-            teacher_epochs=1, subset=96, batch_size=32, lr_decay_stages=[1], progress=False, figures=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    params = {**TINY, "output_dir": str(out), "data_dir": str(out / "data"), "alpha": 1.0}  # kd ignores alpha
-    return params, experiment.run(params)
+from conftest import TINY_RUN as TINY   # the configuration of the `tiny_run` fixture (tests/conftest.py)
 
 
 def test_resolve_params_fills_the_authors_defaults():
@@ -104,8 +96,9 @@ def test_a_run_records_its_warnings(tiny_run):
     assert tiny_run[1]["distributed"]["bn_batch"] == TINY["batch_size"]
 
 
-def test_a_batch_larger_than_the_training_set_is_refused_before_the_teacher(tiny_run, tmp_path, capsys):
-    params = {**tiny_run[0], "output_dir": str(tmp_path), "subset": 40, "batch_size": 64, "epochs": 1}
+def test_a_batch_larger_than_the_training_set_is_refused_before_the_teacher(tmp_path, capsys):
+    params = {**TINY, "alpha": 1.0, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path), "subset": 40,
+              "batch_size": 64, "epochs": 1}
     with pytest.raises(experiment.ConfigError, match=r"^batch_size=64 is larger than the training set of "
                                                      r"digit_mosaic \(40 images with subset=40\); use a batch_size "
                                                      r"of at most 40, or a larger subset\.$"):
@@ -116,9 +109,11 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_the_teacher(tiny
                         "warning: lr_decay_stages [1] lie at or beyond epochs=1: the LR never decays in this run."]
 
 
-def test_the_explorer_opens_a_run_recorded_without_its_region_file(tiny_run):
+@pytest.mark.trains  # the trained tiny_run (a copy: the explorer writes its region file there)
+def test_the_explorer_opens_a_run_recorded_without_its_region_file(tiny_run_copy):
     """tiny_run drew no figures: its region predictions are made from its saved student and teacher, once."""
     from sddlib import viz
+    tiny_run = tiny_run_copy
     run_dir = experiment.run_dir(tiny_run[0])
     assert not (run_dir / "figures" / viz.REGION_FILE).exists()
     app = viz.explore(run_dir)
@@ -128,7 +123,7 @@ def test_the_explorer_opens_a_run_recorded_without_its_region_file(tiny_run):
     assert len(app.data) == min(512, dls.valid.n) and set(app.data.targets) == set(dls.valid.dataset.targets.tolist())
 
 
-def test_a_teacher_protocol_batch_with_no_step_is_refused(tiny_run, tmp_path):
+def test_a_teacher_protocol_batch_with_no_step_is_refused(tmp_path):
     """The CUB-200 and ImageNet loaders drop the last partial batch: a teacher trained here under the protocol's
     batch on fewer images would take no step at all."""
     from fake_datasets import write_tiny_cub200
@@ -142,8 +137,9 @@ def test_a_teacher_protocol_batch_with_no_step_is_refused(tiny_run, tmp_path):
         experiment.run(params)
 
 
-def test_complete_runs_are_skipped_and_forced_runs_repeat_exactly(tiny_run, capsys):
-    params, metrics = tiny_run
+@pytest.mark.slow  # trains the tiny run again (forced), in a copy of it
+def test_complete_runs_are_skipped_and_forced_runs_repeat_exactly(tiny_run_copy, capsys):
+    params, metrics = tiny_run_copy
     again = experiment.run(params)
     assert "is complete" in capsys.readouterr().out
     assert again["wall_time_s"] == metrics["wall_time_s"]

@@ -85,6 +85,7 @@ def test_training_steps_read_nothing_back_to_the_host():
     assert reads == [], f"host reads in {steps - 1} training steps: {reads}"
 
 
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_the_step_equals_a_reference_style_step():
     """One fit step of the project (no augmentation, one batch) against the same step written plainly:
     teacher and student forwards, CE + warm-up * SD-DKD, backward, clipping at 40, SGD with L2."""
@@ -112,6 +113,7 @@ def test_the_step_equals_a_reference_style_step():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.trains  # fits a Learner (a step or a few)
 def test_training_steps_never_synchronise_on_cuda():
     steps = 10
 

@@ -1,5 +1,8 @@
-"""The real notebooks, executed headlessly with papermill on tiny datasets in the real on-disk formats.
-They train (a few epochs each): all `slow`, left out by `make test-fast`."""
+"""The real notebooks on tiny datasets in the real on-disk formats. The three dataset notebooks share their code
+cells (a test proves it): CIFAR-100's is executed headlessly with papermill end to end, ImageNet's and CUB-200's
+code cells run in this process after their parameters (what papermill's kernel would run, without its ~15 s of
+imports). They train (a few epochs each): all `slow`, left out by `make test-fast`; one xdist group, since the
+last test reads the runs of the others."""
 import json
 from pathlib import Path
 
@@ -11,11 +14,13 @@ from PIL import Image
 
 from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
 from sddlib import experiment, report, viz
+from sddlib.config import RunConfig
 from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("notebooks")]
+DATASET_NOTEBOOKS = ("cifar100", "imagenet", "cub200")
 FAST = dict(epochs=2, teacher_epochs=1, batch_size=8, lr_decay_stages=[1], progress=False)
 
 
@@ -24,6 +29,23 @@ def execute(name, out_dir, **parameters):
     pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters, cwd=str(REPO),
                         kernel_name="python3", progress_bar=False)
     return json.loads(output.read_text())
+
+
+def code_cells(name):
+    """(tags, source) of each code cell of a notebook."""
+    cells = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
+    return [(c["metadata"].get("tags", []), "".join(c["source"])) for c in cells if c["cell_type"] == "code"]
+
+
+def run_in_process(name, **parameters):
+    """A notebook's code cells in this process, as papermill's kernel runs them: the parameters cell, then
+    `parameters` (papermill's injected cell), then every other code cell in order; the namespace they leave."""
+    namespace = {}
+    for tags, source in code_cells(name):
+        exec(compile(source, f"{name}.ipynb", "exec"), namespace)
+        if "parameters" in tags:
+            namespace.update(parameters)
+    return namespace
 
 
 def only_run(output_dir, dataset):
@@ -54,9 +76,8 @@ def work(tmp_path_factory):
     return {"root": root, "outputs": root / "outputs"}
 
 
-def test_cifar100_notebook_headline_run(work):
-    data = work["root"] / "cifar"
-    write_tiny_cifar100(data, n_train=32, n_test=16)
+def test_cifar100_notebook_headline_run(work, tiny_cifar100):
+    data = tiny_cifar100                            # 32 training and 16 test images
     nb = execute("cifar100", work["root"], M="[1,2,4]", teacher="resnet8", student="resnet8", lr=0.05,
                  data_dir=str(data), output_dir=str(work["outputs"]), subset=32, **FAST)
     m = only_run(work["outputs"], "cifar100")
@@ -74,31 +95,50 @@ def test_cifar100_notebook_headline_run(work):
     assert m["run_name"] in text and "epoch 2/2" in text                 # one log line per epoch
 
 
-def test_cub200_notebook(work):
-    data = work["root"] / "cub"
-    # 66 training images: the teacher trained here takes the CUB protocol's batch of 64 (the loader drops the rest)
-    write_tiny_cub200(data, n_classes=3, per_class=44, size=48)
-    execute("cub200", work["root"], teacher="resnet8x4", student="MobileNetV2", method="nkd", M="[1,2]",
-            data_dir=str(data), output_dir=str(work["outputs"]), feature_figures=False, **FAST)
+def test_the_dataset_notebooks_share_their_code_cells():
+    """Apart from the parameters cell and the dataset's name, the ImageNet and CUB-200 notebooks run exactly the
+    CIFAR-100 notebook's code, so the papermill run of that one executes theirs too."""
+    def shared(name):
+        cells = code_cells(name)
+        assert ["parameters" in tags for tags, _ in cells].count(True) == 1 and "parameters" in cells[0][0]
+        assert sum(f'dataset="{name}"' in source for _, source in cells) == 1
+        return [source.replace(f'dataset="{name}"', 'dataset="<name>"') for _, source in cells[1:]]
+    reference = shared("cifar100")
+    assert len(reference) >= 5
+    for name in DATASET_NOTEBOOKS[1:]:
+        assert shared(name) == reference, name
+
+
+def test_cub200_notebook(work, tiny_cub200, tmp_path):
+    """The notebook's cells in this process, with a teacher checkpoint (none trained here) and a batch of 6 that
+    the 6 training images fill (the CUB-200 loader drops a partial last batch)."""
+    teacher = tmp_path / "resnet8x4.pth"
+    stem = RunConfig.from_params({"dataset": "cub200"}).stem                 # CUB-200's networks' input layers
+    torch.save({"model": create_model("resnet8x4", num_classes=200, stem=stem).state_dict()}, teacher)
+    run_in_process("cub200", teacher="resnet8x4", student="MobileNetV2", method="nkd", M="[1,2]",
+                   teacher_ckpt=str(teacher), data_dir=str(tiny_cub200), output_dir=str(work["outputs"]),
+                   feature_figures=False, **{**FAST, "batch_size": 6})
     m = only_run(work["outputs"], "cub200")
     assert m["variant"] == "sd_nkd" and m["params"]["gamma"] == 8.0 and m["params"]["T"] == 4.0
+    assert m["teacher_source"]["source"] == "checkpoint" and len(m["history"]) == 2
+    assert (work["outputs"] / "tables" / "cub200.md").is_file()                          # the tables cell
     assert_figures(work["outputs"] / "cub200" / m["run_name"], expect_features=False)   # the switch for sweeps
 
 
-def test_imagenet_notebook(work):
-    data = work["root"] / "imagenet"
-    write_tiny_imagenet(data, n_classes=3, per_class=2, size=64)
-    execute("imagenet", work["root"], method="kd", M="[1]", teacher_weights="", data_dir=str(data),
-            output_dir=str(work["outputs"]), subset=6, **{**FAST, "batch_size": 4})
+def test_imagenet_notebook(work, tiny_imagenet):
+    namespace = run_in_process("imagenet", method="kd", M="[1]", teacher_weights="", data_dir=str(tiny_imagenet),
+                               output_dir=str(work["outputs"]), subset=6, **{**FAST, "batch_size": 4})
     m = only_run(work["outputs"], "imagenet")
+    assert namespace["metrics"]["run_name"] == m["run_name"]
     assert m["variant"] == "kd" and m["teacher"] == "ResNet50" and m["student"] == "MobileNetV1"
+    assert (work["outputs"] / "tables" / "imagenet.md").is_file()
     assert_figures(work["outputs"] / "imagenet" / m["run_name"])
 
 
-def test_quickstart_notebook(work):
+def test_quickstart_notebook(work, mosaic_dir):
     out = work["outputs"] / "quickstart"
     nb = execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["dkd"],
-                 seeds=[0, 1], output_dir=str(out), data_dir=str(work["root"] / "mosaics"), teacher="resnet14")
+                 seeds=[0, 1], output_dir=str(out), data_dir=str(mosaic_dir), teacher="resnet14")
     metrics = [json.loads(p.read_text()) for p in out.glob("digit_mosaic/*/metrics.json")]
     assert sorted(m["run_name"] for m in metrics if m["variant"] == "alone") == [
         "resnet14-alone-seed0", "resnet8-alone-seed0", "resnet8-alone-seed1"]       # one teacher for both seeds

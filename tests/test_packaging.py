@@ -38,12 +38,12 @@ def test_ci_runs_the_readme_test_command():
     assert "make demo" in readme and "make test" in readme
 
 
-@pytest.mark.slow  # generates the mosaics and trains
-def test_readme_own_pair_example_runs(tmp_path):
+@pytest.mark.slow  # trains
+def test_readme_own_pair_example_runs(tmp_path, mosaic_dir):
     """The README's example stays true (shortened: a small subset, one epoch): the authors' SGD, figures."""
     readme = (REPO / "README.md").read_text()
     code = re.search(r"## Your own teacher and student \(Python\)\n\n```python\n(.*?)```", readme, re.S).group(1)
-    for old, new in (("dls = digit_mosaic(bs=64)", f"dls = digit_mosaic({str(tmp_path)!r}, bs=64, subset=128)"),
+    for old, new in (("dls = digit_mosaic(bs=64)", f"dls = digit_mosaic({str(mosaic_dir)!r}, bs=64, subset=128)"),
                      ("epochs=8)", "epochs=1)"), ("learn.fit(8)", "learn.fit(1)"),
                      ("learn.distillation.stats_frame()", "frame = learn.distillation.stats_frame()"),
                      ('save_learner_figures(learn, "figures")',

@@ -54,12 +54,12 @@ def child(params, kill=None):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, mosaic_dir):
     root = tmp_path_factory.mktemp("resume")
     teacher = root / "teacher.pth"
     torch.manual_seed(1)
     torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, teacher)
-    base = {**RUN, "teacher_ckpt": str(teacher), "data_dir": str(root / "data")}
+    base = {**RUN, "teacher_ckpt": str(teacher), "data_dir": str(mosaic_dir)}
     reference = child({**base, "output_dir": str(root / "reference")})
     assert reference.returncode == 0, reference.stderr[-2000:]
     root.joinpath("reference.log").write_text(reference.stdout)

@@ -63,8 +63,8 @@ def offline(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow  # trains a teacher and a student for a few steps, then draws the figures
-def test_a_tracked_run_logs_its_history_config_and_figures(tmp_path, offline):
-    params = {**TINY, "tracker": ["tensorboard", "wandb"], "output_dir": str(tmp_path), "data_dir": str(tmp_path)}
+def test_a_tracked_run_logs_its_history_config_and_figures(tmp_path, offline, mosaic_dir):
+    params = {**TINY, "tracker": ["tensorboard", "wandb"], "output_dir": str(tmp_path), "data_dir": str(mosaic_dir)}
     metrics = experiment.run(params)
     run = experiment.run_dir(params)
     history = metrics["history"]

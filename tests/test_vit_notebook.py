@@ -14,11 +14,11 @@ VIT_PARAMS = REPO / "params" / "cifar100" / "vit" / "resnet32x4-DeiT_Tiny_p4-sd_
 
 
 @pytest.mark.slow  # executes a notebook
-def test_vit_student_notebook(tmp_path):
+def test_vit_student_notebook(tmp_path, mosaic_dir):
     out = tmp_path / "outputs"
     pm.execute_notebook(str(REPO / "notebooks" / "vit_student.ipynb"), str(tmp_path / "vit.ipynb"), cwd=str(REPO),
                         parameters=dict(subset=64, epochs=1, lr_decay_stages=[1], teacher_epochs=1,
-                                        output_dir=str(out), data_dir=str(tmp_path / "mosaics")),
+                                        output_dir=str(out), data_dir=str(mosaic_dir)),
                         kernel_name="python3", progress_bar=False)
     metrics = [json.loads(p.read_text()) for p in out.glob("digit_mosaic/*/metrics.json")]
     assert sorted((m["variant"], m["student"]) for m in metrics) == [
