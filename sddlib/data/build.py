@@ -1,5 +1,5 @@
-"""What every loader of `sddlib.data` shares: the two torch datasets (in-memory uint8 images, image
-files), the fastai `DataLoaders` they are wrapped in (seeded order, `dls.info`), and the one-sentence
+"""What every loader of `sddlib.data` shares: the torch datasets (in-memory uint8 images of one size or of
+many sizes, image files), the fastai `DataLoaders` they are wrapped in (seeded order, `dls.info`), and the one-sentence
 errors for a missing dataset."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from .info import DatasetInfo
 
-__all__ = ["DatasetNotFoundError", "TensorImageDataset", "ImageListDataset", "PIPELINES", "IN_MEMORY_PIPELINES",
+__all__ = ["DatasetNotFoundError", "TensorImageDataset", "VariableSizeImages", "ImageListDataset", "PIPELINES", "IN_MEMORY_PIPELINES",
            "FILE_PIPELINES", "check_pipeline",
            "make_dataloaders"]
 
@@ -43,6 +43,46 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i):
         x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        x = x.float().div(255)
+        if self.normalize is not None:
+            x = self.normalize(x)
+        return x, int(self.targets[i])
+
+
+class VariableSizeImages(Dataset):
+    """In-memory uint8 images of many sizes (a folder kept at a fixed short side, its aspect ratios intact) and int
+    labels: one flat buffer `pixels` holding each image H x W x 3 from `starts[i]`, its `sizes[i]` = (H, W).
+
+    One buffer and two index tensors instead of a list of tensors, so that a loader on the device
+    (`sddlib.data.device.DeviceResizedCropDL`) cuts a whole batch with a few gathers. An item is
+    `transform(C x H x W uint8 image)`, then `/255` and `Normalize`, like `TensorImageDataset`'s.
+    """
+
+    def __init__(self, pixels: torch.Tensor, starts, sizes, targets, transform=None, mean=None, std=None,
+                 classes=None):
+        assert pixels.dtype == torch.uint8 and pixels.ndim == 1, (pixels.dtype, pixels.shape)
+        self.pixels = pixels
+        self.starts = torch.as_tensor(np.asarray(starts), dtype=torch.long)
+        self.sizes = torch.as_tensor(np.asarray(sizes), dtype=torch.long).view(-1, 2)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        assert len(self.starts) == len(self.sizes) == len(self.targets)
+        from torchvision import transforms as T
+        self.transform, self.vocab = transform, classes
+        self.normalize = T.Normalize(mean, std) if mean is not None else None
+
+    def __len__(self):
+        return len(self.targets)
+
+    def image(self, i) -> torch.Tensor:
+        """Image i as a 3 x H x W uint8 tensor (a view of the buffer)."""
+        h, w = self.sizes[i].tolist()
+        start = int(self.starts[i])
+        return self.pixels[start:start + h * w * 3].view(h, w, 3).permute(2, 0, 1)
+
+    def __getitem__(self, i):
+        x = self.image(i)
         if self.transform is not None:
             x = self.transform(x)
         x = x.float().div(255)
@@ -95,7 +135,8 @@ def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, 
     pipeline="workers" is the reference's: per-image transforms in DataLoader workers. "device" (in-memory
     `TensorImageDataset`s only) keeps the uint8 images on `device` and applies `augment` (the keyword
     arguments `padding` and `flip` of `DeviceImageDL`, the same crop/flip the train transform draws) to
-    whole batches there. "device_decode" (`ImageListDataset`s whose transforms are tensor-capable) has the
+    whole batches there; a `VariableSizeImages` train set gets ImageNet's random resized crop there instead
+    (`DeviceResizedCropDL`, `augment` its `size` and `flip`). "device_decode" (`ImageListDataset`s whose transforms are tensor-capable) has the
     workers read file bytes only and decodes and transforms on `device` (`DeviceDecodeDL`)."""
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
@@ -103,9 +144,10 @@ def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, 
 
     device = default_device() if device is None else torch.device(device)
     if pipeline == "device":
-        from .device import DeviceImageDL
-        train = DeviceImageDL(train_ds, bs=bs, mean=info.mean, std=info.std, shuffle=True, drop_last=drop_last,
-                              device=device, seed=seed, **(augment or {}))
+        from .device import DeviceImageDL, DeviceResizedCropDL
+        train_dl = DeviceResizedCropDL if isinstance(train_ds, VariableSizeImages) else DeviceImageDL
+        train = train_dl(train_ds, bs=bs, mean=info.mean, std=info.std, shuffle=True, drop_last=drop_last,
+                         device=device, seed=seed, **(augment or {}))
         valid = DeviceImageDL(valid_ds, bs=val_bs or bs, mean=info.mean, std=info.std, device=device, seed=seed + 1)
     elif pipeline == "device_decode":
         from .device_decode import DeviceDecodeDL
