@@ -25,11 +25,11 @@ import torch
 from .build import ImageListDataset, TensorImageDataset, VariableSizeImages, check_pipeline, default_workers, \
     make_dataloaders
 from .info import DatasetInfo
-from .memory import (DEFAULT_MEMORY_BUDGET, FlatStore, SquareStore, available_memory, decode_threads, folder_bytes,
-                     kept_side, parallel_map, plan_memory, resized_size)
+from .memory import (DEFAULT_MEMORY_BUDGET, FlatStore, MemoryPlan, SquareStore, available_memory, decode_threads,
+                     folder_bytes, kept_side, parallel_map, plan_memory, resized_size)
 from .paper_datasets import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["ImageFolderError", "FolderScan", "scan_folder", "image_folder", "folder_transforms", "AUGMENTS",
+__all__ = ["ImageFolderError", "FolderScan", "scan_folder", "image_folder", "plan_folder_memory", "folder_transforms", "AUGMENTS",
            "NORMALIZE", "IMAGE_EXTENSIONS", "SPLIT_SEED", "STATS_IMAGES"]
 
 # torchvision's ImageFolder extensions
@@ -228,24 +228,36 @@ def _check_images(scan: FolderScan, steps, normalize: str, skip_bad: bool, threa
     return norm, set(bad), seconds
 
 
+def _footprint(scan: FolderScan, image_size: int, augment: str, in_memory, threads: int):
+    """Bytes the decoded images take in memory, and the training images' header sizes (ImageNet recipe only: kept
+    at their own aspect ratio, read from the files' headers; None otherwise)."""
+    if in_memory is not False and augment == "imagenet":
+        sizes, _ = parallel_map(lambda _, p: _header_size(p), [p for p, _ in scan.train], threads, "reading headers")
+        return folder_bytes(sizes, len(scan.valid), image_size, augment), sizes
+    return folder_bytes(len(scan.train), len(scan.valid), image_size, "cifar"), None
+
+
+def plan_folder_memory(data_dir, *, image_size=224, augment="auto", val_fraction=0.2, in_memory="auto",
+                       memory_budget=DEFAULT_MEMORY_BUDGET, device="cpu", **_) -> MemoryPlan:
+    """What `image_folder` would decide for this folder now (`run_memory` plans a sweep with it): from the file
+    names and, for the ImageNet recipe, the headers; no image decoded. Other loader keywords are ignored."""
+    scan = scan_folder(data_dir, val_fraction)
+    recipe = resolve_augment(augment, image_size)
+    footprint, _ = _footprint(scan, image_size, recipe, in_memory, decode_threads())
+    return plan_memory(in_memory, memory_budget, footprint, available_memory(device))
+
+
 def _memory_plan(scan: FolderScan, image_size: int, augment: str, in_memory, memory_budget, device, threads):
     """The decision (`sddlib.data.memory.plan_memory`) and, in memory, the stores the check pass fills: every
-    image's slot sized in advance (the ImageNet recipe's from the files' headers)."""
-    n_valid, sizes = len(scan.valid), None
-    if in_memory is False:
-        footprint = folder_bytes(len(scan.train), n_valid, image_size, "cifar")
-    elif augment == "imagenet":
-        sizes, _ = parallel_map(lambda _, p: _header_size(p), [p for p, _ in scan.train], threads, "reading headers")
-        footprint = folder_bytes(sizes, n_valid, image_size, augment)
-    else:
-        footprint = folder_bytes(len(scan.train), n_valid, image_size, augment)
+    image's slot sized in advance."""
+    footprint, sizes = _footprint(scan, image_size, augment, in_memory, threads)
     plan = plan_memory(in_memory, memory_budget, footprint, available_memory(device))
     if not plan.in_memory:
         return plan, None
     side = kept_side(image_size, augment)
     train = FlatStore([resized_size(w, h, side) if w and h else (0, 0) for w, h in sizes]) if sizes is not None \
         else SquareStore(len(scan.train), side)
-    return plan, {"train": train, "valid": SquareStore(n_valid, image_size)}
+    return plan, {"train": train, "valid": SquareStore(len(scan.valid), image_size)}
 
 
 def _kept(samples: list, bad: set, subset: int) -> list[int]:

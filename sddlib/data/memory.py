@@ -70,8 +70,12 @@ def available_memory(device) -> dict:
     return out
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n < 2**30 * 10 else f"{n / 2**30:.1f} GiB"
+def _bytes(n: int) -> str:
+    """Bytes for people: 512.0 KiB, 37.5 MiB, 1.57 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if unit == "GiB" else f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"
 
 
 @dataclass
@@ -110,11 +114,11 @@ def plan_memory(in_memory, memory_budget: float, footprint: int, available: dict
     place = "host memory" if where == "host" else f"{where} memory"
     budget = int(memory_budget * free)
     if footprint <= budget:
-        return MemoryPlan(True, f"in memory: the decoded images take {_gib(footprint)}, within memory_budget="
-                          f"{memory_budget} of the {_gib(free)} of {place} available ({_gib(budget)})",
+        return MemoryPlan(True, f"in memory: the decoded images take {_bytes(footprint)}, within memory_budget="
+                          f"{memory_budget} of the {_bytes(free)} of {place} available ({_bytes(budget)})",
                           footprint, budget, in_memory, memory_budget)
-    over = (f"the decoded images would take {_gib(footprint)}, more than memory_budget={memory_budget} of the "
-            f"{_gib(free)} of {place} available ({_gib(budget)})")
+    over = (f"the decoded images would take {_bytes(footprint)}, more than memory_budget={memory_budget} of the "
+            f"{_bytes(free)} of {place} available ({_bytes(budget)})")
     if in_memory is True:
         raise MemoryBudgetError(f"in_memory=True but {over}; raise memory_budget, free memory, or set in_memory="
                                 "'auto' to read the files in every epoch when they do not fit.")
@@ -149,7 +153,7 @@ class SquareStore:
         self.images = torch.empty(n, 3, side, side, dtype=torch.uint8)
 
     def put(self, k: int, pixels: np.ndarray) -> None:
-        self.images[k].copy_(torch.from_numpy(pixels).permute(2, 0, 1))
+        self.images[k].permute(1, 2, 0).numpy()[...] = pixels   # through a numpy view: PIL's arrays are read-only
 
     def select(self, slots: list[int]) -> torch.Tensor:
         """The kept images in `slots` order (the whole tensor, uncopied, when that is all of them in order)."""
@@ -173,7 +177,7 @@ class FlatStore:
         if pixels.shape != (h, w, 3):
             raise RuntimeError(f"image {k} decoded to {pixels.shape[:2]}, its header said {(h, w)}.")
         start = int(self.starts[k])
-        self.pixels[start:start + pixels.size].copy_(torch.from_numpy(pixels).flatten())
+        self.pixels[start:start + pixels.size].numpy()[...] = pixels.reshape(-1)
 
     def select(self, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pixels, starts, sizes) of the kept images in `slots` order; the buffer compacted when some are left out."""
