@@ -92,17 +92,34 @@ def test_imagenet_recipe_keeps_the_aspect_ratio_at_the_eval_short_side(tmp_path)
     memory = load(root, True, augment="imagenet", image_size=24, normalize="imagenet")
     ds = memory.train.dataset
     assert memory.folder["kept_side"] == round(24 / 0.875) == 27
-    for i, (path, _) in enumerate(load(root, False, augment="imagenet", image_size=24).train.dataset.samples):
-        w, h = Image.open(path).size
-        assert tuple(ds.sizes[i].tolist()) == resized_size(w, h, 27) and min(ds.sizes[i]) == 27
+    samples = load(root, False, augment="imagenet", image_size=24).train.dataset.samples
+    headers = [Image.open(p).size for p, _ in samples]
+    assert ds.images.shape[2:] == (27, max(max(resized_size(w, h, 27)) for w, h in headers))
+    for i, (path, _) in enumerate(samples):
+        w, h = headers[i]
+        assert tuple(ds.sizes[i].tolist()) == resized_size(w, h, 27) and bool(ds.transposed[i]) == (h > w)
         want = TF.pil_to_tensor(T.Resize(27)(Image.open(path).convert("RGB")))
         assert torch.equal(ds.image(i), want)                          # the eval resize, kept whole
-    assert memory.folder["memory"]["footprint_bytes"] == folder_bytes(
-        [Image.open(p).size for p, _ in load(root, False, augment="imagenet", image_size=24).train.dataset.samples],
-        len(ds) and len(memory.valid.dataset), 24, "imagenet")
+    assert memory.folder["memory"]["footprint_bytes"] == folder_bytes(headers, len(memory.valid.dataset), 24,
+                                                                      "imagenet")
     assert isinstance(memory.train, DeviceResizedCropDL)
     seen = torch.cat([y for _, y in memory.train])
     assert sorted(seen.tolist()) == sorted(ds.targets.tolist())        # every image once per epoch
+
+
+def test_a_panorama_keeps_the_centre_of_its_long_side(tmp_path):
+    root = write_folder(tmp_path / "wide", per_class=2, shapes=((20, 90), (30, 30)))
+    memory = load(root, True, augment="imagenet", image_size=24, normalize="imagenet")
+    ds = memory.train.dataset
+    assert ds.images.shape[2:] == (27, 54)                             # at most 2:1
+    wide = [i for i in range(len(ds)) if ds.sizes[i].tolist() == [27, 54]]
+    assert wide
+    kept = memory.train.dataset
+    files = load(root, False, augment="imagenet", image_size=24).train.dataset.samples
+    for i in wide:
+        whole = TF.pil_to_tensor(T.Resize(27)(Image.open(files[i][0]).convert("RGB")))   # 27 x 121
+        left = (whole.shape[2] - 54) // 2
+        assert torch.equal(kept.image(i), whole[:, :, left:left + 54])
 
 
 # --- the decision: fits, does not fit, forced -----------------------------------------------------------------

@@ -52,22 +52,23 @@ class TensorImageDataset(Dataset):
 
 
 class VariableSizeImages(Dataset):
-    """In-memory uint8 images of many sizes (a folder kept at a fixed short side, its aspect ratios intact) and int
-    labels: one flat buffer `pixels` holding each image H x W x 3 from `starts[i]`, its `sizes[i]` = (H, W).
+    """In-memory uint8 images of many sizes and aspect ratios (a folder kept at one short side S) and int labels.
 
-    One buffer and two index tensors instead of a list of tensors, so that a loader on the device
-    (`sddlib.data.device.DeviceResizedCropDL`) cuts a whole batch with a few gathers. An item is
-    `transform(C x H x W uint8 image)`, then `/255` and `Normalize`, like `TensorImageDataset`'s.
+    Each image has a slot of one canvas, `images` N x 3 x S x L, its short side vertical: portrait images are
+    stored transposed (`transposed[i]`), so a 4:3 and a 3:4 photo both fill S x 4S/3 and the padding is only what
+    the longest image (at most L) leaves. `sizes[i]` is the image's (height, width) in its own orientation. One
+    tensor, so that a loader on the device (`sddlib.data.device.DeviceResizedCropDL`) cuts a whole batch at once.
+    An item is `transform(3 x H x W uint8 image)`, then `/255` and `Normalize`, like `TensorImageDataset`'s.
     """
 
-    def __init__(self, pixels: torch.Tensor, starts, sizes, targets, transform=None, mean=None, std=None,
+    def __init__(self, images: torch.Tensor, sizes, transposed, targets, transform=None, mean=None, std=None,
                  classes=None):
-        assert pixels.dtype == torch.uint8 and pixels.ndim == 1, (pixels.dtype, pixels.shape)
-        self.pixels = pixels
-        self.starts = torch.as_tensor(np.asarray(starts), dtype=torch.long)
+        assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3, images.shape
+        self.images = images
         self.sizes = torch.as_tensor(np.asarray(sizes), dtype=torch.long).view(-1, 2)
+        self.transposed = torch.as_tensor(np.asarray(transposed), dtype=torch.bool).view(-1)
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-        assert len(self.starts) == len(self.sizes) == len(self.targets)
+        assert len(self.images) == len(self.sizes) == len(self.transposed) == len(self.targets)
         from torchvision import transforms as T
         self.transform, self.vocab = transform, classes
         self.normalize = T.Normalize(mean, std) if mean is not None else None
@@ -76,10 +77,11 @@ class VariableSizeImages(Dataset):
         return len(self.targets)
 
     def image(self, i) -> torch.Tensor:
-        """Image i as a 3 x H x W uint8 tensor (a view of the buffer)."""
+        """Image i as a 3 x H x W uint8 tensor in its own orientation (a view of the canvas)."""
         h, w = self.sizes[i].tolist()
-        start = int(self.starts[i])
-        return self.pixels[start:start + h * w * 3].view(h, w, 3).permute(2, 0, 1)
+        if self.transposed[i]:
+            return self.images[i, :, :w, :h].transpose(1, 2)
+        return self.images[i, :, :h, :w]
 
     def __getitem__(self, i):
         x = self.image(i)

@@ -10,11 +10,11 @@ The augmentation has the reference's distribution: for `RandomCrop(size, padding
 the crop offsets are uniform over 0..2p in each axis, and `RandomHorizontalFlip()` flips with
 probability 1/2; for a given offset and flip the pixels equal torchvision's.
 
-Images of many sizes (a folder with the ImageNet recipe) are kept as one flat buffer with each image's start and
-size (`VariableSizeImages`), and `DeviceResizedCropDL` cuts ImageNet's random resized crop from it for the whole
-batch at once: the boxes are drawn as `RandomResizedCrop.get_params` draws them (`random_resized_boxes`) and
-resampled bilinearly with a box prefilter where the crop shrinks (`resized_crops`), so the distribution of the
-crops is torchvision's while the pixels differ from PIL's resampler by its rounding and filter shape.
+Images of many sizes (a folder with the ImageNet recipe) are kept at one short side, each in its own slot of a
+canvas (`VariableSizeImages`), and `DeviceResizedCropDL` cuts ImageNet's random resized crop from them for the
+whole batch at once: the boxes are drawn as `RandomResizedCrop.get_params` draws them (`random_resized_boxes`)
+and resized with PIL's antialiased bilinear weights as two batched matrix products (`resized_crops`), so the
+crops' distribution is torchvision's and their pixels differ from PIL's by its fixed-point rounding.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from fastai.data.load import DataLoader
 
-__all__ = ["crop_flip", "random_resized_boxes", "resized_crops", "DeviceImageDL", "DeviceResizedCropDL"]
+__all__ = ["crop_flip", "random_resized_boxes", "resize_weights", "resized_crops", "DeviceImageDL", "DeviceResizedCropDL"]
 
 
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
@@ -72,47 +72,37 @@ def random_resized_boxes(sizes: torch.Tensor, generator: torch.Generator, scale=
     return torch.stack([top, left, h, w], 1).long()
 
 
-def resized_crops(pixels: torch.Tensor, starts: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor,
-                  size: int) -> torch.Tensor:
-    """The `boxes` (B x 4: top, left, height, width) of B images of a flat uint8 buffer (`pixels`: each image
-    H x W x 3 from its `starts` offset, `sizes` B x 2) resized to `size` x `size`: B x 3 x size x size floats on
-    the uint8 scale (rounded). Bilinear at the output pixels' centres within the box (edges repeated, as a crop
-    then a resize does); where the box is larger than the output each output pixel averages a k x k grid of such
-    samples over its footprint (k up to 3), a box prefilter standing in for PIL's antialiasing."""
-    dev = pixels.device
-    top, left, box_h, box_w = boxes.double().unbind(1)
-    width = sizes[:, 1]
-    steps = torch.arange(size, dtype=torch.float64, device=dev)
-    channels = torch.arange(3, device=dev)
+def resize_weights(start: torch.Tensor, extent: torch.Tensor, size: int, length: int) -> torch.Tensor:
+    """B x size x length matrices that resize the span [start, start + extent) of a `length`-long axis to `size`
+    samples as PIL's antialiased bilinear resize of a crop does: output sample i is centred at
+    start + (i + 0.5) * extent / size, weighs the pixels of the span with a triangle as wide as one output pixel
+    (at least one input pixel), and its weights sum to 1."""
+    scale = (extent.double() / size)[:, None, None]
+    support = scale.clamp(min=1.0)
+    centre = start.double()[:, None, None] + (torch.arange(size, dtype=torch.float64, device=start.device)[:, None]
+                                              + 0.5) * scale
+    pixel = torch.arange(length, dtype=torch.float64, device=start.device) + 0.5
+    weights = (1 - (pixel - centre).abs() / support).clamp(min=0)
+    inside = (pixel >= start.double()[:, None, None]) & (pixel < (start + extent).double()[:, None, None])
+    weights = weights * inside
+    return (weights / weights.sum(-1, keepdim=True)).float()
 
-    def axis(start, extent, k, j):
-        """Sample positions (B x size) of subsample j of k along one axis, the two neighbours and the weight."""
-        pos = start[:, None] + (steps + (j + 0.5) / k) * (extent / size)[:, None] - 0.5
-        pos = torch.minimum(torch.maximum(pos, start[:, None]), (start + extent - 1)[:, None])
-        low = pos.floor()
-        high = torch.minimum(low + 1, (start + extent - 1)[:, None])
-        return low.long(), high.long(), (pos - low).float()
 
-    ky = min(3, max(1, math.ceil(float((box_h / size).max()))))
-    kx = min(3, max(1, math.ceil(float((box_w / size).max()))))
-    out = torch.zeros(len(boxes), size, size, 3, device=dev)
-    for j in range(ky):
-        y0, y1, fy = axis(top, box_h, ky, j)
-        row0 = starts[:, None] + y0 * width[:, None] * 3               # B x size: where each sampled row begins
-        row1 = starts[:, None] + y1 * width[:, None] * 3
-        fy = fy[:, :, None, None]
-        for i in range(kx):
-            x0, x1, fx = axis(left, box_w, kx, i)
-            col0, col1, fx = (x0 * 3)[:, None, :, None] + channels, (x1 * 3)[:, None, :, None] + channels, \
-                fx[:, None, :, None]
+def resized_crops(canvas: torch.Tensor, transposed: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """The `boxes` (B x 4: top, left, height, width, in each image's own orientation) of B images resized to
+    `size` x `size`, as B x 3 x size x size floats on the uint8 scale (rounded, as PIL's uint8 output is).
 
-            def tap(row, col):
-                return pixels[row[:, :, None, None] + col].float()   # B x size x size x 3
-
-            upper = torch.lerp(tap(row0, col0), tap(row0, col1), fx)
-            lower = torch.lerp(tap(row1, col0), tap(row1, col1), fx)
-            out += torch.lerp(upper, lower, fy)
-    return out.div_(ky * kx).round_().permute(0, 3, 1, 2).contiguous()
+    `canvas` is B x 3 x S x L uint8 (each image top-left, its short side S vertical: the `transposed` ones are
+    stored transposed); a resize is separable, so the batch is two batched matrix products with the
+    `resize_weights` of each image's box along each axis, and the transposed images' results transposed back."""
+    top, left, height, width = boxes.unbind(1)
+    rows_start, rows_extent = torch.where(transposed, left, top), torch.where(transposed, width, height)
+    cols_start, cols_extent = torch.where(transposed, top, left), torch.where(transposed, height, width)
+    along_rows = resize_weights(rows_start, rows_extent, size, canvas.shape[2])        # B x size x S
+    along_cols = resize_weights(cols_start, cols_extent, size, canvas.shape[3])        # B x size x L
+    out = along_rows[:, None] @ (canvas.float() @ along_cols.transpose(1, 2)[:, None])  # B x 3 x size x size
+    out = torch.where(transposed[:, None, None, None], out.transpose(2, 3), out)
+    return out.round_().clamp_(0, 255)
 
 
 class DeviceImageDL(DataLoader):
@@ -221,9 +211,9 @@ class DeviceImageDL(DataLoader):
 
 
 class DeviceResizedCropDL(DeviceImageDL):
-    """`DeviceImageDL` over images of many sizes (`sddlib.data.build.VariableSizeImages`: one flat uint8 buffer,
-    each image's start and height x width) with ImageNet's training augmentation done for the whole batch on the
-    device: a random resized crop to `size` (`random_resized_boxes`, `resized_crops`) and, with `flip`, a
+    """`DeviceImageDL` over images of many sizes (`sddlib.data.build.VariableSizeImages`: a uint8 canvas of one
+    short side, each image's size and orientation) with ImageNet's training augmentation done for the whole batch
+    on the device: a random resized crop to `size` (`random_resized_boxes`, `resized_crops`) and, with `flip`, a
     horizontal flip with probability 1/2."""
 
     def __init__(self, dataset, *, bs: int, mean, std, size: int, flip: bool = True, shuffle=False, drop_last=False,
@@ -232,21 +222,9 @@ class DeviceResizedCropDL(DeviceImageDL):
         super().__init__(dataset, bs=bs, mean=mean, std=std, shuffle=shuffle, drop_last=drop_last, flip=flip,
                          device=device, seed=seed, shard=shard)
 
-    @staticmethod
-    def _check(dataset):
-        if dataset.pixels.dtype != torch.uint8 or dataset.pixels.ndim != 1:
-            raise ValueError(f"DeviceResizedCropDL needs a flat uint8 pixel buffer, got {dataset.pixels.dtype} "
-                             f"{tuple(dataset.pixels.shape)}.")
-
-    @staticmethod
-    def _storage(dataset) -> torch.Tensor:
-        return dataset.pixels
-
     def _move(self, device):
-        self._pixels = self.dataset.pixels.to(device)
-        self._starts, self._sizes = self.dataset.starts.to(device), self.dataset.sizes.to(device)
-        self._targets = torch.as_tensor(self.dataset.targets, dtype=torch.long).to(device)
-        self._stats = [torch.tensor(v, device=device).view(1, -1, 1, 1) for v in self.norm_stats]
+        super()._move(device)
+        self._sizes, self._transposed = self.dataset.sizes.to(device), self.dataset.transposed.to(device)
 
     def _draw(self, idx, gen) -> tuple:
         boxes = random_resized_boxes(self._sizes[idx], gen)
@@ -256,7 +234,7 @@ class DeviceResizedCropDL(DeviceImageDL):
 
     def _cut(self, idx, draws) -> torch.Tensor:
         boxes, flips = draws
-        x = resized_crops(self._pixels, self._starts[idx], self._sizes[idx], boxes, self.size)
+        x = resized_crops(self._images[idx], self._transposed[idx], boxes, self.size)
         return torch.where(flips[:, None, None, None], x.flip(-1), x)
 
     def _options(self) -> dict:

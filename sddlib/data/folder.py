@@ -25,8 +25,8 @@ import torch
 from .build import ImageListDataset, TensorImageDataset, VariableSizeImages, check_pipeline, default_workers, \
     make_dataloaders
 from .info import DatasetInfo
-from .memory import (DEFAULT_MEMORY_BUDGET, FlatStore, MemoryPlan, SquareStore, available_memory, decode_threads,
-                     folder_bytes, kept_side, parallel_map, plan_memory, resized_size)
+from .memory import (DEFAULT_MEMORY_BUDGET, CanvasStore, MemoryPlan, SquareStore, available_memory, decode_threads,
+                     folder_bytes, kept_side, parallel_map, plan_memory)
 from .paper_datasets import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ImageFolderError", "FolderScan", "scan_folder", "image_folder", "plan_folder_memory", "folder_transforms", "AUGMENTS",
@@ -255,8 +255,7 @@ def _memory_plan(scan: FolderScan, image_size: int, augment: str, in_memory, mem
     if not plan.in_memory:
         return plan, None
     side = kept_side(image_size, augment)
-    train = FlatStore([resized_size(w, h, side) if w and h else (0, 0) for w, h in sizes]) if sizes is not None \
-        else SquareStore(len(scan.train), side)
+    train = CanvasStore(sizes, side) if sizes is not None else SquareStore(len(scan.train), side)
     return plan, {"train": train, "valid": SquareStore(len(scan.valid), image_size)}
 
 

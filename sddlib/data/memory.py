@@ -4,7 +4,8 @@ files, on every core, that decodes each image once (the check that refuses a bad
 
 Kept sizes: the small-image recipes (`cifar`, `crop`) keep every image at the training size, the square their
 per-image path crops from; the ImageNet recipe keeps training images at a short side of image_size / 0.875 (256
-for 224: the eval resize), aspect ratio intact, and test images as their eval centre crop.
+for 224: the eval resize), aspect ratio intact (up to 2:1; a longer one keeps the centre of its long side), and
+test images as their eval centre crop.
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ import numpy as np
 import torch
 
 __all__ = ["IN_MEMORY", "DEFAULT_MEMORY_BUDGET", "PROGRESS_FROM", "MemoryPlan", "kept_side", "resized_size",
-           "folder_bytes", "available_memory", "plan_memory", "MemoryBudgetError", "parallel_map", "SquareStore", "FlatStore"]
+           "folder_bytes", "available_memory", "plan_memory", "MemoryBudgetError", "parallel_map", "SquareStore", "CanvasStore",
+           "canvas_length", "MAX_ASPECT"]
 
 IN_MEMORY = ("auto", True, False)
 # The share of the memory available when a folder is loaded that its decoded images may take: half leaves the
 # machine usable (the training step, the notebook, other runs of a sweep).
 DEFAULT_MEMORY_BUDGET = 0.5
 PROGRESS_FROM = 2_000  # images: the check pass of a longer folder shows a progress bar
+MAX_ASPECT = 2.0       # in memory, a longer image (a panorama) keeps the centre of its long side at twice the short
 
 
 def kept_side(image_size: int, augment: str) -> int:
@@ -41,15 +44,21 @@ def resized_size(width: int, height: int, side: int) -> tuple[int, int]:
     return (new_long, side) if width <= height else (side, new_long)
 
 
+def canvas_length(sizes, side: int) -> int:
+    """The long side of the canvas that holds images of `sizes` ((width, height) each) at short side `side`: the
+    longest of them, at most MAX_ASPECT x side."""
+    longest = max((max(resized_size(w, h, side)) for w, h in sizes if w and h), default=side)
+    return min(longest, round(MAX_ASPECT * side))
+
+
 def folder_bytes(train_sizes, n_valid: int, image_size: int, augment: str) -> int:
     """Bytes the decoded images take in memory: `train_sizes` is the training images' count (small-image recipes)
-    or their (width, height) list (ImageNet recipe, kept at their own aspect ratio)."""
+    or their (width, height) list (ImageNet recipe: a canvas slot of the kept short side by the longest side)."""
     square = 3 * image_size * image_size
     if augment != "imagenet":
         return (int(train_sizes) + n_valid) * square
     side = kept_side(image_size, augment)
-    kept = sum(3 * h * w for h, w in (resized_size(w, h, side) for w, h in train_sizes if w and h))
-    return kept + n_valid * square
+    return len(train_sizes) * 3 * side * canvas_length(train_sizes, side) + n_valid * square
 
 
 def available_memory(device) -> dict:
@@ -162,29 +171,32 @@ class SquareStore:
         return self.images[torch.as_tensor(slots, dtype=torch.long)]
 
 
-class FlatStore:
-    """Images of many sizes kept in one flat uint8 buffer, each H x W x 3 from its start offset; the sizes are
-    known before decoding (from the files' headers), so the threads write in place."""
+class CanvasStore:
+    """Images of many sizes kept at one short side `side` in the slots of one N x 3 x side x L uint8 canvas, the
+    short side vertical (portrait images transposed); L is the longest long side, at most MAX_ASPECT x side
+    (a longer image keeps the centre of its long side). The sizes come from the files' headers, before decoding,
+    so the threads write in place."""
 
-    def __init__(self, sizes: list[tuple[int, int]]):
-        self.sizes = torch.as_tensor(sizes, dtype=torch.long).view(-1, 2)
-        lengths = 3 * self.sizes[:, 0] * self.sizes[:, 1]
-        self.starts = torch.cumsum(lengths, 0) - lengths
-        self.pixels = torch.empty(int(lengths.sum()), dtype=torch.uint8)
+    def __init__(self, sizes: list[tuple[int, int]], side: int):
+        kept = [resized_size(w, h, side) if w and h else (side, side) for w, h in sizes]   # (height, width)
+        self.length = canvas_length(sizes, side)
+        self.sizes = [(min(h, self.length), min(w, self.length)) for h, w in kept]
+        self.transposed = [h > w for h, w in self.sizes]
+        self.images = torch.zeros(len(sizes), 3, side, self.length, dtype=torch.uint8)
 
     def put(self, k: int, pixels: np.ndarray) -> None:
-        h, w = self.sizes[k].tolist()
-        if pixels.shape != (h, w, 3):
+        h, w = self.sizes[k]
+        top, left = (pixels.shape[0] - h) // 2, (pixels.shape[1] - w) // 2   # the centre of a too-long side
+        pixels = pixels[top:top + h, left:left + w]
+        if pixels.shape[:2] != (h, w):
             raise RuntimeError(f"image {k} decoded to {pixels.shape[:2]}, its header said {(h, w)}.")
-        start = int(self.starts[k])
-        self.pixels[start:start + pixels.size].numpy()[...] = pixels.reshape(-1)
+        if self.transposed[k]:
+            pixels, (h, w) = pixels.transpose(1, 0, 2), (w, h)
+        self.images[k, :, :h, :w].permute(1, 2, 0).numpy()[...] = pixels
 
-    def select(self, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pixels, starts, sizes) of the kept images in `slots` order; the buffer compacted when some are left out."""
-        if slots == list(range(len(self.sizes))):
-            return self.pixels, self.starts, self.sizes
-        index = torch.as_tensor(slots, dtype=torch.long)
-        sizes = self.sizes[index]
-        parts = [self.pixels[int(self.starts[k]):int(self.starts[k]) + 3 * int(self.sizes[k].prod())] for k in slots]
-        lengths = 3 * sizes[:, 0] * sizes[:, 1]
-        return torch.cat(parts) if parts else self.pixels[:0], torch.cumsum(lengths, 0) - lengths, sizes
+    def select(self, slots: list[int]) -> tuple[torch.Tensor, list, list]:
+        """(canvas, sizes, transposed) of the kept images in `slots` order (the canvas uncopied when that is all of
+        them in order)."""
+        images = self.images if slots == list(range(len(self.images))) else \
+            self.images[torch.as_tensor(slots, dtype=torch.long)]
+        return images, [self.sizes[k] for k in slots], [self.transposed[k] for k in slots]
