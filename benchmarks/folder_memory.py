@@ -189,6 +189,9 @@ def main(argv=None) -> None:
     parser.add_argument("--record", action="store_true", help="append the tables to benchmarks/results.md")
     args = parser.parse_args(argv)
     from recording import publish
+
+    import sddlib.data  # noqa: F401 - imported before the load times are taken
+    import fastai.data.core  # noqa: F401
     load_avg = os.getloadavg()[0]
     tables = [cub_sized(args, load_avg)]
     if args.small:
