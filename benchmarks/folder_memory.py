@@ -190,9 +190,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from recording import publish
 
-    import sddlib.data  # noqa: F401 - imported before the load times are taken
-    import fastai.data.core  # noqa: F401
     load_avg = os.getloadavg()[0]
+    warm = write_folder(Path(args.data_dir) / "warm_up", {"train": (2, 2), "val": (2, 1)}, False)
+    for in_memory in (True, False):   # the first load imports fastai and torchvision: not part of the load times
+        load(warm, in_memory, args, image_size=224, augment="imagenet")
     tables = [cub_sized(args, load_avg)]
     if args.small:
         tables.append(small_folder(args, load_avg))

@@ -69,8 +69,9 @@ def _probe(params: dict) -> int:
 
     cfg = RunConfig.from_params({**params, "progress": False})
     device = _device(cfg.device)
-    n_train, n_test, side = DATASET_SIZES[cfg.dataset]
-    num_classes = _dataset_classes(cfg.dataset, cfg.data_dir) or 1000
+    # a folder's images are the size the run asks for; what it keeps in memory is folder_footprint's
+    n_train, n_test, side = (0, 0, cfg.image_size) if cfg.dataset == "folder" else DATASET_SIZES[cfg.dataset]
+    num_classes = _dataset_classes(cfg.dataset, cfg.data_dir, cfg.val_fraction) or 1000
     images = torch.randint(0, 256, (2 * cfg.batch_size, 3, side, side), dtype=torch.uint8)
     labels = torch.randint(0, num_classes, (2 * cfg.batch_size,))
     stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device=device)

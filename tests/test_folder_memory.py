@@ -218,3 +218,14 @@ def test_device_loaders_for_the_in_memory_sets_train_a_learner(tmp_path):
         learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss())
         learn.fit(1)
         assert len(learn.recorder.values) == 1
+
+
+@pytest.mark.slow  # trains two steps in a measuring subprocess
+def test_a_sweeps_memory_plan_runs_folder_runs_and_refuses_one_over_its_budget(tmp_path):
+    from sddlib.run_memory import check_jobs_fit
+    root = write_folder(tmp_path / "bugs")
+    params = {"dataset": "folder", "data_dir": str(root), "image_size": 16, "teacher": "resnet8",
+              "student": "resnet8", "M": "[1]", "batch_size": 4, "device": "cpu"}
+    assert "memory: 2 jobs" in check_jobs_fit([params, {**params, "seed": 1}], 2)
+    with pytest.raises(RuntimeError, match="in_memory=True but the decoded images would take .* memory_budget=1e-12"):
+        check_jobs_fit([{**params, "in_memory": True, "memory_budget": 1e-12}], 1)

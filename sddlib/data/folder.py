@@ -229,12 +229,14 @@ def _check_images(scan: FolderScan, steps, normalize: str, skip_bad: bool, threa
 
 
 def _footprint(scan: FolderScan, image_size: int, augment: str, in_memory, threads: int):
-    """Bytes the decoded images take in memory, and the training images' header sizes (ImageNet recipe only: kept
-    at their own aspect ratio, read from the files' headers; None otherwise)."""
-    if in_memory is not False and augment == "imagenet":
+    """Bytes the decoded images take in memory (None with in_memory=False: not worked out), and the training
+    images' header sizes (ImageNet recipe only: kept at their own aspect ratio, read from the files' headers)."""
+    if in_memory is False:   # nothing to plan: the files are read
+        return None, None
+    if augment == "imagenet":
         sizes, _ = parallel_map(lambda _, p: _header_size(p), [p for p, _ in scan.train], threads, "reading headers")
         return folder_bytes(sizes, len(scan.valid), image_size, augment), sizes
-    return folder_bytes(len(scan.train), len(scan.valid), image_size, "cifar"), None
+    return folder_bytes(len(scan.train), len(scan.valid), image_size, augment), None
 
 
 def plan_folder_memory(data_dir, *, image_size=224, augment="auto", val_fraction=0.2, in_memory="auto",

@@ -92,7 +92,7 @@ class MemoryPlan:
     """Whether a folder's decoded images are kept in memory, and why (one sentence, printed and recorded)."""
     in_memory: bool
     reason: str
-    footprint_bytes: int
+    footprint_bytes: int | None
     budget_bytes: int | None
     asked: object
     memory_budget: float
@@ -107,7 +107,7 @@ class MemoryBudgetError(ValueError):
     """in_memory=True for a folder whose decoded images exceed the memory budget (one sentence)."""
 
 
-def plan_memory(in_memory, memory_budget: float, footprint: int, available: dict) -> MemoryPlan:
+def plan_memory(in_memory, memory_budget: float, footprint: int | None, available: dict) -> MemoryPlan:
     """The decision for a folder whose decoded images take `footprint` bytes, given `available` (bytes per
     place, `available_memory`): in memory when `footprint` is within `memory_budget` of the tightest place;
     otherwise the files (in_memory 'auto'), or a refusal naming the budget and the parameter (in_memory True)."""
