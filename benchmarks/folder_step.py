@@ -6,6 +6,7 @@ the training epochs (validation skipped), the paths alternating round by round i
 
     .venv/bin/python benchmarks/folder_step.py --record                   # the idle machine: every core
     .venv/bin/python benchmarks/folder_step.py --paths builtin memory files --rounds 3
+    .venv/bin/python benchmarks/folder_step.py --device cuda --paths builtin memory files   # on a GPU
     .venv/bin/python benchmarks/folder_step.py --rounds 1 --steps 5 --n-train 640   # a smoke test
 
 Paths: `builtin` (sddlib.data.digit_mosaic, uint8 tensors augmented in batches on the device), `memory` (the
@@ -34,7 +35,7 @@ def loaders(path: str, args):
     from folder_parity import write_mosaics
 
     from sddlib.data import get_dataloaders, image_folder
-    common = dict(bs=64, seed=0, device="cpu")
+    common = dict(bs=64, seed=0, device=args.device)
     if path == "builtin":
         return get_dataloaders("digit_mosaic", args.data_dir, n_train=args.n_train, n_test=args.n_test, **common)
     folder = write_mosaics(Path(args.data_dir), 0) if args.n_train == 8000 else _small_folder(args)
@@ -112,6 +113,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--n-train", type=int, default=8000)
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="the files path's workers")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument("--data-dir", default=str(REPO / "data" / "folder_parity"))
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/results.md")
     args = parser.parse_args(argv)
@@ -141,7 +143,7 @@ def main(argv=None) -> dict:
         step = "KD resnet14 -> resnet8" if mode == "kd" else "resnet8 alone"
         rows.append(f"| {step} | {path} | {median:.0f} | {len(values)} | {ratio} |")
     table = (heading("Folder vs built-in loader, a full training step (benchmarks/folder_step.py)", load)
-             + f"Digit mosaics ({args.n_train} train), batch 64, {args.steps or 'whole'} "
+             + f"Digit mosaics ({args.n_train} train) on {args.device}, batch 64, {args.steps or 'whole'} "
                f"{'steps' if args.steps else 'epochs'}, {torch.get_num_threads()} torch threads; paths alternating. "
                f"Command: `.venv/bin/python benchmarks/folder_step.py {' '.join(argv or sys.argv[1:])}`.\n\n"
              + "\n".join(rows) + "\n")
