@@ -155,6 +155,13 @@ def test_a_folder_over_its_budget_reads_its_files_or_is_refused_before_decoding(
     assert memory.folder["decode_s"] >= 0 and memory.folder["decode_threads"] >= 1
 
 
+def test_a_long_folder_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
+    from sddlib.data import memory
+    monkeypatch.setattr(memory, "PROGRESS_FROM", 10)                 # 15 images: "long"
+    dls = load(write_folder(tmp_path / "bugs"), True)
+    assert dls.folder["pipeline"] == "device" and "decoding" in capsys.readouterr().out
+
+
 def test_a_bad_image_is_refused_before_training_naming_it(tmp_path):
     root = write_folder(tmp_path / "bugs", per_class=4)
     good = root / "bee" / "0.png"

@@ -149,7 +149,8 @@ def parallel_map(work, items: list, threads: int, what: str = "decoding") -> tup
         results = pool.map(work, range(len(items)), items)
         if len(items) >= PROGRESS_FROM:
             from fastprogress.fastprogress import progress_bar
-            results = progress_bar(results, total=len(items), comment=what, leave=False)
+            results = progress_bar(results, total=len(items), leave=False)
+            results.comment = what
         results = list(results)
     return results, time.perf_counter() - start
 
