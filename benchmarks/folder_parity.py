@@ -10,11 +10,12 @@ trained on seed s's mosaics (8,000 train / 2,000 test, written to <data-dir>/dig
 <digit>/*.png). What the folder path sets to match the mosaics' loader: image_size 32, augment "crop" (pad 2, crop
 32, no flip) and normalize "auto" (every train image is in the sample below 10,000 images, so the mean and std
 are the train set's, as the built-in loader computes them). The teacher is the one sddlib ships for the mosaics
-(`teacher_ckpt`: the resnet14 sd_gain.py trained, bit for bit), so both paths distil the same teacher. What
-differs: the built-in loader crops whole batches on the device in its own random order; the folder path crops per
-image in a DataLoader worker (PIL), and its files are listed class by class. Runs go to `--output-dir`; complete
-runs are skipped, so a rerun trains only what is missing. It prints per method best and last top-1, mean ± std
-over the seeds done.
+(`teacher_ckpt`: the resnet14 sd_gain.py trained, bit for bit), so both paths distil the same teacher. The folder
+is kept in memory (`in_memory: true`, the default `--in-memory`): its images cropped in whole batches on the device
+like the built-in loader's, in the folder's own random order and with its files listed class by class.
+`--in-memory false --output-dir outputs/folder_parity` is the file path the first folder table in results.md
+measured (PIL per image in a DataLoader worker). Runs go to `--output-dir`; complete runs are skipped, so a rerun
+trains only what is missing. It prints per method best and last top-1, mean ± std over the seeds done.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def run_params(folder: Path, scales: str, seed: int, args) -> dict:
                 teacher="resnet14", student="resnet8", method="kd", M=scales, seed=seed, epochs=8, lr=0.05,
                 lr_decay_stages=[5, 7], teacher_ckpt=str(shipped_teacher_path("digit_mosaic", "resnet14")),
                 output_dir=args.output_dir, num_workers=args.workers, figures=False, progress=False,
-                subset=args.subset)
+                subset=args.subset, in_memory=args.in_memory)
 
 
 def summary(results: dict) -> str:
@@ -76,10 +77,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=str(REPO / "data" / "folder_parity"))
-    parser.add_argument("--output-dir", default=str(REPO / "outputs" / "folder_parity"))
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
+    parser.add_argument("--output-dir", default=str(REPO / "outputs" / "folder_parity_in_memory"))
+    parser.add_argument("--in-memory", default="true", choices=["true", "false", "auto"],
+                        help="the folder kept in memory (device pipeline) or read from its files (workers)")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers per run (the file path)")
     parser.add_argument("--subset", type=int, default=0, help="first n images only: a smoke test")
     args = parser.parse_args(argv)
+    args.in_memory = {"true": True, "false": False}.get(args.in_memory, args.in_memory)
     results = {("KD", "[1]"): [], ("SD-KD", SD_SCALES): []}
     for seed in args.seeds:  # seed by seed, KD then SD-KD: a call stopped early leaves complete pairs
         folder = write_mosaics(Path(args.data_dir), seed)

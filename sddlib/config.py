@@ -27,6 +27,7 @@ import yaml
 from .data.build import PIPELINES
 from .data.folder import AUGMENTS, NORMALIZE
 from . import loss_family  # noqa: F401  (registers ttm, wttm, rld, abkd wherever a run is checked)
+from .data.memory import DEFAULT_MEMORY_BUDGET
 from .losses import LOSSES, LogitLoss
 from .regions import parse_scales
 
@@ -72,6 +73,19 @@ SMALL_IMAGES = 64
 # The parameters that only a folder of your own images takes (dataset "folder"), with their input defaults.
 FOLDER_ONLY = {"image_size": None, "augment": "auto", "normalize": "imagenet", "val_fraction": 0.2,
                "skip_bad_images": False}
+# How a folder's images are held (memory or files, `sddlib.data.memory`): folder-only, and outside the teacher
+# protocol and the data options a run's records compare (where the images are held does not change the recipe).
+MEMORY_OPTIONS = {"in_memory": "auto", "memory_budget": DEFAULT_MEMORY_BUDGET}
+
+
+def _in_memory(name, value):
+    if isinstance(value, str) and value.lower() in ("true", "false"):   # -p in_memory false from the command line
+        value = value.lower() == "true"
+    if value != "auto" and not isinstance(value, bool):
+        _fail(name, value, "'auto', True or False")
+    return value
+
+
 # Speed switches (sddlib.acceleration): autocast precisions and torch.compile modes.
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -347,6 +361,14 @@ class RunConfig(Mapping):
                                  "dataset 'folder' without train/ and val/: the share of each class held out")
     skip_bad_images: bool = _param(False, _flag, "dataset 'folder': skip unreadable image files (counted in "
                                    "metrics) instead of stopping at the first")
+    in_memory: object = _param("auto", _in_memory,
+                               "dataset 'folder': keep the decoded images in memory and train through the device "
+                               "pipeline; 'auto' when they fit memory_budget, True always (refused when over it), "
+                               "False never (every epoch decodes the files)")
+    memory_budget: float = _param(DEFAULT_MEMORY_BUDGET, _float(low=0, high=1, low_open=True,
+                                                                 what="a number in (0, 1]"),
+                                  "dataset 'folder': the share of the memory available when the data is loaded "
+                                  "(host; on a GPU its free memory too) that the decoded images may take")
     teacher_pretrained: bool = _param(False, _flag, "build a timm:/torchvision: teacher from its ImageNet weights "
                                       "and fine-tune it on the data")
     teacher_weights_file: str = _param("", _text, "the teacher's ImageNet weights as a local .safetensors/.pth "
@@ -517,6 +539,11 @@ class RunConfig(Mapping):
         return {k: self[k] for k in FOLDER_ONLY} if self.dataset == "folder" else {}
 
     @property
+    def memory_options(self) -> dict:
+        """Whether the folder loader may keep the images in memory, and its budget (dataset 'folder' only)."""
+        return {k: self[k] for k in MEMORY_OPTIONS} if self.dataset == "folder" else {}
+
+    @property
     def bn_batch(self) -> int:
         """How many images each BatchNorm layer normalises over: the global batch on one process or with
         SyncBatchNorm, each process's share otherwise. Every published experiment normalised over its whole
@@ -587,10 +614,10 @@ class RunConfig(Mapping):
     @property
     def fingerprint(self) -> dict:
         """Everything that decides the trained weights: equal fingerprints may continue each other's checkpoints.
-        (Paths, device, loader processes, figures, progress bars, memory layout, compilation and the modules
-        imported do not change them beyond fp32 rounding; precision does; the method a module registers does.)"""
+        (Paths, device, loader processes, memory budget, figures, progress bars, memory layout, compilation and the
+        modules imported do not change them beyond fp32 rounding; precision does; the method a module registers does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "tracker",
-                "progress", "run_name", "channels_last", "compile", "imports"}
+                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget"}
         return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
                 **self._bn(self.batch_size)}
 
@@ -624,6 +651,7 @@ class RunConfig(Mapping):
 # Parameters added after runs were first recorded, with the value every earlier run had: a fingerprint names
 # them only when they differ from it, so the runs and checkpoints recorded before they existed stay valid.
 _ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_warmup_epochs": 0.0, **FOLDER_ONLY,
+                "in_memory": "auto",
                 "teacher_pretrained": False, "teacher_weights_file": "", "student_pretrained": False,
                 "student_weights_file": "", "loss_params": {}, "logit_standardization": False}
 
@@ -672,7 +700,7 @@ def _resolve_folder(values: dict) -> None:
             raise ConfigError("pipeline='device_decode' is not available for dataset 'folder' (its images are "
                               "decoded per image in workers); use 'workers' or 'auto'.")
         return
-    changed = [k for k, default in FOLDER_ONLY.items() if values[k] != default]
+    changed = [k for k, default in {**FOLDER_ONLY, **MEMORY_OPTIONS}.items() if values[k] != default]
     if changed:
         raise ConfigError(f"{changed[0]}={values[changed[0]]!r} applies to dataset 'folder' only (your own images), "
                           f"not {values['dataset']}; remove it or set dataset='folder'.")

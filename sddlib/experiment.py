@@ -101,7 +101,7 @@ def _dataloaders(cfg: RunConfig, device, whole_batch: bool = True):
     would have no batch at all)."""
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
                           num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline,
-                          **cfg.data_options)
+                          **cfg.data_options, **cfg.memory_options)
     if cfg.batch_size > dls.train.n and (whole_batch or not len(dls.train)):
         images = f"{dls.train.n} images{f' with subset={cfg.subset}' if cfg.subset else ''}"
         if not whole_batch:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DATASET_SIZES", "train_images", "run_memory", "check_jobs_fit"]
+__all__ = ["DATASET_SIZES", "train_images", "folder_footprint", "run_memory", "check_jobs_fit"]
 
 # (train images, test images, image side) of each dataset as the loaders yield them.
 DATASET_SIZES = {"cifar100": (50_000, 10_000, 32), "digit_mosaic": (8_000, 2_000, 32),
@@ -29,7 +29,8 @@ DATASET_SIZES = {"cifar100": (50_000, 10_000, 32), "digit_mosaic": (8_000, 2_000
 CUDA_CONTEXT_BYTES = 512 * 2**20  # the CUDA context and cuDNN workspaces the allocator does not see
 HEADROOM = 0.9                    # never plan more than this share of the free memory
 _PROBE_KEYS = ("dataset", "data_dir", "teacher", "student", "method", "M", "batch_size", "subset", "device", "pipeline",
-               "channels_last", "precision", "compile", "imports")
+               "channels_last", "precision", "compile", "imports", "image_size", "augment", "val_fraction",
+               "in_memory", "memory_budget")
 
 
 def train_images(params) -> int:
@@ -42,6 +43,20 @@ def train_images(params) -> int:
     else:
         n = DATASET_SIZES[cfg.dataset][0]
     return min(cfg.subset, n) if cfg.subset else n
+
+
+def folder_footprint(params) -> int:
+    """Bytes a `dataset: folder` run keeps in memory for its decoded images, known before it starts: what they take
+    at their kept size when the run would keep them (in_memory True, or 'auto' within its memory_budget of what
+    the device has available now), 0 when it would read the files. On a GPU they are held on the host and again
+    on the device. A run with in_memory=True over its budget is refused here, in the run's own sentence."""
+    from .config import RunConfig
+    from .data.folder import plan_folder_memory
+    from .experiment import _device
+    cfg = RunConfig.from_params(params)
+    plan = plan_folder_memory(cfg.data_dir, image_size=cfg.image_size, augment=cfg.augment,
+                              val_fraction=cfg.val_fraction, device=_device(cfg.device), **cfg.memory_options)
+    return plan.footprint_bytes if plan.in_memory else 0
 
 
 def _probe(params: dict) -> int:
@@ -58,8 +73,9 @@ def _probe(params: dict) -> int:
 
     cfg = RunConfig.from_params({**params, "progress": False})
     device = _device(cfg.device)
-    n_train, n_test, side = DATASET_SIZES[cfg.dataset]
-    num_classes = _dataset_classes(cfg.dataset, cfg.data_dir) or 1000
+    # a folder's images are the size the run asks for; what it keeps in memory is folder_footprint's
+    n_train, n_test, side = (0, 0, cfg.image_size) if cfg.dataset == "folder" else DATASET_SIZES[cfg.dataset]
+    num_classes = _dataset_classes(cfg.dataset, cfg.data_dir, cfg.val_fraction) or 1000
     images = torch.randint(0, 256, (2 * cfg.batch_size, 3, side, side), dtype=torch.uint8)
     labels = torch.randint(0, num_classes, (2 * cfg.batch_size,))
     stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device=device)
@@ -72,10 +88,11 @@ def _probe(params: dict) -> int:
     distill = DistillationCallback(teacher, cfg.method, cfg.scales, logit_standardization=cfg.logit_standardization,
                                    **cfg.loss_kwargs)
     build_learner(DataLoaders(train, valid, device=device), student, cfg, cbs=[distill]).fit(1)
+    folder = folder_footprint(cfg) if cfg.dataset == "folder" else 0   # the probe's random batches hold none of it
     if device.type != "cuda":
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + folder
     resident = (min(cfg.subset, n_train) if cfg.subset else n_train) + n_test
-    data = resident * 3 * side * side if cfg.data_pipeline == "device" else 0
+    data = resident * 3 * side * side if cfg.data_pipeline == "device" else folder
     return torch.cuda.max_memory_reserved(device) + data + CUDA_CONTEXT_BYTES
 
 

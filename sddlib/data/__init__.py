@@ -10,6 +10,8 @@ as `dls.info`, a `DatasetInfo` (name, class_names, num_classes, mean, std, image
     paper_datasets  cifar100, imagenet, cub200 (the authors' augmentation, exactly)
     mosaics         the digit-mosaic generator and its loader
     folder          any folder of class folders (ImageFolder layout, or split here), checked before any work
+    memory          a folder kept in memory when it fits a budget: the decision, the parallel decoding pass
+    device          batched augmentation on the training device for the in-memory sets
     build           the datasets and DataLoaders every loader shares
     info            DatasetInfo, (de)normalisation
 

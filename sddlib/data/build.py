@@ -1,5 +1,5 @@
-"""What every loader of `sddlib.data` shares: the two torch datasets (in-memory uint8 images, image
-files), the fastai `DataLoaders` they are wrapped in (seeded order, `dls.info`), and the one-sentence
+"""What every loader of `sddlib.data` shares: the torch datasets (in-memory uint8 images of one size or of
+many sizes, image files), the fastai `DataLoaders` they are wrapped in (seeded order, `dls.info`), and the one-sentence
 errors for a missing dataset."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from .info import DatasetInfo
 
-__all__ = ["DatasetNotFoundError", "TensorImageDataset", "ImageListDataset", "PIPELINES", "IN_MEMORY_PIPELINES",
+__all__ = ["DatasetNotFoundError", "TensorImageDataset", "VariableSizeImages", "ImageListDataset", "PIPELINES", "IN_MEMORY_PIPELINES",
            "FILE_PIPELINES", "check_pipeline",
            "make_dataloaders"]
 
@@ -43,6 +43,48 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i):
         x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        x = x.float().div(255)
+        if self.normalize is not None:
+            x = self.normalize(x)
+        return x, int(self.targets[i])
+
+
+class VariableSizeImages(Dataset):
+    """In-memory uint8 images of many sizes and aspect ratios (a folder kept at one short side S) and int labels.
+
+    Each image has a slot of one canvas, `images` N x 3 x S x L, its short side vertical: portrait images are
+    stored transposed (`transposed[i]`), so a 4:3 and a 3:4 photo both fill S x 4S/3 and the padding is only what
+    the longest image (at most L) leaves. `sizes[i]` is the image's (height, width) in its own orientation. One
+    tensor, so that a loader on the device (`sddlib.data.device.DeviceResizedCropDL`) cuts a whole batch at once.
+    An item is `transform(3 x H x W uint8 image)`, then `/255` and `Normalize`, like `TensorImageDataset`'s.
+    """
+
+    def __init__(self, images: torch.Tensor, sizes, transposed, targets, transform=None, mean=None, std=None,
+                 classes=None):
+        assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3, images.shape
+        self.images = images
+        self.sizes = torch.as_tensor(np.asarray(sizes), dtype=torch.long).view(-1, 2)
+        self.transposed = torch.as_tensor(np.asarray(transposed), dtype=torch.bool).view(-1)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        assert len(self.images) == len(self.sizes) == len(self.transposed) == len(self.targets)
+        from torchvision import transforms as T
+        self.transform, self.vocab = transform, classes
+        self.normalize = T.Normalize(mean, std) if mean is not None else None
+
+    def __len__(self):
+        return len(self.targets)
+
+    def image(self, i) -> torch.Tensor:
+        """Image i as a 3 x H x W uint8 tensor in its own orientation (a view of the canvas)."""
+        h, w = self.sizes[i].tolist()
+        if self.transposed[i]:
+            return self.images[i, :, :w, :h].transpose(1, 2)
+        return self.images[i, :, :h, :w]
+
+    def __getitem__(self, i):
+        x = self.image(i)
         if self.transform is not None:
             x = self.transform(x)
         x = x.float().div(255)
@@ -95,7 +137,8 @@ def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, 
     pipeline="workers" is the reference's: per-image transforms in DataLoader workers. "device" (in-memory
     `TensorImageDataset`s only) keeps the uint8 images on `device` and applies `augment` (the keyword
     arguments `padding` and `flip` of `DeviceImageDL`, the same crop/flip the train transform draws) to
-    whole batches there. "device_decode" (`ImageListDataset`s whose transforms are tensor-capable) has the
+    whole batches there; a `VariableSizeImages` train set gets ImageNet's random resized crop there instead
+    (`DeviceResizedCropDL`, `augment` its `size` and `flip`). "device_decode" (`ImageListDataset`s whose transforms are tensor-capable) has the
     workers read file bytes only and decodes and transforms on `device` (`DeviceDecodeDL`)."""
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
@@ -103,9 +146,10 @@ def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, 
 
     device = default_device() if device is None else torch.device(device)
     if pipeline == "device":
-        from .device import DeviceImageDL
-        train = DeviceImageDL(train_ds, bs=bs, mean=info.mean, std=info.std, shuffle=True, drop_last=drop_last,
-                              device=device, seed=seed, **(augment or {}))
+        from .device import DeviceImageDL, DeviceResizedCropDL
+        train_dl = DeviceResizedCropDL if isinstance(train_ds, VariableSizeImages) else DeviceImageDL
+        train = train_dl(train_ds, bs=bs, mean=info.mean, std=info.std, shuffle=True, drop_last=drop_last,
+                         device=device, seed=seed, **(augment or {}))
         valid = DeviceImageDL(valid_ds, bs=val_bs or bs, mean=info.mean, std=info.std, device=device, seed=seed + 1)
     elif pipeline == "device_decode":
         from .device_decode import DeviceDecodeDL

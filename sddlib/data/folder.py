@@ -6,23 +6,30 @@ sides), the split and the refusals (one sentence each, `ImageFolderError`), so a
 work. `image_folder` then decodes every image once (a truncated or unreadable file stops there, naming it, or is
 skipped and counted with `skip_bad_images=True`: never a PIL traceback mid-epoch, never a silently shorter epoch),
 computes the normalisation when asked (`normalize="auto"`) and returns the fastai DataLoaders with the ImageNet
-recipe scaled to `image_size`, or the CIFAR one (pad-and-crop) for small images. What the loader decided (split,
-class counts, normalisation, skipped files) is `dls.folder`, which a run records in its metrics.
+recipe scaled to `image_size`, or the CIFAR one (pad-and-crop) for small images. When the decoded images fit the
+memory budget (`sddlib.data.memory`) that pass keeps them, and training runs from uint8 tensors augmented in
+batches on the device like the built-in datasets; otherwise every epoch decodes the files again in DataLoader
+workers. What the loader decided (split, class counts, normalisation, skipped files, memory or files and why, the
+check pass's time) is `dls.folder`, which a run records in its metrics.
 """
 from __future__ import annotations
 
+import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .build import ImageListDataset, check_pipeline, default_workers, make_dataloaders
+from .build import ImageListDataset, TensorImageDataset, VariableSizeImages, check_pipeline, default_workers, \
+    make_dataloaders
 from .info import DatasetInfo
+from .memory import (DEFAULT_MEMORY_BUDGET, CanvasStore, MemoryPlan, SquareStore, available_memory, decode_threads,
+                     folder_bytes, kept_side, parallel_map, plan_memory)
 from .paper_datasets import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["ImageFolderError", "FolderScan", "scan_folder", "image_folder", "folder_transforms", "AUGMENTS",
+__all__ = ["ImageFolderError", "FolderScan", "scan_folder", "image_folder", "plan_folder_memory", "folder_transforms", "AUGMENTS",
            "NORMALIZE", "IMAGE_EXTENSIONS", "SPLIT_SEED", "STATS_IMAGES"]
 
 # torchvision's ImageFolder extensions
@@ -141,9 +148,19 @@ def folder_transforms(image_size: int, augment: str):
     return square + [T.RandomCrop(image_size, padding=max(1, image_size // 16))], square
 
 
-def _read(path: str, eval_steps=None):
-    """The decoded RGB image (grey, palette and alpha images converted), its eval-size pixel sums for the
-    normalisation when `eval_steps` is given; or the reason it cannot be read."""
+def _kept_steps(image_size: int, augment: str):
+    """(kept, eval_of_kept): the resize an image is kept at in memory (PIL in and out) and the eval crop of that;
+    composed they are the recipe's eval steps, so the normalisation sample is the same in memory and from files."""
+    from torchvision import transforms as T
+    if augment == "imagenet":
+        return T.Resize(kept_side(image_size, augment)), T.CenterCrop(image_size)
+    return T.Compose([T.Resize(image_size), T.CenterCrop(image_size)]), (lambda img: img)
+
+
+def _read(path: str, steps, stats: bool, store=None, slot=None, store_eval=False):
+    """Decode one image (RGB: grey, palette and alpha images converted); keep it in `store` at `slot` (its eval
+    crop with `store_eval`) and return its eval-size pixel sums for the normalisation when `stats`; or the reason
+    it cannot be read."""
     from PIL import Image
     try:
         with open(path, "rb") as f:
@@ -152,21 +169,47 @@ def _read(path: str, eval_steps=None):
             img = img.convert("RGB")
     except Exception as err:  # PIL's UnidentifiedImageError, OSError (truncated), ...: named in one sentence
         return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
-    if eval_steps is None:
+    if not stats and store is None:
         return None, None
-    x = np.asarray(eval_steps(img), dtype=np.float64).reshape(-1, 3) / 255
+    kept_step, eval_step = steps
+    kept = kept_step(img)
+    evaluated = eval_step(kept)
+    if store is not None:
+        store.put(slot, np.asarray(evaluated if store_eval else kept))
+    if not stats:
+        return None, None
+    x = np.asarray(evaluated, dtype=np.float64).reshape(-1, 3) / 255
     return (len(x), x.sum(0), (x ** 2).sum(0)), None
 
 
-def _check_images(scan: FolderScan, eval_steps, normalize: str, skip_bad: bool, threads: int) -> tuple[dict, set]:
-    """Decode every image once; return the normalisation and what was skipped. The normalisation sample is a
+def _header_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding; (0, 0) when it cannot be read (the check pass
+    then names the file)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - refused, with its reason, by the check pass
+        return 0, 0
+
+
+def _check_images(scan: FolderScan, steps, normalize: str, skip_bad: bool, threads: int, stores=None):
+    """Decode every image once on `threads` threads, keeping the pixels in `stores` ({"train", "valid"}) when
+    given; return the normalisation, what was skipped and the seconds it took. The normalisation sample is a
     SPLIT_SEED-drawn sample of up to STATS_IMAGES training images, at the eval size."""
     train_paths = [p for p, _ in scan.train]
     sample = set(random.Random(SPLIT_SEED).sample(train_paths, min(STATS_IMAGES, len(train_paths)))) \
         if normalize == "auto" else set()
     paths = train_paths + [p for p, _ in scan.valid]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = list(pool.map(lambda p: _read(p, eval_steps if p in sample else None), paths))
+    n_train = len(train_paths)
+
+    def work(k, path):
+        if stores is None:
+            return _read(path, steps, path in sample)
+        split, slot = ("train", k) if k < n_train else ("valid", k - n_train)
+        return _read(path, steps, path in sample, stores[split], slot, store_eval=split == "valid")
+
+    results, seconds = parallel_map(work, paths, threads, "decoding")
     bad = {p: why for p, (_, why) in zip(paths, results) if why}
     if bad and not skip_bad:
         path, why = next(iter(bad.items()))
@@ -182,36 +225,112 @@ def _check_images(scan: FolderScan, eval_steps, normalize: str, skip_bad: bool, 
                 "sample_seed": SPLIT_SEED}
     else:
         norm = {"normalize": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    return norm, set(bad)
+    return norm, set(bad), seconds
+
+
+def _footprint(scan: FolderScan, image_size: int, augment: str, in_memory, threads: int):
+    """Bytes the decoded images take in memory (None with in_memory=False: not worked out), and the training
+    images' header sizes (ImageNet recipe only: kept at their own aspect ratio, read from the files' headers)."""
+    if in_memory is False:   # nothing to plan: the files are read
+        return None, None
+    if augment == "imagenet":
+        sizes, _ = parallel_map(lambda _, p: _header_size(p), [p for p, _ in scan.train], threads, "reading headers")
+        return folder_bytes(sizes, len(scan.valid), image_size, augment), sizes
+    return folder_bytes(len(scan.train), len(scan.valid), image_size, augment), None
+
+
+def plan_folder_memory(data_dir, *, image_size=224, augment="auto", val_fraction=0.2, in_memory="auto",
+                       memory_budget=DEFAULT_MEMORY_BUDGET, device="cpu", **_) -> MemoryPlan:
+    """What `image_folder` would decide for this folder now (`run_memory` plans a sweep with it): from the file
+    names and, for the ImageNet recipe, the headers; no image decoded. Other loader keywords are ignored."""
+    scan = scan_folder(data_dir, val_fraction)
+    recipe = resolve_augment(augment, image_size)
+    footprint, _ = _footprint(scan, image_size, recipe, in_memory, decode_threads())
+    return plan_memory(in_memory, memory_budget, footprint, available_memory(device))
+
+
+def _memory_plan(scan: FolderScan, image_size: int, augment: str, in_memory, memory_budget, device, threads):
+    """The decision (`sddlib.data.memory.plan_memory`) and, in memory, the stores the check pass fills: every
+    image's slot sized in advance."""
+    footprint, sizes = _footprint(scan, image_size, augment, in_memory, threads)
+    plan = plan_memory(in_memory, memory_budget, footprint, available_memory(device))
+    if not plan.in_memory:
+        return plan, None
+    side = kept_side(image_size, augment)
+    train = CanvasStore(sizes, side) if sizes is not None else SquareStore(len(scan.train), side)
+    return plan, {"train": train, "valid": SquareStore(len(scan.valid), image_size)}
+
+
+def _kept(samples: list, bad: set, subset: int) -> list[int]:
+    """Indices of the samples trained on: the readable ones, then a SPLIT_SEED sample of `subset` of them."""
+    kept = [i for i, (path, _) in enumerate(samples) if path not in bad]
+    if subset:
+        kept = random.Random(SPLIT_SEED).sample(kept, min(int(subset), len(kept)))
+    return kept
+
+
+def _in_memory_sets(stores: dict, scan: FolderScan, kept: dict, augment: str, image_size: int, norm: dict):
+    """The train and valid datasets over the kept pixels, and the device augmentation of the recipe."""
+    from torchvision import transforms as T
+    stats = dict(mean=norm["mean"], std=norm["std"], classes=scan.classes)
+    targets = {split: [samples[i][1] for i in kept[split]] for split, samples in (("train", scan.train),
+                                                                                 ("valid", scan.valid))}
+    valid = TensorImageDataset(stores["valid"].select(kept["valid"]), targets["valid"], **stats)
+    if augment == "imagenet":
+        per_item = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()])
+        train = VariableSizeImages(*stores["train"].select(kept["train"]), targets["train"], per_item, **stats)
+        return train, valid, {"size": image_size, "flip": True}
+    padding = max(1, image_size // (8 if augment == "cifar" else 16))
+    flip = augment == "cifar"
+    per_item = T.Compose([T.RandomCrop(image_size, padding=padding)] + ([T.RandomHorizontalFlip()] if flip else []))
+    train = TensorImageDataset(stores["train"].select(kept["train"]), targets["train"], per_item, **stats)
+    return train, valid, {"padding": padding, "flip": flip}
 
 
 def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
                  pipeline="workers", image_size=224, augment="auto", normalize="imagenet", val_fraction=0.2,
-                 skip_bad_images=False):
+                 skip_bad_images=False, in_memory="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
     """A folder of class folders as fastai DataLoaders (`dls.info`, and `dls.folder`: what was decided).
 
+    `in_memory` 'auto' keeps the decoded images in memory and trains through the device pipeline when they take
+    at most `memory_budget` of the memory available (`sddlib.data.memory`), else reads the files through
+    `pipeline` ('workers'); True insists on memory (refusing a folder over the budget), False reads the files.
     `subset` keeps the first n images of a SPLIT_SEED shuffle of each split (all classes mixed); `download` is
     unused (there is nothing to download)."""
+    from fastai.torch_core import default_device
     from torchvision import transforms as T
 
     check_pipeline(pipeline, "folder (image files decoded per image)", ("workers",))
     scan = scan_folder(data_dir, val_fraction)
+    recipe = resolve_augment(augment, image_size)
     train_steps, eval_steps = folder_transforms(image_size, augment)
-    nw = default_workers(False) if num_workers is None else num_workers
-    norm, bad = _check_images(scan, T.Compose(eval_steps), normalize, skip_bad_images, max(1, nw))
-    dss = {}
-    tail = [T.ToTensor(), T.Normalize(norm["mean"], norm["std"])]
-    for split, samples, steps in (("train", scan.train, train_steps), ("valid", scan.valid, eval_steps)):
-        samples = [s for s in samples if s[0] not in bad]
-        if subset:
-            samples = random.Random(SPLIT_SEED).sample(samples, min(int(subset), len(samples)))
-        dss[split] = ImageListDataset(samples, T.Compose(steps + tail), scan.classes)
-    name = scan.root.name
-    info = DatasetInfo(name, scan.classes, norm["mean"], norm["std"], image_size=image_size)
-    dls = make_dataloaders(dss["train"], dss["valid"], info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                           device=device, pipeline=pipeline)
+    device = default_device() if device is None else torch.device(device)
+    threads = decode_threads()
+    plan, stores = _memory_plan(scan, image_size, recipe, in_memory, memory_budget, device, threads)
+    norm, bad, seconds = _check_images(scan, _kept_steps(image_size, recipe), normalize, skip_bad_images, threads,
+                                       stores)
+    kept = {"train": _kept(scan.train, bad, subset), "valid": _kept(scan.valid, bad, subset)}
+    if stores is not None:
+        train_ds, valid_ds, device_augment = _in_memory_sets(stores, scan, kept, recipe, image_size, norm)
+        pipeline, nw = "device", 0
+    else:
+        tail = [T.ToTensor(), T.Normalize(norm["mean"], norm["std"])]
+        train_ds, valid_ds = (ImageListDataset([samples[i] for i in kept[split]], T.Compose(steps + tail),
+                                               scan.classes)
+                              for split, samples, steps in (("train", scan.train, train_steps),
+                                                            ("valid", scan.valid, eval_steps)))
+        device_augment, nw = None, default_workers(False) if num_workers is None else num_workers
+    info = DatasetInfo(scan.root.name, scan.classes, norm["mean"], norm["std"], image_size=image_size)
+    dls = make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
+                           device=device, pipeline=pipeline, augment=device_augment)
     dls.folder = {"data_dir": str(scan.root), "layout": scan.layout, "val_fraction": scan.val_fraction,
                   "split_seed": SPLIT_SEED, "classes": scan.classes, "class_counts": scan.counts,
-                  "image_size": image_size, "augment": resolve_augment(augment, image_size), **norm,
-                  "skipped_images": len(bad), "skipped_files": sorted(bad)[:20]}
+                  "image_size": image_size, "augment": recipe, **norm,
+                  "skipped_images": len(bad), "skipped_files": sorted(bad)[:20],
+                  "pipeline": pipeline, "memory": plan.record(),
+                  "kept_side": kept_side(image_size, recipe) if stores is not None else None,
+                  "decode_s": round(seconds, 3), "decode_threads": threads}
+    if os.environ.get("RANK", "0") == "0":  # said once, by the first process of a torchrun job
+        print(f"data: {plan.reason}; {len(scan.train) + len(scan.valid)} images decoded in {seconds:.1f} s on "
+              f"{threads} thread(s)", flush=True)
     return dls
