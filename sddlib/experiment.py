@@ -32,7 +32,7 @@ from . import distributed, tracking
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                           read_checkpoint, run_lock, save_checkpoint, shipped_teacher_path, teacher_cache_path,
                           write_checkpoint, write_json)
-from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, file_name, teacher_file_in
+from .config import DEFAULTS, ConfigError, RunConfig, file_name, teacher_file_in
 from .data import get_dataloaders
 from .departures import PARAMS_DIR, departures, describe, vanilla_departures
 from .models import create_model
@@ -40,7 +40,7 @@ from .runs import load_metrics
 from .training import (RESUME_FILE, EpochLogger, RunFailedError, StepLR, build_learner, differences,
                        distillation_callback, fit_resumable, top5_accuracy)
 
-__all__ = ["PROTOCOLS", "DEFAULTS", "STEMS", "RESUME_FILE", "RunConfig", "ConfigError", "RunFailedError",
+__all__ = ["DEFAULTS", "RESUME_FILE", "RunConfig", "ConfigError", "RunFailedError",
            "resolve_params", "notebook_params", "run_name", "run_dir", "vanilla_dir", "load_metrics", "run",
            "run_vanilla",
            "train_teacher", "get_teacher", "build_learner", "evaluate", "StepLR", "EpochLogger", "top5_accuracy"]

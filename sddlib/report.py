@@ -23,18 +23,23 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .data.spec import DATASETS, paper_datasets
 from .departures import describe, teacher_description
 
-__all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
+__all__ = ["PAPER_DATASETS", "title", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
            "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name", "load_runs", "table_datasets", "results_table",
            "departures_table", "sd_gains", "run_summary", "format_table", "format_gains", "format_departures",
            "to_markdown", "legend", "write_table", "write_tables"]
 
-PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
+PAPER_DATASETS = paper_datasets()  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
 ROWS = ("teacher", "student", *METHODS)  # per pair, as the paper lists them
-TITLES = {"cifar100": "CIFAR-100", "imagenet": "ImageNet", "cub200": "CUB-200", "digit_mosaic": "Digit mosaic"}
 METHOD_NAMES = {"teacher": "Teacher", "student": "Student alone", "alone": "Trained alone"}
+
+
+def title(dataset: str) -> str:
+    """A dataset's name in tables (`DatasetSpec.title`); a folder of your own images is named by its folder."""
+    return DATASETS[dataset].title if dataset in DATASETS else dataset
 
 
 def method_name(variant: str) -> str:
@@ -442,13 +447,13 @@ def write_tables(outputs_dir, out_dir=None) -> list[Path]:
         table = results_table(runs, dataset)
         csv, md = out / f"{dataset}.csv", out / f"{dataset}.md"
         table.to_csv(csv, index=False, float_format="%.2f")
-        title = f"## {TITLES.get(dataset, dataset)}: our runs vs the SDD paper\n\n{legend(dataset)}\n\n"
+        heading = f"## {title(dataset)}: our runs vs the SDD paper\n\n{legend(dataset)}\n\n"
         other = departures_table(runs, dataset)
-        text = title + to_markdown(format_table(table))
+        text = heading + to_markdown(format_table(table))
         if len(other):
             other_csv = out / f"{dataset}-departures.csv"
             other.to_csv(other_csv, index=False, float_format="%.2f")
-            text += (f"\n### {TITLES.get(dataset, dataset)}: runs not as published (not in the table above)\n\n"
+            text += (f"\n### {title(dataset)}: runs not as published (not in the table above)\n\n"
                      + to_markdown(format_departures(other)))
             paths.append(other_csv)
         else:  # none now: a list left by an earlier call would contradict the table

@@ -119,7 +119,7 @@ def _run_section(runs: pd.DataFrame, page: Path) -> str:
 
 
 def _dataset_section(runs: pd.DataFrame, dataset: str, page: Path) -> str:
-    title = report.TITLES.get(dataset, dataset)
+    title = report.title(dataset)
     table = report.results_table(runs, dataset)
     published = runs[(runs["dataset"] == dataset) & runs["as_published"].astype(bool)] if len(runs) else runs
     links = [_run_links(sel, page) for sel in _rows_runs(table, published)]
@@ -149,7 +149,7 @@ def write_report(outputs_dir, path=None) -> Path:
     runs = report.load_runs(outputs_dir)
     datasets = report.table_datasets(runs)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    toc = " · ".join(f'<a href="#{d}">{html.escape(report.TITLES.get(d, d))}</a>' for d in datasets)
+    toc = " · ".join(f'<a href="#{d}">{html.escape(report.title(d))}</a>' for d in datasets)
     body = "".join(_dataset_section(runs, d, page) for d in datasets)
     text = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>SDD runs: {html.escape(str(outputs_dir))}'
             f"</title><style>{_STYLE}</style></head><body><h1>Scale Decoupled Distillation: runs under "

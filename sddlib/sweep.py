@@ -40,7 +40,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: notebooks run there to import sddlib
 PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt", "teachers_dir", "teacher_weights_file", "student_weights_file")
-NOTEBOOKS = {"folder": "your_data"}  # the notebook of a dataset not named after it
 
 
 def parse_overrides(pairs) -> dict:
@@ -69,13 +68,22 @@ def plan(path, overrides: dict, notebook=None) -> dict:
         if params.get(key):
             params[key] = str(Path(params[key]).expanduser().absolute())
     dataset = params.get("dataset", DEFAULTS["dataset"])
-    nb = Path(notebook) if notebook else ROOT / "notebooks" / f"{NOTEBOOKS.get(dataset, dataset)}.ipynb"
+    nb = Path(notebook) if notebook else _notebook(dataset)
     if not nb.is_file():
         raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
     out = run_dir(params)
     return {"file": str(path), "params": params, "notebook": str(nb), "out": str(out / "notebook.ipynb"),
             "complete": load_metrics(out / "metrics.json") is not None,
             "resumes": (out / RESUME_FILE).is_file()}
+
+
+def _notebook(dataset: str) -> Path:
+    """The notebook a sweep runs for `dataset` (`DatasetSpec.notebook`: a file in notebooks/, or a path)."""
+    from .data.spec import dataset_spec
+    spec = dataset_spec(dataset)
+    if spec.notebook is None:
+        raise FileNotFoundError(f"dataset {dataset!r} has no notebook of its own; pass --notebook to choose one.")
+    return ROOT / "notebooks" / spec.notebook
 
 
 def execute(job: dict, kernel=None) -> str | None:

@@ -6,6 +6,7 @@ import torch
 
 from sddlib import checkpoints, experiment
 from sddlib.data import get_dataloaders
+from sddlib.data.spec import DATASETS
 from sddlib.models import create_model
 
 TINY = dict(dataset="digit_mosaic", teacher="resnet8", student="resnet8", method="kd", M="[1,2]", epochs=2,
@@ -91,7 +92,7 @@ def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
     assert on_disk["teacher_top1"] == pytest.approx(100 * hits / 96)
     # the teacher follows the dataset's teacher protocol (not the student's solver), recorded with it
     protocol = torch.load(cached, weights_only=True)["protocol"]
-    assert protocol == {**experiment.PROTOCOLS["digit_mosaic"], "epochs": 1, "lr_decay_stages": [5, 7],
+    assert protocol == {**DATASETS["digit_mosaic"].protocol, "epochs": 1, "lr_decay_stages": [5, 7],
                         "clip_grad_norm": 40.0, "subset": 96, "seed": 0}
     teacher_run = experiment.load_metrics(experiment.vanilla_dir({**params, "seed": 0}, "resnet8") / "metrics.json")
     assert teacher_run["variant"] == "alone" and teacher_run["protocol"] == protocol
