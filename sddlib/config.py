@@ -28,7 +28,7 @@ from .data.build import PIPELINES
 from .data.folder import AUGMENTS, NORMALIZE
 from .data.spec import DATASETS, DatasetLayoutError, DatasetSpec
 from .losses import LOSSES, LogitLoss
-from .regions import parse_scales
+from .regions import COMPLEMENTARY_WEIGHT, parse_scales
 
 __all__ = ["ConfigError", "parse_list", "METHODS", "LOSS_FIELDS", "OPTIMIZERS", "RunConfig",
            "PARAMETERS", "DEFAULTS", "teacher_file_in"]
@@ -246,7 +246,7 @@ class RunConfig(Mapping):
     logit_standardization: bool = _param(False, _flag, "z-score the teacher's and the student's logits per sample "
                                          "(per region for SD) before the temperature (Sun et al., CVPR 2024); "
                                          "loss defaults become their CIFAR-100 recipe; not the SDD paper's protocol")
-    complementary_weight: float = _param(2.0, _float(low=0, what="a finite number >= 0"),
+    complementary_weight: float = _param(COMPLEMENTARY_WEIGHT, _float(low=0, what="a finite number >= 0"),
                                          "weight of complementary regions (consistent ones: 1)")
     clip_grad_norm: float = _param(40.0, _optional(_float(low=0, what="a finite number >= 0 (0: off)")),
                                    "gradient-norm clipping")
@@ -569,7 +569,7 @@ class RunConfig(Mapping):
         _check_writable("output_dir", self.output_dir)
         if not teacher_needed:
             return
-        from .checkpoints import load_checkpoint
+        from .checkpoints import check_checkpoint
         from .models import create_model
         for source, path in (("teacher_ckpt", self.teacher_ckpt), ("teachers_dir", self.teachers_dir)):
             if not path or self.teacher_weights:
@@ -582,7 +582,7 @@ class RunConfig(Mapping):
                 path = teacher_file_in(path, self.teacher)
             num_classes = self.num_classes
             model = create_model(self.teacher, num_classes=num_classes or 1000, stem=self.stem)
-            load_checkpoint(model, path, arch=self.teacher, role="teacher", check_shapes=num_classes is not None)
+            check_checkpoint(model, path, arch=self.teacher, role="teacher", shapes=num_classes is not None)
             break
 
 

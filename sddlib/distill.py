@@ -27,13 +27,11 @@ from fastai.callback.core import Callback
 
 from .config import METHODS
 from .losses import logit_loss, region_masks, sdd_loss
-from .regions import ScaleDecoupled, model_num_classes, parse_scales, region_scales
+from .regions import CATEGORIES, COMPLEMENTARY_WEIGHT, ScaleDecoupled, model_num_classes, parse_scales, region_scales
 
 __all__ = ["CATEGORIES", "FINITE_CHECK_EVERY", "DistillationCallback", "LossWatch", "NonFiniteLossError",
            "warmup_factor"]
 
-# Names of the four teacher-defined region categories, in `RegionMasks` order.
-CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "complementary_gw_lr")
 
 
 def warmup_factor(epoch: int, warmup_epochs: float) -> float:
@@ -102,7 +100,7 @@ class DistillationCallback(Callback):
     order = 100
 
     def __init__(self, teacher: nn.Module, method: str = "kd", scales=(1, 2, 4), *,
-                 ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=2.0,
+                 ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=COMPLEMENTARY_WEIGHT,
                  logit_standardization=False, **loss_kwargs):
         if method not in METHODS:
             raise ValueError(f"method {method!r} is unknown; use one of {sorted(METHODS)}.")

@@ -35,6 +35,9 @@ PAPER_DATASETS = paper_datasets()  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
 ROWS = ("teacher", "student", *METHODS)  # per pair, as the paper lists them
 METHOD_NAMES = {"teacher": "Teacher", "student": "Student alone", "alone": "Trained alone"}
+# Variants of a model trained without a teacher: under the run's own solver ("alone": the paper's "student" rows)
+# or a teacher trained here under its dataset's teacher protocol ("teacher": in no row of the tables).
+TRAINED_ALONE = ("alone", "teacher")
 
 
 def title(dataset: str) -> str:
@@ -60,7 +63,7 @@ def _order(variant: str) -> tuple:
 
 def _rows(variants) -> tuple[str, ...]:
     """The rows of a pair: the paper's, then every other variant we ran (each plain one beside its SD one)."""
-    extra = {v.removeprefix("sd_") for v in variants} - {"alone", *METHODS}
+    extra = {v.removeprefix("sd_") for v in variants} - {*TRAINED_ALONE, *METHODS}
     return (*ROWS, *sorted((v for plain in extra for v in (plain, f"sd_{plain}")), key=_order))
 
 
@@ -140,7 +143,7 @@ def load_runs(outputs_dir) -> pd.DataFrame:
                 "best_epoch": m.get("best_epoch"), "epochs": params.get("epochs"), "subset": params.get("subset"),
                 "batch_size": params.get("batch_size"), **{k: params.get(k) for k in LOSS_VALUES},
                 "teacher_top1": m.get("teacher_top1"),
-                "teacher_from": None if m["variant"] == "alone" else teacher_description(m.get("teacher_source"),
+                "teacher_from": None if m["variant"] in TRAINED_ALONE else teacher_description(m.get("teacher_source"),
                                                                                          m["dataset"]),
                 # a run recorded before departures were (no "departures") is not known to be as published
                 "as_published": m.get("departures") == {}, "departures": describe(m.get("departures")),
@@ -236,7 +239,7 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     with_top5 = paper["top5"].notna().any()
     pairs = list(dict.fromkeys(
         (t, s) for t, s, m in zip(paper.teacher, paper.student, paper.method) if m in METHODS))
-    distilled = _keep_authors_baselines(runs[runs["variant"] != "alone"], dataset)
+    distilled = _keep_authors_baselines(runs[~runs["variant"].isin(TRAINED_ALONE)], dataset)
     pairs += sorted(set(zip(distilled["teacher"], distilled["student"])) - set(pairs))
     rows = []
     for teacher, student in pairs:
@@ -286,7 +289,7 @@ def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> p
     if not len(runs):
         return pd.DataFrame(columns=columns)
     runs = runs[(runs["dataset"] == dataset) & (runs["as_published"].astype(bool) | (not published_only))]
-    runs = _keep_authors_baselines(runs[runs["variant"] != "alone"], dataset)
+    runs = _keep_authors_baselines(runs[~runs["variant"].isin(TRAINED_ALONE)], dataset)
     rows = []
     for (teacher, student), pair in runs.groupby(["teacher", "student"], sort=False):
         for method in sorted({v for v in pair["variant"] if not _sd_partner(v)}, key=_order):

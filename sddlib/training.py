@@ -350,6 +350,6 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
                 cb.release()
     if distributed.is_main():
         write_json(out / "metrics.json", {"status": "failed", "reason": reason, "run_name": out.name,
-                                          "dataset": cfg.dataset, "params": cfg.to_params(),
+                                          "dataset": cfg.data_name, "params": cfg.to_params(),
                                           "fingerprint": fingerprint, "history": recorder.rows})
     raise RunFailedError(f"{out.name}: {reason}") from None

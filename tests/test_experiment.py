@@ -94,8 +94,8 @@ def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
     protocol = torch.load(cached, weights_only=True)["protocol"]
     assert protocol == {**DATASETS["digit_mosaic"].protocol, "epochs": 1, "lr_decay_stages": [5, 7],
                         "clip_grad_norm": 40.0, "subset": 96, "seed": 0}
-    teacher_run = experiment.load_metrics(experiment.vanilla_dir({**params, "seed": 0}, "resnet8") / "metrics.json")
-    assert teacher_run["variant"] == "alone" and teacher_run["protocol"] == protocol
+    teacher_run = experiment.load_metrics(experiment.teacher_run_dir(params) / "metrics.json")
+    assert teacher_run["variant"] == "teacher" and teacher_run["protocol"] == protocol
     assert teacher_run["params"]["batch_size"] == 64 and teacher_run["params"]["lr"] == 0.05
 
 
