@@ -75,7 +75,7 @@ def _int(low=None, high=None, what=None):
                 or (high is not None and value >= high):
             _fail(name, value, accepted)
         return value
-    return check
+    return _accepts(accepted)(check)
 
 
 def _float(low=None, high=None, low_open=False, high_open=False, what=None):
@@ -89,13 +89,25 @@ def _float(low=None, high=None, low_open=False, high_open=False, what=None):
         if high is not None and (value > high or (high_open and value == high)):
             _fail(name, value, accepted)
         return float(value)
-    return check
+    return _accepts(accepted)(check)
+
+
+def _accepts(text):
+    """Label a check with what it accepts (`python -m sddlib --params` shows it)."""
+    def label(check):
+        check.accepted = text
+        return check
+    return label
 
 
 def _optional(check):
+    @_accepts(check.accepted if check.accepted.startswith("None") else f"None or {check.accepted}")
     def optional(name, value):
         return None if value is None else check(name, value)
     return optional
+
+
+@_accepts("text")
 
 
 def _text(name, value):
@@ -104,6 +116,7 @@ def _text(name, value):
     return value
 
 
+@_accepts("True or False")
 def _flag(name, value):
     if not isinstance(value, bool):
         _fail(name, value, "True or False")
@@ -132,6 +145,7 @@ def parse_list(name: str, value, kind: type, example: str, *, nonempty: bool = F
     return list(items)
 
 
+@_accepts("a list of increasing epochs such as [150, 180, 210]")
 def _stages(name, value):
     accepted = "a list of increasing epochs such as [150, 180, 210]"
     if isinstance(value, str):   # papermill's -p gives "[150, 180]"
@@ -147,6 +161,7 @@ def _stages(name, value):
     return tuple(value)
 
 
+@_accepts("'auto', 'cpu', 'cuda' or 'cuda:N'")
 def _device(name, value):
     if value in ("auto", "cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:")
                                             and value[5:].isdigit()):
@@ -154,6 +169,7 @@ def _device(name, value):
     _fail(name, value, "'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+@_accepts("empty or a plain folder name")
 def _run_name(name, value):
     _text(name, value)
     if value and (Path(value).name != value or value in (".", "..")):
@@ -161,6 +177,7 @@ def _run_name(name, value):
     return value
 
 
+@_accepts("a mapping of hyper-parameter names to values")
 def _mapping(name, value):
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         _fail(name, value, "a mapping of hyper-parameter names to values, e.g. {'scale': 0.5}")
@@ -192,9 +209,11 @@ def _choice(options):
             hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
             raise ConfigError(f"{name} {value!r} is unknown{hint}; use one of {', '.join(sorted(options))}.")
         return value
+    check.options = options   # a registry (datasets, losses) may grow after this check is made
     return check
 
 
+@_accepts("'none', 'tensorboard', 'wandb' or a list of them")
 def _trackers(name, value):
     """'none', one tracker or a list of them -> a tuple of tracker names (() for none)."""
     names = () if value in (None, "none") else parse_list(name, value, str, "['tensorboard', 'wandb']")
@@ -604,9 +623,26 @@ def _parameter_fields():
 
 
 PARAMETERS = tuple("M" if f.name == "scales" else f.name for f in _parameter_fields())
+
 # Every parameter's input default, as a params file would write it (None: the dataset's or method's value).
 DEFAULTS = {name: ("[1,2,4]" if name == "M" else
                    RunConfig.__dataclass_fields__[name].default) for name in PARAMETERS}
+
+
+def parameter_table() -> list[dict]:
+    """Every parameter with its type, what it accepts, its input default and its meaning (`python -m sddlib
+    --params`, the notebooks' parameters documentation)."""
+    rows = []
+    for f in _parameter_fields():
+        check = f.metadata["check"]
+        accepted = ("one of " + ", ".join(map(repr, check.options)) if hasattr(check, "options") else
+                    getattr(check, "accepted", "[1], [1,2] or [1,2,4]"))
+        if hasattr(check, "options") and f.default is None:
+            accepted = "None or " + accepted
+        name = "M" if f.name == "scales" else f.name
+        rows.append({"name": name, "type": f.type, "accepted": accepted, "default": DEFAULTS[name],
+                     "doc": f.metadata["doc"]})
+    return rows
 
 
 def teacher_file_in(teachers_dir, arch: str) -> Path:

@@ -61,3 +61,17 @@ def test_a_sweep_of_two_folder_params_files_with_two_jobs_ends_with_its_report(t
     assert "results page:" in text and (tmp_path / "out" / "report.html").is_file()
     assert {"pets", "birds"} <= set(report.load_runs(tmp_path / "out").dataset)
     assert DATASETS["folder"].image_sizes(tmp_path / "pets", 0.2, 32) == (12, 6, 32)
+
+
+def test_python_m_sddlib_params_lists_every_parameter_with_its_documentation(capsys):
+    import dataclasses
+
+    from sddlib.__main__ import main as cli
+    assert cli(["--params"]) == 0
+    text = capsys.readouterr().out
+    fields = [f for f in dataclasses.fields(RunConfig) if f.metadata.get("parameter", True)]
+    for f in fields:
+        name = "M" if f.name == "scales" else f.name
+        assert f"\n{name} ({f.type}, default " in f"\n{text}", name
+        assert f.metadata["doc"] in text, name
+    assert text.count("\n    accepts: ") == len(fields)
