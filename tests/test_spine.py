@@ -60,7 +60,7 @@ def test_a_sweep_of_two_folder_params_files_with_two_jobs_ends_with_its_report(t
     assert "memory: 2 jobs x" in text and "2 done, 0 skipped, 0 failed" in text
     assert "results page:" in text and (tmp_path / "out" / "report.html").is_file()
     assert {"pets", "birds"} <= set(report.load_runs(tmp_path / "out").dataset)
-    assert DATASETS["folder"].image_sizes(tmp_path / "pets", 0.2, 32) == (12, 6, 32)
+    assert DATASETS["folder"].image_sizes(tmp_path / "pets", 0.2, 32) == (15, 3, 32)   # 1 of 6 per class held out
 
 
 def test_python_m_sddlib_params_lists_every_parameter_with_its_documentation(capsys):
