@@ -12,7 +12,8 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 def __getattr__(name):
     """`sddlib.distill_learner` (the one call for your own DataLoaders and models), imported on first use so that
-    `import sddlib` alone stays light (`python -m sddlib.sweep` needs no fastai)."""
+    `import sddlib` alone stays light: no fastai until a run is trained. (`python -m sddlib.sweep` imports the
+    training code itself, to measure runs and read their results; its notebooks train them.)"""
     if name == "distill_learner":
         from .training import distill_learner
         return distill_learner

@@ -11,6 +11,7 @@ student (or `--alone ARCH`) trained alone with cross-entropy (`experiment.run_va
 dataset or checkpoint ends with one sentence and exit status 2; a run that fails (non-finite loss, out of
 memory) with exit status 1; Ctrl-C with one line naming the epoch whose checkpoint is kept (the same command
 resumes from it) and exit status 130.
+`python -m sddlib --params` lists every parameter: type, accepted values, default, meaning.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--alone", nargs="?", const="", metavar="ARCH",
                     help="train ARCH (default: the student) alone with cross-entropy instead of distilling")
     ap.add_argument("--force", action="store_true", help="run again even if metrics.json is complete")
+    ap.add_argument("--params", action="store_true", help="list every parameter (type, accepted values, default, "
+                    "meaning) and exit")
     return ap.parse_args(argv)
 
 
@@ -49,8 +52,19 @@ def load_params(files, pairs) -> dict:
     return params
 
 
+def print_parameters() -> None:
+    """Every run parameter, one paragraph each: `name (type, default D)`, its meaning, what it accepts."""
+    from .config import parameter_table
+    for row in parameter_table():
+        print(f"{row['name']} ({row['type']}, default {row['default']!r})\n    {row['doc']}\n"
+              f"    accepts: {row['accepted']}")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.params:
+        print_parameters()
+        return 0
     from . import distributed, experiment
     from .checkpoints import CheckpointError, RunLockedError
     from .config import ConfigError, RunConfig

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "RunLockedError", "load_checkpoint", "save_checkpoint", "write_checkpoint",
-           "read_checkpoint",
+__all__ = ["CheckpointError", "RunLockedError", "load_checkpoint", "check_checkpoint", "save_checkpoint",
+           "write_checkpoint", "read_checkpoint",
            "atomic_write", "write_json", "run_lock", "teacher_cache_path", "shipped_teacher_path",
            "fetch_cifar100_teachers", "cifar100_teacher_path", "CIFAR100_TEACHERS_URL"]
 
@@ -115,10 +115,17 @@ def _state_dict_of(obj):
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_checkpoint(model: nn.Module, path, arch: str | None = None, role: str = "teacher",
-                    check_shapes: bool = True) -> nn.Module:
-    """Load `{"model": state_dict}` (mdistiller/CRD format) or a plain state dict into `model`, strictly.
-    `role` names the file in errors; `check_shapes=False` checks the architecture (keys) only."""
+def load_checkpoint(model: nn.Module, path, arch: str | None = None, role: str = "teacher") -> nn.Module:
+    """Load `{"model": state_dict}` (mdistiller/CRD format) or a plain state dict into `model`, strictly (every
+    key, every shape: `check_checkpoint`). `role` names the file in errors."""
+    model.load_state_dict(check_checkpoint(model, path, arch, role), strict=True)
+    return model
+
+
+def check_checkpoint(model: nn.Module, path, arch: str | None = None, role: str = "teacher",
+                     shapes: bool = True) -> dict:
+    """The state dict in `path` once it is known to fit `model` (same keys; same shapes unless `shapes=False`,
+    for a check made before the class count is known); `model` is left as it is. One sentence otherwise."""
     path = Path(path)
     what = arch or type(model).__name__
     state = _state_dict_of(read_checkpoint(path, role, what))
@@ -132,13 +139,11 @@ def load_checkpoint(model: nn.Module, path, arch: str | None = None, role: str =
         raise CheckpointError(f"{role} checkpoint {path} is not a {what}: {len(missing)} parameters missing "
                               f"(e.g. {missing[:2]}) and {len(unexpected)} unexpected (e.g. {unexpected[:2]}).")
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
-    if wrong and check_shapes:
+    if wrong and shapes:
         k, got, want = wrong[0]
         raise CheckpointError(f"{role} checkpoint {path} does not fit {what}: {k} has shape {got}, expected {want} "
                               "(another class count or width?).")
-    if check_shapes:
-        model.load_state_dict(state, strict=True)
-    return model
+    return state
 
 
 # --- one process per run folder --------------------------------------------------------------------

@@ -28,10 +28,11 @@ from .data.build import PIPELINES
 from .data.folder import AUGMENTS, NORMALIZE
 from . import loss_family  # noqa: F401  (registers ttm, wttm, rld, abkd wherever a run is checked)
 from .data.memory import DEFAULT_MEMORY_BUDGET
+from .data.spec import DATASETS, DatasetLayoutError, DatasetSpec
 from .losses import LOSSES, LogitLoss
-from .regions import parse_scales
+from .regions import COMPLEMENTARY_WEIGHT, parse_scales
 
-__all__ = ["ConfigError", "parse_list", "METHODS", "LOSS_FIELDS", "OPTIMIZERS", "PROTOCOLS", "STEMS", "RunConfig",
+__all__ = ["ConfigError", "parse_list", "METHODS", "LOSS_FIELDS", "OPTIMIZERS", "RunConfig",
            "PARAMETERS", "DEFAULTS", "teacher_file_in"]
 
 
@@ -45,34 +46,6 @@ METHODS = LOSSES
 # registered loss goes in `loss_params`.
 LOSS_FIELDS = ("T", "alpha", "beta", "gamma", "exclude_target")
 
-# Solver of each dataset as the authors ran it (their configs merged with mdistiller's defaults).
-# Student-specific learning rates (0.01 for ShuffleNet/MobileNet students) live in params/ files.
-PROTOCOLS = {
-    "cifar100": dict(epochs=240, batch_size=64, lr=0.05, lr_decay_stages=(150, 180, 210), lr_decay_rate=0.1,
-                     weight_decay=5e-4, momentum=0.9),
-    "cub200": dict(epochs=240, batch_size=64, lr=0.05, lr_decay_stages=(150, 180, 210), lr_decay_rate=0.1,
-                   weight_decay=5e-4, momentum=0.9),
-    # 512: the authors ran 2 processes x 256 with SyncBatchNorm (BN and each step over 512 images)
-    "imagenet": dict(epochs=100, batch_size=512, lr=0.2, lr_decay_stages=(30, 60, 90), lr_decay_rate=0.1,
-                     weight_decay=1e-4, momentum=0.9),
-    # the embedded demo data: a short schedule with the same shape (two decays near the end)
-    "digit_mosaic": dict(epochs=8, batch_size=64, lr=0.05, lr_decay_stages=(5, 7), lr_decay_rate=0.1,
-                         weight_decay=5e-4, momentum=0.9),
-    # your own folder of images: no paper; the CIFAR/CUB solver on a 30-epoch schedule of the same shape
-    "folder": dict(epochs=30, batch_size=64, lr=0.05, lr_decay_stages=(20, 25), lr_decay_rate=0.1,
-                   weight_decay=5e-4, momentum=0.9),
-}
-# The pair a run distils when none is named: the paper's headline pair of each dataset.
-DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "ShuffleV1"), "cub200": ("resnet32x4", "ShuffleV1"),
-                 "imagenet": ("ResNet50", "MobileNetV1"), "digit_mosaic": ("resnet14", "resnet8"),
-                 "folder": ("ResNet34", "ResNet18")}
-STEMS = {"cifar100": "cifar", "digit_mosaic": "cifar", "cub200": "cub", "imagenet": "torchvision",
-         "folder": "torchvision"}
-# A folder of images up to this size is built with the CIFAR networks (stem "cifar", pair resnet14 -> resnet8).
-SMALL_IMAGES = 64
-# The parameters that only a folder of your own images takes (dataset "folder"), with their input defaults.
-FOLDER_ONLY = {"image_size": None, "augment": "auto", "normalize": "imagenet", "val_fraction": 0.2,
-               "skip_bad_images": False}
 # How a folder's images are held (memory or files, `sddlib.data.memory`): folder-only, and outside the teacher
 # protocol and the data options a run's records compare (where the images are held does not change the recipe).
 MEMORY_OPTIONS = {"in_memory": "auto", "memory_budget": DEFAULT_MEMORY_BUDGET}
@@ -89,8 +62,6 @@ def _in_memory(name, value):
 # Speed switches (sddlib.acceleration): autocast precisions and torch.compile modes.
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-# The in-memory sets can live on the training device (sddlib.data's pipelines); file-based ones cannot.
-IN_MEMORY = ("cifar100", "digit_mosaic")
 # "sgd" is the paper's solver; "adamw" is for students that SGD does not train from scratch in a short schedule.
 OPTIMIZERS = ("sgd", "adamw")
 # Run trackers (sddlib.tracking), opt-in.
@@ -119,7 +90,7 @@ def _int(low=None, high=None, what=None):
                 or (high is not None and value >= high):
             _fail(name, value, accepted)
         return value
-    return check
+    return _accepts(accepted)(check)
 
 
 def _float(low=None, high=None, low_open=False, high_open=False, what=None):
@@ -133,13 +104,25 @@ def _float(low=None, high=None, low_open=False, high_open=False, what=None):
         if high is not None and (value > high or (high_open and value == high)):
             _fail(name, value, accepted)
         return float(value)
-    return check
+    return _accepts(accepted)(check)
+
+
+def _accepts(text):
+    """Label a check with what it accepts (`python -m sddlib --params` shows it)."""
+    def label(check):
+        check.accepted = text
+        return check
+    return label
 
 
 def _optional(check):
+    @_accepts(check.accepted if check.accepted.startswith("None") else f"None or {check.accepted}")
     def optional(name, value):
         return None if value is None else check(name, value)
     return optional
+
+
+@_accepts("text")
 
 
 def _text(name, value):
@@ -148,6 +131,7 @@ def _text(name, value):
     return value
 
 
+@_accepts("True or False")
 def _flag(name, value):
     if not isinstance(value, bool):
         _fail(name, value, "True or False")
@@ -176,6 +160,7 @@ def parse_list(name: str, value, kind: type, example: str, *, nonempty: bool = F
     return list(items)
 
 
+@_accepts("a list of increasing epochs such as [150, 180, 210]")
 def _stages(name, value):
     accepted = "a list of increasing epochs such as [150, 180, 210]"
     if isinstance(value, str):   # papermill's -p gives "[150, 180]"
@@ -191,6 +176,7 @@ def _stages(name, value):
     return tuple(value)
 
 
+@_accepts("'auto', 'cpu', 'cuda' or 'cuda:N'")
 def _device(name, value):
     if value in ("auto", "cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:")
                                             and value[5:].isdigit()):
@@ -198,6 +184,7 @@ def _device(name, value):
     _fail(name, value, "'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+@_accepts("empty or a plain folder name")
 def _run_name(name, value):
     _text(name, value)
     if value and (Path(value).name != value or value in (".", "..")):
@@ -205,6 +192,7 @@ def _run_name(name, value):
     return value
 
 
+@_accepts("a mapping of hyper-parameter names to values")
 def _mapping(name, value):
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         _fail(name, value, "a mapping of hyper-parameter names to values, e.g. {'scale': 0.5}")
@@ -236,9 +224,11 @@ def _choice(options):
             hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
             raise ConfigError(f"{name} {value!r} is unknown{hint}; use one of {', '.join(sorted(options))}.")
         return value
+    check.options = options   # a registry (datasets, losses) may grow after this check is made
     return check
 
 
+@_accepts("'none', 'tensorboard', 'wandb' or a list of them")
 def _trackers(name, value):
     """'none', one tracker or a list of them -> a tuple of tracker names (() for none)."""
     names = () if value in (None, "none") else parse_list(name, value, str, "['tensorboard', 'wandb']")
@@ -272,7 +262,8 @@ class RunConfig(Mapping):
     """One run, resolved. `None` in a field below means "the dataset's protocol / the method's default"
     only on input; after `from_params` every training value is concrete. Loss hyper-parameters the
     method does not use are None."""
-    dataset: str = _param("cifar100", _choice(PROTOCOLS), "cifar100, cub200, imagenet or digit_mosaic (demo)")
+    dataset: str = _param("cifar100", _choice(DATASETS), "cifar100, cub200, imagenet, digit_mosaic (demo), folder "
+                          "(your own images) or a registered one (sddlib.data.spec)")
     teacher: str = _param(None, _optional(_text), "teacher architecture (sddlib.models.list_models)")
     student: str = _param(None, _optional(_text), "student architecture (sddlib.models.list_models)")
     method: str = _param("dkd", _choice(METHODS), "base distillation loss: kd, dkd, nkd or a registered one "
@@ -300,7 +291,7 @@ class RunConfig(Mapping):
     logit_standardization: bool = _param(False, _flag, "z-score the teacher's and the student's logits per sample "
                                          "(per region for SD) before the temperature (Sun et al., CVPR 2024); "
                                          "loss defaults become their CIFAR-100 recipe; not the SDD paper's protocol")
-    complementary_weight: float = _param(2.0, _float(low=0, what="a finite number >= 0"),
+    complementary_weight: float = _param(COMPLEMENTARY_WEIGHT, _float(low=0, what="a finite number >= 0"),
                                          "weight of complementary regions (consistent ones: 1)")
     clip_grad_norm: float = _param(40.0, _optional(_float(low=0, what="a finite number >= 0 (0: off)")),
                                    "gradient-norm clipping")
@@ -409,7 +400,8 @@ class RunConfig(Mapping):
             values["scales"] = parse_scales(values["scales"])
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        protocol = PROTOCOLS[values["dataset"]]
+        spec = DATASETS[values["dataset"]]
+        protocol = spec.protocol
         for key, value in protocol.items():
             if values[key] is None:
                 values[key] = value
@@ -423,21 +415,14 @@ class RunConfig(Mapping):
                 if key in method.hyper else None
         values["loss_params"] = _loss_params(method, values["loss_params"] or {}, recipe)
         if values["sync_bn"] is None:
-            values["sync_bn"] = values["dataset"] == "imagenet"
-        _resolve_folder(values)
-        stem = _stem(values["dataset"], values["image_size"])
-        pair = ("resnet14", "resnet8") if stem == "cifar" and values["dataset"] == "folder" \
-            else DEFAULT_PAIRS[values["dataset"]]
-        for role, default in zip(("teacher", "student"), pair):
+            values["sync_bn"] = spec.sync_bn
+        _resolve_options(values, spec)
+        stem = spec.stem_for(values["image_size"])
+        for role, default in zip(("teacher", "student"), spec.pair_for(values["image_size"])):
             values[role] = default if values[role] is None else values[role]
             _check_model(role, values[role], stem)
             _check_pretrained(role, values[role], values[f"{role}_pretrained"], values[f"{role}_weights_file"])
-        if values["pipeline"] == "device" and values["dataset"] not in IN_MEMORY:
-            raise ConfigError(f"pipeline='device' is not available for {values['dataset']} (its images are files, "
-                              "decoded per image); use 'workers', 'device_decode' or 'auto'.")
-        if values["pipeline"] == "device_decode" and values["dataset"] in IN_MEMORY:
-            raise ConfigError(f"pipeline='device_decode' is not available for {values['dataset']} (its images are "
-                              "in memory, not JPEG files); use 'device', 'workers' or 'auto'.")
+        _check_pipeline(values["pipeline"], spec)
         longest = max(values["epochs"], protocol["epochs"])
         for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
             if values[key] and values[key][-1] > longest:
@@ -522,21 +507,31 @@ class RunConfig(Mapping):
         """The pipeline the run uses ('auto' resolved)."""
         if self.pipeline != "auto":
             return self.pipeline
-        return "device" if self.dataset in IN_MEMORY else "workers"
+        return self.data_spec.pipelines[0]
+
+    @property
+    def data_spec(self) -> DatasetSpec:
+        """Everything sddlib knows about the run's dataset (`sddlib.data.spec`)."""
+        return DATASETS[self.dataset]
 
     @property
     def stem(self) -> str:
-        return _stem(self.dataset, self.image_size)
+        return self.data_spec.stem_for(self.image_size)
 
     @property
     def data_name(self) -> str:
         """The name runs are filed under: the dataset, or for dataset 'folder' the folder's own name."""
-        return Path(self.data_dir).expanduser().resolve().name if self.dataset == "folder" else self.dataset
+        return Path(self.data_dir).expanduser().resolve().name if self.data_spec.named_by_folder else self.dataset
 
     @property
     def data_options(self) -> dict:
-        """The keywords of the dataset's loader beyond the common ones (dataset 'folder' only)."""
-        return {k: self[k] for k in FOLDER_ONLY} if self.dataset == "folder" else {}
+        """The keywords of the dataset's loader beyond the common ones (the parameters only it takes)."""
+        return {k: self[k] for k in self.data_spec.options}
+
+    @property
+    def num_classes(self) -> int | None:
+        """The class count the models predict, known before the data is loaded (None: not known yet)."""
+        return self.data_spec.num_classes(self.data_dir, self.val_fraction)
 
     @property
     def memory_options(self) -> dict:
@@ -593,12 +588,12 @@ class RunConfig(Mapping):
     def teacher_protocol(self) -> dict:
         """How a teacher is trained here: the dataset's solver and epochs (one protocol per dataset, whatever the
         student), with `teacher_epochs`, `teacher_lr` and `teacher_lr_decay_stages` where the user set them."""
-        protocol = dict(PROTOCOLS[self.dataset])
+        protocol = dict(self.data_spec.protocol)
         for key in ("epochs", "lr", "lr_decay_stages"):
             if getattr(self, f"teacher_{key}") is not None:
                 protocol[key] = getattr(self, f"teacher_{key}")
         # a folder's teacher also depends on how its images are read and whether it started from ImageNet weights
-        data = {**self.data_options, "pretrained": self.teacher_pretrained} if self.dataset == "folder" else {}
+        data = {**self.data_options, "pretrained": self.teacher_pretrained} if self.data_spec.options else {}
         return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]),
                 "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED, **data,
                 **self._bn(protocol["batch_size"])}
@@ -625,13 +620,18 @@ class RunConfig(Mapping):
     def check_environment(self, teacher_needed: bool = True) -> None:
         """Dataset layout, writable output folder, device, teacher checkpoint: before any work."""
         _check_device(self.device)
-        _check_dataset(self.dataset, self.data_dir)
-        if self.dataset == "folder":
+        try:
+            present = self.data_spec.check_layout(self.data_dir)
+        except DatasetLayoutError as err:
+            raise ConfigError(str(err)) from None
+        if not present:  # downloaded into it
+            _check_writable("data_dir", self.data_dir)
+        if self.data_spec.named_by_folder:
             check_folder(self)
         _check_writable("output_dir", self.output_dir)
         if not teacher_needed:
             return
-        from .checkpoints import load_checkpoint
+        from .checkpoints import check_checkpoint
         from .models import create_model
         for source, path in (("teacher_ckpt", self.teacher_ckpt), ("teachers_dir", self.teachers_dir)):
             if not path or self.teacher_weights:
@@ -642,16 +642,17 @@ class RunConfig(Mapping):
                                       "<arch>_vanilla/<arch>_best.pth files (the authors' teachers), "
                                       "or leave it empty.")
                 path = teacher_file_in(path, self.teacher)
-            num_classes = _dataset_classes(self.dataset, self.data_dir, self.val_fraction)
+            num_classes = self.num_classes
             model = create_model(self.teacher, num_classes=num_classes or 1000, stem=self.stem)
-            load_checkpoint(model, path, arch=self.teacher, role="teacher", check_shapes=num_classes is not None)
+            check_checkpoint(model, path, arch=self.teacher, role="teacher", shapes=num_classes is not None)
             break
 
 
 # Parameters added after runs were first recorded, with the value every earlier run had: a fingerprint names
 # them only when they differ from it, so the runs and checkpoints recorded before they existed stay valid.
-_ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_warmup_epochs": 0.0, **FOLDER_ONLY,
-                "in_memory": "auto",
+_ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_warmup_epochs": 0.0,
+                "image_size": None, "augment": "auto", "normalize": "imagenet", "val_fraction": 0.2,
+                "skip_bad_images": False, "in_memory": "auto",
                 "teacher_pretrained": False, "teacher_weights_file": "", "student_pretrained": False,
                 "student_weights_file": "", "loss_params": {}, "logit_standardization": False}
 
@@ -665,9 +666,26 @@ def _parameter_fields():
 
 
 PARAMETERS = tuple("M" if f.name == "scales" else f.name for f in _parameter_fields())
+
 # Every parameter's input default, as a params file would write it (None: the dataset's or method's value).
 DEFAULTS = {name: ("[1,2,4]" if name == "M" else
                    RunConfig.__dataclass_fields__[name].default) for name in PARAMETERS}
+
+
+def parameter_table() -> list[dict]:
+    """Every parameter with its type, what it accepts, its input default and its meaning (`python -m sddlib
+    --params`, the notebooks' parameters documentation)."""
+    rows = []
+    for f in _parameter_fields():
+        check = f.metadata["check"]
+        accepted = ("one of " + ", ".join(map(repr, check.options)) if hasattr(check, "options") else
+                    getattr(check, "accepted", "[1], [1,2] or [1,2,4]"))
+        if hasattr(check, "options") and f.default is None:
+            accepted = "None or " + accepted
+        name = "M" if f.name == "scales" else f.name
+        rows.append({"name": name, "type": f.type, "accepted": accepted, "default": DEFAULTS[name],
+                     "doc": f.metadata["doc"]})
+    return rows
 
 
 def teacher_file_in(teachers_dir, arch: str) -> Path:
@@ -686,24 +704,29 @@ def file_name(arch: str) -> str:
     return arch.replace(":", "_")
 
 
-def _stem(dataset: str, image_size) -> str:
-    if dataset == "folder" and image_size <= SMALL_IMAGES:
-        return "cifar"
-    return STEMS[dataset]
-
-
-def _resolve_folder(values: dict) -> None:
-    """image_size None -> 224 for a folder; the folder-only parameters refused elsewhere (unless at default)."""
-    if values["dataset"] == "folder":
-        values["image_size"] = 224 if values["image_size"] is None else values["image_size"]
-        if values["pipeline"] == "device_decode":
-            raise ConfigError("pipeline='device_decode' is not available for dataset 'folder' (its images are "
-                              "decoded per image in workers); use 'workers' or 'auto'.")
-        return
-    changed = [k for k, default in {**FOLDER_ONLY, **MEMORY_OPTIONS}.items() if values[k] != default]
+def _resolve_options(values: dict, spec: DatasetSpec) -> None:
+    """The parameters only some datasets take: refused for the others (unless at their default); a dataset that
+    takes `image_size` sees 224-pixel images unless told otherwise."""
+    for other in DATASETS.values():
+        changed = [k for k, default in other.options.items() if k not in spec.options and values[k] != default]
+        if changed:
+            raise ConfigError(f"{changed[0]}={values[changed[0]]!r} applies to dataset {other.name!r} only, not "
+                              f"{spec.name}; remove it or set dataset={other.name!r}.")
+    changed = [k for k, default in MEMORY_OPTIONS.items() if spec.name != "folder" and values[k] != default]
     if changed:
         raise ConfigError(f"{changed[0]}={values[changed[0]]!r} applies to dataset 'folder' only (your own images), "
-                          f"not {values['dataset']}; remove it or set dataset='folder'.")
+                          f"not {spec.name}; remove it or set dataset='folder'.")
+    if "image_size" in spec.options and values["image_size"] is None:
+        values["image_size"] = 224
+
+
+def _check_pipeline(pipeline: str, spec: DatasetSpec) -> None:
+    if pipeline == "auto" or pipeline in spec.pipelines:
+        return
+    why = ("its images are in memory, not JPEG files" if spec.in_memory else
+           "its images are files, decoded per image" + ("" if "device_decode" in spec.pipelines else " in workers"))
+    raise ConfigError(f"pipeline={pipeline!r} is not available for {spec.name} ({why}); use "
+                      f"{', '.join(map(repr, spec.pipelines))} or 'auto'.")
 
 
 def _check_pretrained(role, name, pretrained, weights_file):
@@ -760,35 +783,6 @@ def _check_writable(name, folder):
                           "choose a folder you can write to.") from None
 
 
-# The files each dataset's loader reads (sddlib's data loaders); CIFAR-100 and CUB-200 are downloaded
-# into an empty data_dir, so only a half-present layout is an error for them.
-def _check_dataset(dataset, data_dir):
-    root = Path(data_dir).expanduser()
-    if dataset in ("digit_mosaic", "folder"):  # a folder: check_folder
-        return
-    if dataset == "imagenet":
-        split = [root / s for s in ("train", "val")]
-        if not all(d.is_dir() and any(c.is_dir() for c in d.iterdir()) for d in split):
-            raise ConfigError(f"data_dir={str(data_dir)!r} does not hold ImageNet (expected train/<wnid>/ and "
-                              "val/<wnid>/ class folders); point data_dir at the ILSVRC-2012 folder.")
-        return
-    if dataset == "cifar100":
-        folder, needed = root / "cifar-100-python", ("train", "test", "meta")
-    else:
-        folder, needed = root / "CUB_200_2011", ("images", "images.txt", "train_test_split.txt",
-                                                 "image_class_labels.txt", "classes.txt")
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"data_dir={str(data_dir)!r} is a file; give the folder that holds (or will hold) "
-                          f"{folder.name}/.")
-    if folder.is_dir():
-        missing = [n for n in needed if not (folder / n).exists()]
-        if missing:
-            raise ConfigError(f"data_dir={str(data_dir)!r} holds an incomplete {folder.name}/ (missing "
-                              f"{', '.join(missing)}); delete it to download it again or extract the archive there.")
-    else:
-        _check_writable("data_dir", root)
-
-
 def check_folder(cfg: RunConfig) -> None:
     """A folder of your own images, before any work: its layout (`sddlib.data.scan_folder`, one sentence per
     problem), the weights files, and an image size the models' strides leave a feature map for the regions."""
@@ -823,15 +817,3 @@ def check_folder(cfg: RunConfig) -> None:
             raise ConfigError(f"image_size={cfg.image_size} is too small for {role} {cfg[role]}: its feature map "
                               f"would be {side}x{side}, and M={cfg['M']} needs at least {need}x{need}; raise "
                               "image_size or choose a model with a smaller stride.")
-
-
-def _dataset_classes(dataset, data_dir, val_fraction=0.2) -> int | None:
-    """The class count a teacher must predict, known without loading the data (None: not known yet)."""
-    root = Path(data_dir).expanduser()
-    if dataset == "folder":
-        from .data.folder import scan_folder
-        return len(scan_folder(root, val_fraction).classes)
-    if dataset == "imagenet":
-        train = root / "train"
-        return sum(1 for d in train.iterdir() if d.is_dir()) if train.is_dir() else None
-    return {"cifar100": 100, "cub200": 200, "digit_mosaic": 10}[dataset]

@@ -24,19 +24,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import DEFAULTS, PROTOCOLS, TEACHER_SEED, RunConfig
+from .config import DEFAULTS, TEACHER_SEED, RunConfig
+from .data.spec import DATASETS
 from .shipped import shipped_folder
 
 __all__ = ["PARAMS_DIR", "published_file", "published_config", "teacher_description", "departures",
            "vanilla_departures", "describe"]
 
 PARAMS_DIR = shipped_folder("params")  # the repository's params/ (an installed wheel: its copy, sddlib/params/)
-# Where the paper's teachers came from, per dataset; digit_mosaic has no paper: its teacher is trained here
-# under the dataset's protocol, or is the one sddlib ships, trained so.
-PUBLISHED_TEACHER = {"cifar100": "published", "cub200": "published", "imagenet": "torchvision weights",
-                     "digit_mosaic": "trained here"}
 _SAME_AS = {"shipped with sddlib": "trained here"}
-# A folder of your own images has no published experiment to be compared with.
+# A folder of your own images (a dataset without a published teacher) has no published experiment to be
+# compared with.
 YOUR_DATA = {"experiment": ["your data", None]}
 # Values that say where a file is, not what is trained (the teacher's origin is compared as `teacher`), and
 # sync_bn, compared through what it decides (`bn_batch`).
@@ -79,11 +77,11 @@ def teacher_description(source: dict | None, dataset: str) -> str:
         return f"torchvision weights {source.get('weights')}"
     if kind == "checkpoint":
         return f"checkpoint {source.get('path')}"
-    if kind in ("trained here", "shipped") and dataset not in PROTOCOLS:  # your data: no dataset protocol
+    if kind in ("trained here", "shipped") and dataset not in DATASETS:  # your data: no dataset protocol
         protocol = source.get("protocol") or {}
         return "fine-tuned here from ImageNet weights" if protocol.get("pretrained") else "trained here"
     if kind in ("trained here", "shipped"):
-        standard = {**PROTOCOLS[dataset], "clip_grad_norm": DEFAULTS["clip_grad_norm"], "subset": 0,
+        standard = {**DATASETS[dataset].protocol, "clip_grad_norm": DEFAULTS["clip_grad_norm"], "subset": 0,
                     "seed": TEACHER_SEED}
         protocol = source.get("protocol") or {}
         changed = [f"{k} {_short(v)}" for k, v in protocol.items() if _short(v) != _short(standard.get(k))]
@@ -94,15 +92,16 @@ def teacher_description(source: dict | None, dataset: str) -> str:
 
 def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None, dict]:
     """The published params file (or None) and {parameter: [value used, published value]} (empty: as published)."""
-    if cfg.dataset == "folder":
+    spec = cfg.data_spec
+    if spec.published_teacher is None:
         return None, YOUR_DATA
     path, published = published_config(cfg)
     out = {}
-    if path is None and cfg.dataset != "digit_mosaic":
+    if path is None and spec.in_paper:
         out["experiment"] = [f"{cfg.teacher}-{cfg.student}-{cfg.variant}", None]
     out.update(_compared(cfg, cfg.fingerprint, published, published.fingerprint))
     used = teacher_description(teacher_source, cfg.dataset)
-    expected = PUBLISHED_TEACHER[cfg.dataset]
+    expected = spec.published_teacher
     if expected == "torchvision weights":
         expected = f"torchvision weights {published.teacher_weights}"
     if _SAME_AS.get(used, used) != expected:
@@ -113,7 +112,7 @@ def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None
 def vanilla_departures(cfg: RunConfig, arch: str) -> tuple[Path | None, dict]:
     """A model trained alone: its solver and speed switches against the published experiment it was started from
     (the student's own solver) or, for another model, the dataset protocol."""
-    if cfg.dataset == "folder":
+    if cfg.data_spec.published_teacher is None:
         return None, YOUR_DATA
     if arch == cfg.student:
         path, published = published_config(cfg)

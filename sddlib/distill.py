@@ -27,13 +27,11 @@ from fastai.callback.core import Callback
 
 from .config import METHODS
 from .losses import RegionMasks, logit_loss, region_masks, sdd_loss
-from .regions import ScaleDecoupled, model_num_classes, parse_scales
+from .regions import CATEGORIES, COMPLEMENTARY_WEIGHT, ScaleDecoupled, model_num_classes, parse_scales
 
 __all__ = ["CATEGORIES", "FINITE_CHECK_EVERY", "DistillationCallback", "LossWatch", "NonFiniteLossError",
            "category_counts", "category_shares", "distillation_term", "resolve_recipe", "warmup_factor"]
 
-# Names of the four teacher-defined region categories, in `RegionMasks` order.
-CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "complementary_gw_lr")
 
 
 def warmup_factor(epoch: int, warmup_epochs: float) -> float:
@@ -154,7 +152,7 @@ class DistillationCallback(Callback):
     order = 100
 
     def __init__(self, teacher: nn.Module, method: str = "kd", scales=(1, 2, 4), *,
-                 ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=2.0,
+                 ce_weight=None, kd_weight=None, warmup_epochs=None, complementary_weight=COMPLEMENTARY_WEIGHT,
                  logit_standardization=False, **loss_kwargs):
         recipe = resolve_recipe(method, ce_weight=ce_weight, kd_weight=kd_weight, warmup_epochs=warmup_epochs,
                                 logit_standardization=logit_standardization, **loss_kwargs)

@@ -32,7 +32,7 @@ from . import distributed, tracking
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                           read_checkpoint, run_lock, save_checkpoint, shipped_teacher_path, teacher_cache_path,
                           write_checkpoint, write_json)
-from .config import DEFAULTS, PROTOCOLS, STEMS, ConfigError, RunConfig, file_name, teacher_file_in
+from .config import DEFAULTS, TEACHER_SEED, ConfigError, RunConfig, file_name, teacher_file_in
 from .data import get_dataloaders
 from .departures import PARAMS_DIR, departures, describe, vanilla_departures
 from .models import create_model
@@ -40,8 +40,9 @@ from .runs import load_metrics
 from .training import (RESUME_FILE, EpochLogger, RunFailedError, StepLR, build_learner, differences,
                        distillation_callback, fit_resumable, top5_accuracy)
 
-__all__ = ["PROTOCOLS", "DEFAULTS", "STEMS", "RESUME_FILE", "RunConfig", "ConfigError", "RunFailedError",
-           "resolve_params", "notebook_params", "run_name", "run_dir", "vanilla_dir", "load_metrics", "run",
+__all__ = ["DEFAULTS", "RESUME_FILE", "RunConfig", "ConfigError", "RunFailedError",
+           "resolve_params", "notebook_params", "run_name", "run_dir", "vanilla_dir", "teacher_run_dir", "load_metrics",
+           "run",
            "run_vanilla",
            "train_teacher", "get_teacher", "build_learner", "evaluate", "StepLR", "EpochLogger", "top5_accuracy"]
 
@@ -67,9 +68,16 @@ def run_dir(params) -> Path:
 
 
 def vanilla_dir(params, arch: str) -> Path:
-    """Where `arch` trained alone (no teacher) is recorded."""
+    """Where `arch` trained alone (no teacher) under the run's own solver is recorded: the paper's "student" rows."""
     cfg = RunConfig.from_params(params)
     return Path(cfg.output_dir) / cfg.data_name / f"{file_name(arch)}-alone-seed{cfg.seed}"
+
+
+def teacher_run_dir(params) -> Path:
+    """Where the configuration's teacher trained here (its dataset's teacher protocol) is recorded: a folder of its
+    own, never the student-alone row of the same architecture (`vanilla_dir`), whose solver is the student's."""
+    cfg = RunConfig.from_params(params)
+    return Path(cfg.output_dir) / cfg.data_name / f"{file_name(cfg.teacher)}-teacher-seed{TEACHER_SEED}"
 
 
 def evaluate(model: nn.Module, dl, device) -> tuple[float, float]:
@@ -183,9 +191,11 @@ def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:
     return _train_alone(cfg, arch or cfg.student, force)
 
 
-def _train_alone(cfg: RunConfig, arch: str, force: bool, whole_batch: bool = True) -> dict:
-    """`run_vanilla`; a teacher trained for a run takes `whole_batch=False` (see `_dataloaders`)."""
-    out = vanilla_dir(cfg, arch)
+def _train_alone(cfg: RunConfig, arch: str, force: bool, whole_batch: bool = True, out: Path | None = None,
+                 variant: str = "alone") -> dict:
+    """`run_vanilla`; a teacher trained for a run takes `whole_batch=False` (see `_dataloaders`), its own folder
+    `out` and variant "teacher"."""
+    out = out or vanilla_dir(cfg, arch)
     cfg.check_environment(teacher_needed=False)
     tracking.check(cfg.tracker)
     distributed.check(cfg, _device(cfg.device))
@@ -202,7 +212,7 @@ def _train_alone(cfg: RunConfig, arch: str, force: bool, whole_batch: bool = Tru
         with tracking.tracked(cfg.tracker, out, cfg.to_params()) as tracker:
             learn = build_learner(dls, model, cfg, cbs=[tracker] if tracker else [])
             recorder = fit_resumable(learn, cfg, out, fingerprint, force, "model_best.pth")
-            metrics = _summary(cfg, recorder.rows, name=out.name, variant="alone", arch=arch, fingerprint=fingerprint)
+            metrics = _summary(cfg, recorder.rows, name=out.name, variant=variant, arch=arch, fingerprint=fingerprint)
             metrics["protocol"] = cfg.solver
             metrics.update(_data_record(dls))
             _record_departures(metrics, *vanilla_departures(cfg, arch))
@@ -225,9 +235,9 @@ def train_teacher(params) -> Path:
           f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']})", flush=True)
     teacher_cfg = cfg.teacher_training_config()
     # on several processes all train it and rank 0 caches it; its batch is the protocol's, whatever the subset
-    metrics = _train_alone(teacher_cfg, cfg.teacher, force=False, whole_batch=False)
-    distributed.run_on_main(_cache_teacher, vanilla_dir(teacher_cfg, cfg.teacher) / "model.pth", cached,
-                            protocol, metrics["last_top1"])
+    out = teacher_run_dir(cfg)
+    metrics = _train_alone(teacher_cfg, cfg.teacher, force=False, whole_batch=False, out=out, variant="teacher")
+    distributed.run_on_main(_cache_teacher, out / "model.pth", cached, protocol, metrics["last_top1"])
     print(f"teacher cached at {cached} (top-1 {metrics['last_top1']:.2f})", flush=True)
     return cached
 
@@ -333,7 +343,7 @@ def _summary(cfg: RunConfig, rows: list[dict], name: str, variant: str, fingerpr
              arch: str | None = None) -> dict:
     """The metrics.json body shared by distillation and vanilla runs."""
     best = max(rows, key=lambda r: r["top1"])
-    alone = variant == "alone"
+    alone = variant in ("alone", "teacher")
     return {
         "status": "complete", "run_name": name,
         "dataset": cfg.data_name, "teacher": None if alone else cfg.teacher,

@@ -33,6 +33,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .regions import COMPLEMENTARY_WEIGHT
+
 __all__ = ["Hyper", "LogitLoss", "LOSSES", "register_loss", "get_loss", "logit_loss", "standardize", "kd_loss",
            "dkd_loss", "nkd_loss", "RegionMasks", "region_masks", "region_weights", "sdd_loss", "check_targets"]
 
@@ -341,14 +343,14 @@ def region_masks(teacher_regions: torch.Tensor, target: torch.Tensor) -> RegionM
                        global_right & ~local_right, ~global_right & local_right)
 
 
-def region_weights(masks: RegionMasks, complementary_weight: float = 2.0) -> torch.Tensor:
+def region_weights(masks: RegionMasks, complementary_weight: float = COMPLEMENTARY_WEIGHT) -> torch.Tensor:
     """Per-region loss weights: complementary regions get `complementary_weight`, consistent ones 1."""
     ones = torch.ones_like(masks.complementary, dtype=torch.float32)
     return torch.where(masks.complementary, ones * complementary_weight, ones)
 
 
 def sdd_loss(student_regions: torch.Tensor, teacher_regions: torch.Tensor, target: torch.Tensor,
-             base: str = "kd", complementary_weight: float = 2.0, masks: RegionMasks | None = None,
+             base: str = "kd", complementary_weight: float = COMPLEMENTARY_WEIGHT, masks: RegionMasks | None = None,
              logit_standardization: bool = False, **base_kwargs) -> torch.Tensor:
     """Scale-decoupled loss: the base loss on every (sample, region) pair, complementary regions
     up-weighted, weighted sum divided by N*B (the authors' normalisation for all three bases).

@@ -24,7 +24,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["SUPPORTED_SCALES", "parse_scales", "num_regions", "region_scales", "pool_regions",
-           "model_num_classes", "ScaleDecoupled"]
+           "model_num_classes", "ScaleDecoupled", "CATEGORIES", "CATEGORY", "COMPLEMENTARY", "COMPLEMENTARY_WEIGHT",
+           "complementary"]
+
+# The four teacher-defined region categories, in `losses.RegionMasks` order (their ids in saved predictions):
+# whether the teacher is right globally and in the region. Complementary regions (the two disagree) weigh
+# COMPLEMENTARY_WEIGHT in the SD loss (the authors' value), consistent ones 1.
+CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "complementary_gw_lr")
+CATEGORY = {name: i for i, name in enumerate(CATEGORIES)}
+COMPLEMENTARY = ("complementary_gr_lw", "complementary_gw_lr")
+COMPLEMENTARY_WEIGHT = 2.0
+
+
+def complementary(categories):
+    """Where an array of category ids (numpy or torch) holds a complementary region."""
+    return (categories == CATEGORY[COMPLEMENTARY[0]]) | (categories == CATEGORY[COMPLEMENTARY[1]])
+
 
 # The scale sets of the paper (M in its notation); [1] is the plain, non-decoupled method.
 SUPPORTED_SCALES = ((1,), (1, 2), (1, 2, 4))

@@ -23,18 +23,26 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .data.spec import DATASETS, paper_datasets
 from .departures import describe, teacher_description
 
-__all__ = ["PAPER_DATASETS", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
+__all__ = ["PAPER_DATASETS", "title", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
            "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name", "load_runs", "table_datasets", "results_table",
            "departures_table", "sd_gains", "run_summary", "format_table", "format_gains", "format_departures",
            "to_markdown", "legend", "write_table", "write_tables"]
 
-PAPER_DATASETS = ("cifar100", "imagenet", "cub200")  # the paper's table order
+PAPER_DATASETS = paper_datasets()  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
 ROWS = ("teacher", "student", *METHODS)  # per pair, as the paper lists them
-TITLES = {"cifar100": "CIFAR-100", "imagenet": "ImageNet", "cub200": "CUB-200", "digit_mosaic": "Digit mosaic"}
 METHOD_NAMES = {"teacher": "Teacher", "student": "Student alone", "alone": "Trained alone"}
+# Variants of a model trained without a teacher: under the run's own solver ("alone": the paper's "student" rows)
+# or a teacher trained here under its dataset's teacher protocol ("teacher": in no row of the tables).
+TRAINED_ALONE = ("alone", "teacher")
+
+
+def title(dataset: str) -> str:
+    """A dataset's name in tables (`DatasetSpec.title`); a folder of your own images is named by its folder."""
+    return DATASETS[dataset].title if dataset in DATASETS else dataset
 
 
 def method_name(variant: str) -> str:
@@ -55,7 +63,7 @@ def _order(variant: str) -> tuple:
 
 def _rows(variants) -> tuple[str, ...]:
     """The rows of a pair: the paper's, then every other variant we ran (each plain one beside its SD one)."""
-    extra = {v.removeprefix("sd_") for v in variants} - {"alone", *METHODS}
+    extra = {v.removeprefix("sd_") for v in variants} - {*TRAINED_ALONE, *METHODS}
     return (*ROWS, *sorted((v for plain in extra for v in (plain, f"sd_{plain}")), key=_order))
 
 
@@ -135,7 +143,7 @@ def load_runs(outputs_dir) -> pd.DataFrame:
                 "best_epoch": m.get("best_epoch"), "epochs": params.get("epochs"), "subset": params.get("subset"),
                 "batch_size": params.get("batch_size"), **{k: params.get(k) for k in LOSS_VALUES},
                 "teacher_top1": m.get("teacher_top1"),
-                "teacher_from": None if m["variant"] == "alone" else teacher_description(m.get("teacher_source"),
+                "teacher_from": None if m["variant"] in TRAINED_ALONE else teacher_description(m.get("teacher_source"),
                                                                                          m["dataset"]),
                 # a run recorded before departures were (no "departures") is not known to be as published
                 "as_published": m.get("departures") == {}, "departures": describe(m.get("departures")),
@@ -231,7 +239,7 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     with_top5 = paper["top5"].notna().any()
     pairs = list(dict.fromkeys(
         (t, s) for t, s, m in zip(paper.teacher, paper.student, paper.method) if m in METHODS))
-    distilled = _keep_authors_baselines(runs[runs["variant"] != "alone"], dataset)
+    distilled = _keep_authors_baselines(runs[~runs["variant"].isin(TRAINED_ALONE)], dataset)
     pairs += sorted(set(zip(distilled["teacher"], distilled["student"])) - set(pairs))
     rows = []
     for teacher, student in pairs:
@@ -281,7 +289,7 @@ def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> p
     if not len(runs):
         return pd.DataFrame(columns=columns)
     runs = runs[(runs["dataset"] == dataset) & (runs["as_published"].astype(bool) | (not published_only))]
-    runs = _keep_authors_baselines(runs[runs["variant"] != "alone"], dataset)
+    runs = _keep_authors_baselines(runs[~runs["variant"].isin(TRAINED_ALONE)], dataset)
     rows = []
     for (teacher, student), pair in runs.groupby(["teacher", "student"], sort=False):
         for method in sorted({v for v in pair["variant"] if not _sd_partner(v)}, key=_order):
@@ -442,13 +450,13 @@ def write_tables(outputs_dir, out_dir=None) -> list[Path]:
         table = results_table(runs, dataset)
         csv, md = out / f"{dataset}.csv", out / f"{dataset}.md"
         table.to_csv(csv, index=False, float_format="%.2f")
-        title = f"## {TITLES.get(dataset, dataset)}: our runs vs the SDD paper\n\n{legend(dataset)}\n\n"
+        heading = f"## {title(dataset)}: our runs vs the SDD paper\n\n{legend(dataset)}\n\n"
         other = departures_table(runs, dataset)
-        text = title + to_markdown(format_table(table))
+        text = heading + to_markdown(format_table(table))
         if len(other):
             other_csv = out / f"{dataset}-departures.csv"
             other.to_csv(other_csv, index=False, float_format="%.2f")
-            text += (f"\n### {TITLES.get(dataset, dataset)}: runs not as published (not in the table above)\n\n"
+            text += (f"\n### {title(dataset)}: runs not as published (not in the table above)\n\n"
                      + to_markdown(format_departures(other)))
             paths.append(other_csv)
         else:  # none now: a list left by an earlier call would contradict the table

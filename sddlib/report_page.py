@@ -118,8 +118,16 @@ def _run_section(runs: pd.DataFrame, page: Path) -> str:
     return "".join(parts)
 
 
+def _paper_line(dataset: str, page: Path) -> str:
+    """A paper table with none of our runs: one line that links to the paper's numbers (sddlib's reference copy)."""
+    from importlib import resources
+    numbers = Path(str(resources.files("sddlib.reference").joinpath("paper_results.csv")))
+    return (f'<p id="{dataset}">{html.escape(report.title(dataset))}: no runs of ours yet; the SDD paper\'s '
+            f'numbers: <a href="{_href(numbers, page)}">paper_results.csv</a>.</p>')
+
+
 def _dataset_section(runs: pd.DataFrame, dataset: str, page: Path) -> str:
-    title = report.TITLES.get(dataset, dataset)
+    title = report.title(dataset)
     table = report.results_table(runs, dataset)
     published = runs[(runs["dataset"] == dataset) & runs["as_published"].astype(bool)] if len(runs) else runs
     links = [_run_links(sel, page) for sel in _rows_runs(table, published)]
@@ -147,10 +155,12 @@ def write_report(outputs_dir, path=None) -> Path:
     outputs_dir = Path(outputs_dir)
     page = Path(path) if path is not None else outputs_dir / "report.html"
     runs = report.load_runs(outputs_dir)
-    datasets = report.table_datasets(runs)
+    # the datasets we have runs of first; a paper table with none of ours is one line at the end
+    ours = set(runs["dataset"]) if len(runs) else set()
+    datasets = sorted(report.table_datasets(runs), key=lambda d: d not in ours)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    toc = " · ".join(f'<a href="#{d}">{html.escape(report.TITLES.get(d, d))}</a>' for d in datasets)
-    body = "".join(_dataset_section(runs, d, page) for d in datasets)
+    toc = " · ".join(f'<a href="#{d}">{html.escape(report.title(d))}</a>' for d in datasets)
+    body = "".join(_dataset_section(runs, d, page) if d in ours else _paper_line(d, page) for d in datasets)
     text = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>SDD runs: {html.escape(str(outputs_dir))}'
             f"</title><style>{_STYLE}</style></head><body><h1>Scale Decoupled Distillation: runs under "
             f"{html.escape(str(outputs_dir))}</h1><p>{len(runs)} complete runs, written {stamp}. {toc}</p>"

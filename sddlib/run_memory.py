@@ -21,11 +21,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DATASET_SIZES", "train_images", "folder_footprint", "run_memory", "check_jobs_fit"]
+__all__ = ["train_images", "folder_footprint", "run_memory", "check_jobs_fit"]
 
-# (train images, test images, image side) of each dataset as the loaders yield them.
-DATASET_SIZES = {"cifar100": (50_000, 10_000, 32), "digit_mosaic": (8_000, 2_000, 32),
-                 "cub200": (5_994, 5_794, 224), "imagenet": (1_281_167, 50_000, 224)}
 CUDA_CONTEXT_BYTES = 512 * 2**20  # the CUDA context and cuDNN workspaces the allocator does not see
 HEADROOM = 0.9                    # never plan more than this share of the free memory
 _PROBE_KEYS = ("dataset", "data_dir", "teacher", "student", "method", "M", "batch_size", "subset", "device", "pipeline",
@@ -33,15 +30,16 @@ _PROBE_KEYS = ("dataset", "data_dir", "teacher", "student", "method", "M", "batc
                "in_memory", "memory_budget")
 
 
+def _sizes(cfg) -> tuple:
+    """(train images, test images, image side) of the run's dataset (`DatasetSpec.image_sizes`)."""
+    return cfg.data_spec.image_sizes(cfg.data_dir, cfg.val_fraction, cfg.image_size)
+
+
 def train_images(params) -> int:
     """Images one epoch of the run trains on (its subset, if any)."""
     from .config import RunConfig
     cfg = RunConfig.from_params(params)
-    if cfg.dataset == "folder":  # your own images: the training split its scan finds
-        from .data.folder import scan_folder
-        n = len(scan_folder(cfg.data_dir, cfg.val_fraction).train)
-    else:
-        n = DATASET_SIZES[cfg.dataset][0]
+    n = _sizes(cfg)[0]
     return min(cfg.subset, n) if cfg.subset else n
 
 
@@ -63,7 +61,7 @@ def _probe(params: dict) -> int:
     """Bytes the run needs at its peak (runs in the measuring subprocess)."""
     from fastai.data.core import DataLoaders
 
-    from .config import RunConfig, _dataset_classes
+    from .config import RunConfig
     from .data.build import TensorImageDataset
     from .data.device import DeviceImageDL
     from .distill import DistillationCallback
@@ -73,9 +71,8 @@ def _probe(params: dict) -> int:
 
     cfg = RunConfig.from_params({**params, "progress": False})
     device = _device(cfg.device)
-    # a folder's images are the size the run asks for; what it keeps in memory is folder_footprint's
-    n_train, n_test, side = (0, 0, cfg.image_size) if cfg.dataset == "folder" else DATASET_SIZES[cfg.dataset]
-    num_classes = _dataset_classes(cfg.dataset, cfg.data_dir, cfg.val_fraction) or 1000
+    n_train, n_test, side = _sizes(cfg)
+    num_classes = cfg.num_classes or 1000
     images = torch.randint(0, 256, (2 * cfg.batch_size, 3, side, side), dtype=torch.uint8)
     labels = torch.randint(0, num_classes, (2 * cfg.batch_size,))
     stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device=device)
@@ -92,7 +89,8 @@ def _probe(params: dict) -> int:
     if device.type != "cuda":
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + folder
     resident = (min(cfg.subset, n_train) if cfg.subset else n_train) + n_test
-    data = resident * 3 * side * side if cfg.data_pipeline == "device" else folder
+    # a folder's kept images are what folder_footprint counts; a built-in dataset on the device pipeline holds all
+    data = folder if cfg.dataset == "folder" else (resident * 3 * side * side if cfg.data_pipeline == "device" else 0)
     return torch.cuda.max_memory_reserved(device) + data + CUDA_CONTEXT_BYTES
 
 
@@ -116,8 +114,12 @@ def _probe_in_child(params: dict) -> dict:
     return json.loads(text) if text else {"error": f"the measuring process died (wait status {status})"}
 
 
-def _probe_each(probes: list[dict]) -> list[dict]:
-    """Runs in the measuring subprocess: import the training code once, then measure each probe in a child."""
+def _probe_each(probes: list[dict], modules: list[str] = ()) -> list[dict]:
+    """Runs in the measuring subprocess: import the training code once (and the `modules` that register the
+    datasets sddlib does not define), then measure each probe in a child."""
+    import importlib
+    for module in modules:
+        importlib.import_module(module)
     # what every child would otherwise import itself (torch.optim imports torch._dynamo on its first use)
     import torch._dynamo  # noqa: F401
     from . import experiment, training  # noqa: F401
@@ -126,13 +128,16 @@ def _probe_each(probes: list[dict]) -> list[dict]:
 
 def _measure(configs) -> dict[str, int]:
     """Peak bytes of each configuration (by name), measured in one fresh subprocess."""
-    probes = [{k: cfg[k] for k in _PROBE_KEYS} for cfg in configs]
+    from .data.spec import registering_modules
+    # the dataset's own parameters too: a folder's image size decides its models' stem
+    probes = [{**{k: cfg[k] for k in _PROBE_KEYS}, **cfg.data_options} for cfg in configs]
     code = ("import json, sys; from sddlib.run_memory import _probe_each; "
-            "print(json.dumps(_probe_each(json.loads(sys.argv[1]))))")
+            "print(json.dumps(_probe_each(json.loads(sys.argv[1]), json.loads(sys.argv[2]))))")
     # the runs' `imports` are found from this process's folder, as the runs themselves find them
     path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(probes)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": path})
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(probes), json.dumps(registering_modules())],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "PYTHONPATH": path})
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"measuring the memory of {', '.join(cfg.name for cfg in configs)} failed: {last}")
@@ -166,7 +171,8 @@ def check_jobs_fit(params_list, jobs: int) -> str:
     from .config import RunConfig
     from .experiment import _device
     configs = [RunConfig.from_params(p) for p in params_list]
-    distinct = {tuple(str(c[k]) for k in _PROBE_KEYS): c for c in configs}
+    distinct = {tuple(str(c[k]) for k in _PROBE_KEYS) + tuple(map(str, c.data_options.values())): c
+                for c in configs}
     sizes = _measure(list(distinct.values()))
     largest_name = max(sizes, key=sizes.get)
     largest = sizes[largest_name]

@@ -48,7 +48,6 @@ from .shipped import checkout, shipped_folder
 ROOT = checkout() or Path.cwd()
 NOTEBOOK_DIR = shipped_folder("notebooks")
 PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt", "teachers_dir", "teacher_weights_file", "student_weights_file")
-NOTEBOOKS = {"folder": "your_data"}  # the notebook of a dataset not named after it
 
 
 def parse_overrides(pairs) -> dict:
@@ -77,7 +76,7 @@ def plan(path, overrides: dict, notebook=None) -> dict:
         if params.get(key):
             params[key] = str(Path(params[key]).expanduser().absolute())
     dataset = params.get("dataset", DEFAULTS["dataset"])
-    nb = Path(notebook) if notebook else NOTEBOOK_DIR / f"{NOTEBOOKS.get(dataset, dataset)}.ipynb"
+    nb = Path(notebook) if notebook else _notebook(dataset)
     if not nb.is_file():
         raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
     out = run_dir(params)
@@ -100,6 +99,15 @@ def _importable_from(folder):
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = before
+
+
+def _notebook(dataset: str) -> Path:
+    """The notebook a sweep runs for `dataset` (`DatasetSpec.notebook`: a file in notebooks/, or a path)."""
+    from .data.spec import dataset_spec
+    spec = dataset_spec(dataset)
+    if spec.notebook is None:
+        raise FileNotFoundError(f"dataset {dataset!r} has no notebook of its own; pass --notebook to choose one.")
+    return NOTEBOOK_DIR / spec.notebook
 
 
 def execute(job: dict, kernel=None) -> str | None:

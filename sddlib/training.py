@@ -31,7 +31,8 @@ from fastcore.basics import noop
 from . import distributed
 from .acceleration import SpeedSwitches
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
-from .config import METHODS, PROTOCOLS, RunConfig
+from .config import METHODS, RunConfig
+from .data.spec import DATASETS
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
 __all__ = ["RESUME_FILE", "RunFailedError", "RunInterrupted", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss",
@@ -206,7 +207,7 @@ def distill_learner(dls, student: nn.Module, teacher: nn.Module, method: str = "
     T, channels_last, ...; dataset="imagenet" for that dataset's solver), each checked; the callback is
     `learn.distillation`. Images must have the channels the student's first convolution takes (one sentence
     otherwise)."""
-    protocol = PROTOCOLS.get(overrides.get("dataset", "cifar100"), PROTOCOLS["cifar100"])
+    protocol = DATASETS.get(overrides.get("dataset", "cifar100"), DATASETS["cifar100"]).protocol
     epochs = protocol["epochs"] if epochs is None else epochs
     params = {"dataset": "cifar100", "method": method, "M": M, "epochs": epochs, **overrides}
     if isinstance(epochs, int) and not isinstance(epochs, bool):   # the schedule's shape kept for other lengths
@@ -366,6 +367,6 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
                 cb.release()
     if distributed.is_main():
         write_json(out / "metrics.json", {"status": "failed", "reason": reason, "run_name": out.name,
-                                          "dataset": cfg.dataset, "params": cfg.to_params(),
+                                          "dataset": cfg.data_name, "params": cfg.to_params(),
                                           "fingerprint": fingerprint, "history": recorder.rows})
     raise RunFailedError(f"{out.name}: {reason}") from None

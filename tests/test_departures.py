@@ -181,10 +181,10 @@ def test_a_smoke_test_run_records_its_departures_and_stays_out_of_the_paper_tabl
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.endswith("; epochs 1 (240), batch_size 10 (64), subset 20 (0), "
                          "teacher trained here (epochs 1, subset 20) (published)")
-    teacher_run = experiment.load_metrics(experiment.vanilla_dir(params, "resnet32x4") / "metrics.json")
+    teacher_run = experiment.load_metrics(experiment.teacher_run_dir(params) / "metrics.json")
     assert teacher_run["departures"] == {"epochs": [1, 240], "subset": [20, 0]}
     runs = report.load_runs(tmp_path / "out")
     assert not runs.as_published.any()
     table = report.results_table(runs, "cifar100")
     assert table.n_runs.sum() == 0 and set(table.teacher_from) == {""}
-    assert set(report.departures_table(runs, "cifar100").run_name) == {metrics["run_name"], "resnet32x4-alone-seed0"}
+    assert set(report.departures_table(runs, "cifar100").run_name) == {metrics["run_name"], "resnet32x4-teacher-seed0"}

@@ -276,7 +276,7 @@ def test_two_nodes_over_a_localhost_rendezvous(tmp_path, mosaics):
                                       / "metrics.json")
     assert metrics["distributed"]["world_size"] == 2 and metrics["teacher_source"]["source"] == "trained here"
     assert (out / "teachers" / "digit_mosaic" / "resnet8.pth").is_file()
-    teacher_run = experiment.load_metrics(out / "digit_mosaic" / "resnet8-alone-seed0" / "metrics.json")
+    teacher_run = experiment.load_metrics(out / "digit_mosaic" / "resnet8-teacher-seed0" / "metrics.json")
     assert teacher_run["distributed"]["world_size"] == 2
     assert "epoch 1/1" in logs[0][0] and "epoch" not in logs[1][0]   # node 1 runs rank 1: silent
 

@@ -6,6 +6,7 @@ import torch
 
 from sddlib import checkpoints, experiment
 from sddlib.data import get_dataloaders
+from sddlib.data.spec import DATASETS
 from sddlib.models import create_model
 
 from conftest import TINY_RUN as TINY   # the configuration of the `tiny_run` fixture (tests/conftest.py)
@@ -83,10 +84,10 @@ def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
     assert on_disk["teacher_top1"] == pytest.approx(100 * hits / 96)
     # the teacher follows the dataset's teacher protocol (not the student's solver), recorded with it
     protocol = torch.load(cached, weights_only=True)["protocol"]
-    assert protocol == {**experiment.PROTOCOLS["digit_mosaic"], "epochs": 1, "lr_decay_stages": [5, 7],
+    assert protocol == {**DATASETS["digit_mosaic"].protocol, "epochs": 1, "lr_decay_stages": [5, 7],
                         "clip_grad_norm": 40.0, "subset": 96, "seed": 0}
-    teacher_run = experiment.load_metrics(experiment.vanilla_dir({**params, "seed": 0}, "resnet8") / "metrics.json")
-    assert teacher_run["variant"] == "alone" and teacher_run["protocol"] == protocol
+    teacher_run = experiment.load_metrics(experiment.teacher_run_dir(params) / "metrics.json")
+    assert teacher_run["variant"] == "teacher" and teacher_run["protocol"] == protocol
     assert teacher_run["params"]["batch_size"] == 64 and teacher_run["params"]["lr"] == 0.05
 
 

@@ -125,7 +125,7 @@ def test_refusals_of_the_parameters(tmp_path):
                           (folder_params(root, augment="mirror"), "augment 'mirror' is unknown"),
                           (folder_params(root, normalize="per_image"), "normalize 'per_image' is unknown"),
                           (folder_params(root, val_fraction=1.0), "val_fraction=1.0 is not accepted"),
-                          (folder_params(root, pipeline="device_decode"), "not available for dataset 'folder'"),
+                          (folder_params(root, pipeline="device_decode"), "not available for folder"),
                           (folder_params(root, teacher_pretrained=True), "needs a timm or torchvision model"),
                           (folder_params(root, student_weights_file="w.pth"), "student_pretrained is False"),
                           (folder_params(root, teacher="timm:no_such_net"), "timm has no model 'no_such_net'")):

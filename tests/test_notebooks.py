@@ -140,9 +140,9 @@ def test_quickstart_notebook(work, mosaic_dir):
     nb = execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["dkd"],
                  seeds=[0, 1], output_dir=str(out), data_dir=str(mosaic_dir), teacher="resnet14")
     metrics = [json.loads(p.read_text()) for p in out.glob("digit_mosaic/*/metrics.json")]
-    assert sorted(m["run_name"] for m in metrics if m["variant"] == "alone") == [
-        "resnet14-alone-seed0", "resnet8-alone-seed0", "resnet8-alone-seed1"]       # one teacher for both seeds
-    assert sorted((m["variant"], m["seed"]) for m in metrics if m["variant"] != "alone") == sorted(
+    assert sorted(m["run_name"] for m in metrics if m["variant"] in ("alone", "teacher")) == [
+        "resnet14-teacher-seed0", "resnet8-alone-seed0", "resnet8-alone-seed1"]     # one teacher for both seeds
+    assert sorted((m["variant"], m["seed"]) for m in metrics if m["variant"] not in ("alone", "teacher")) == sorted(
         (v, s) for v in ("dkd", "sd_dkd") for s in (0, 1))                    # the methods asked for, not KD
     assert all(m["params"]["lr"] == 0.05 and m["params"]["lr_decay_stages"] == [5, 7] for m in metrics)  # protocol
     assert all(m["params"]["channels_last"] for m in metrics)                   # the quickstart's faster layout

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from sddlib import experiment, report
+from sddlib.data.spec import DATASETS
 from sddlib.models import list_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def _load(path: Path) -> tuple[str, dict]:
     assert isinstance(p, dict)
     assert set(p) <= set(experiment.DEFAULTS)
     experiment.resolve_params(p)  # accepted as it is
-    stem = experiment.STEMS[p["dataset"]]
+    stem = DATASETS[p["dataset"]].stem
     assert {p["teacher"], p["student"]} <= set(list_models(stem)), f"{path.name}: no such {stem!r} model"
     assert path.parent.name == p["dataset"]
     return text, p
@@ -155,7 +156,7 @@ def test_imagenet_baselines_differ_from_the_sd_configs_where_the_authors_did():
 
 
 def test_imagenet_batch_is_512_everywhere():
-    assert experiment.PROTOCOLS["imagenet"]["batch_size"] == 512
+    assert DATASETS["imagenet"].protocol["batch_size"] == 512
     for path in PARAMS.glob("imagenet/*.yaml"):
         assert yaml.safe_load(path.read_text())["batch_size"] == 512, path.name
 

@@ -95,8 +95,11 @@ def test_the_page_holds_the_report_tables_and_links_every_run(outputs):
     assert [row[:-1] for row in departures[1:]] == \
         report.format_departures(report.departures_table(runs, "cifar100")).astype(str).values.tolist()
     assert departures[1][-1] == runs.set_index("path").loc[str(outputs / "cifar100/smoke/metrics.json"), "run_name"]
-    # ImageNet and CUB-200 have their paper rows even without runs
-    assert {"imagenet-results", "cub200-results"} <= set(page.tables)
+    # ImageNet and CUB-200, without runs of ours: one line each after CIFAR-100, linking to the paper's numbers
+    assert not {"imagenet-results", "cub200-results"} & set(page.tables)
+    text = page_path.read_text()
+    assert text.index('id="cifar100"') < text.index('<p id="imagenet">ImageNet: no runs of ours yet')
+    assert text.count("paper_results.csv</a>") == 2
 
     # self-contained: the one thumbnail is embedded, shrunk, and links to the full figure
     assert len(page.images) == 1 and page.images[0].startswith("data:image/png;base64,")

@@ -89,7 +89,7 @@ def test_a_tracked_run_logs_its_history_config_and_figures(tmp_path, offline, mo
     config = next(r.run.config for r in wandb_records(run) if r.WhichOneof("record_type") == "run")
     assert {i.key: json.loads(i.value_json) for i in config.update}["lr"] == metrics["params"]["lr"]
     # the teacher trained alone for the run is a run too, tracked in its own folder
-    assert (tmp_path / "digit_mosaic" / "resnet8-alone-seed0" / "tensorboard").is_dir()
+    assert (tmp_path / "digit_mosaic" / "resnet8-teacher-seed0" / "tensorboard").is_dir()
 
 
 def test_a_resumed_run_continues_the_same_runs(tmp_path, offline):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..distill import CATEGORIES
+from ..regions import CATEGORIES, complementary
 from .region_file import RegionFile, region_predictions
 from .style import CATEGORY_COLORS, CATEGORY_LABELS, DPI
 
@@ -103,7 +103,7 @@ class Explorer:
         d, key = self.data, self.ranking.value
         order = np.arange(len(d))
         if key == "complementary":
-            order = np.argsort(-(d.categories >= 2).sum(1), kind="stable")
+            order = np.argsort(-complementary(d.categories).sum(1), kind="stable")
         elif key == "teacher_only":
             order = order[self._global_right("teacher") & ~self._global_right("student")]
         elif key == "sd_only":

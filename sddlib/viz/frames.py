@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..distill import CATEGORIES
+from ..regions import CATEGORIES, CATEGORY, COMPLEMENTARY, complementary
 from .predictions import RegionPredictions, check_preds, check_scales, region_labels, scale_slices
 
 __all__ = ["region_map_frame", "region_logits_frame", "category_shares_frame", "category_history_frame",
@@ -41,7 +41,7 @@ def _check_index(index, n, name="index") -> int:
 def pick_images(cats: torch.Tensor, n: int) -> tuple[list[int], list[str]]:
     """Images with complementary regions of both kinds first (most first, alternating), one fully
     consistent image as contrast when n >= 4, then the rest in order."""
-    gr_lw, gw_lr = (cats == 2).sum(1), (cats == 3).sum(1)
+    gr_lw, gw_lr = ((cats == CATEGORY[c]).sum(1) for c in COMPLEMENTARY)
     order = lambda counts: [int(i) for i in torch.argsort(-counts, stable=True) if counts[i] > 0]  # noqa: E731
     a, b = order(gr_lw), order(gw_lr)
     plain = [i for i in range(len(cats)) if gr_lw[i] == 0 and gw_lr[i] == 0]
@@ -113,7 +113,7 @@ def region_logits_frame(preds: RegionPredictions, index=None, *, k: int = 5) -> 
     preds = check_preds(preds)
     k = _positive_int(k, "k", "classes")
     cats = preds.categories()
-    index = int(torch.argmax((cats >= 2).sum(1))) if index is None else _check_index(index, len(preds))
+    index = int(torch.argmax(complementary(cats).sum(1))) if index is None else _check_index(index, len(preds))
     cols = _logit_columns(preds, index, k)
     target, labels, names = int(preds.targets[index]), region_labels(preds.scales), preds.class_names
     models = [("teacher", preds.teacher_regions)]
@@ -189,7 +189,7 @@ def per_class_frame(preds: RegionPredictions, *, top: int = 15) -> pd.DataFrame:
     top = _positive_int(top, "top", "classes")
     cats, K = preds.categories(), preds.num_classes
     counts = {c: torch.zeros(K, dtype=torch.long).index_add_(0, preds.targets, (cats == j).sum(1))
-              for j, c in enumerate(CATEGORIES) if j >= 2}
+              for j, c in enumerate(CATEGORIES) if c in COMPLEMENTARY}
     images = torch.bincount(preds.targets, minlength=K)
     total = sum(counts.values())
     order = [int(c) for c in torch.argsort(-total, stable=True) if total[c] > 0][:top]

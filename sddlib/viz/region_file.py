@@ -6,7 +6,7 @@ global region): the teacher's and the students' top-k classes and probabilities,
 and of their own top-1, and the teacher's region category; per image the picture (at most 112 pixels a side,
 uint8) and its target. Top-k, not every logit: a CIFAR-100 run's file stays small (`benchmarks/results.md`).
 
-    save_region_file(preds, path, baseline=plain, complementary_weight=2.0)
+    save_region_file(preds, path, baseline=plain, complementary_weight=cfg.complementary_weight)
     data = load_region_file(path)                  # RegionFile: numpy arrays, no torch model
     data = region_predictions("outputs/cifar100/<run>")   # the run's file; made from its saved models if missing
 """
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..regions import COMPLEMENTARY_WEIGHT, complementary
 from .predictions import RegionPredictions
 
 __all__ = ["REGION_FILE", "TOP_K", "RegionFile", "save_region_file", "load_region_file", "region_predictions"]
@@ -55,7 +56,7 @@ class RegionFile:
     @property
     def weights(self) -> np.ndarray:
         """N x R weight of each region's term in the SD loss: complementary regions `complementary_weight`, others 1."""
-        return np.where(self.categories >= 2, self.complementary_weight, 1.0)
+        return np.where(complementary(self.categories), self.complementary_weight, 1.0)
 
 
 def _small(images: torch.Tensor) -> np.ndarray:
@@ -81,7 +82,7 @@ def _model_arrays(regions: torch.Tensor, targets: torch.Tensor, k: int) -> dict:
 
 
 def save_region_file(preds: RegionPredictions, path, *, baseline: RegionPredictions | None = None,
-                     complementary_weight: float = 2.0, k: int = TOP_K) -> Path:
+                     complementary_weight: float = COMPLEMENTARY_WEIGHT, k: int = TOP_K) -> Path:
     """Write `preds` (teacher and student) and the plain-method student of `baseline` (same images) to `path`."""
     arrays = {"images": _small(preds.images), "targets": preds.targets.numpy().astype(np.int32),
               "categories": preds.categories().numpy().astype(np.int8)}
@@ -123,7 +124,7 @@ def region_predictions(run_dir) -> RegionFile:
     except (OSError, ValueError):
         raise ConfigError(f"run_dir={str(run_dir)!r} is not a finished run (no readable metrics.json); give a run "
                           "folder such as outputs/digit_mosaic/<run>/.") from None
-    if metrics.get("status") != "complete" or metrics.get("variant") == "alone":
+    if metrics.get("status") != "complete" or metrics.get("variant") in ("alone", "teacher"):
         raise ConfigError(f"run_dir={str(run_dir)!r} holds no complete distillation run (status "
                           f"{metrics.get('status')!r}, variant {metrics.get('variant')!r}); region predictions need "
                           "a teacher and a student.")

@@ -10,6 +10,7 @@ import pandas as pd
 import torch.nn as nn
 
 from ..data import dataset_info
+from ..regions import COMPLEMENTARY_WEIGHT
 from .figures import (plot_agreement, plot_category_history, plot_category_shares, plot_per_class,
                       plot_region_logits, plot_region_map)
 from .features import collect_features, plot_correlation, plot_tsne
@@ -105,7 +106,7 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
               "test_images": len(dls.valid.dataset) if hasattr(dls.valid, "dataset") else None, "seed": seed}
     (out / SAMPLE_FILE).write_text(json.dumps(sample, indent=1))
     save_region_file(preds, out / REGION_FILE, baseline=plain,   # what the explorer reads (sddlib.viz.explore)
-                     complementary_weight=getattr(distill_cb, "complementary_weight", 2.0))
+                     complementary_weight=getattr(distill_cb, "complementary_weight", COMPLEMENTARY_WEIGHT))
     if feature_figures:
         feats = _features(teacher, student, baseline_student, scales, dls.valid, info)
         drawn["tsne"] = lambda p: plot_tsne(feats, path=p)

@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..distill import CATEGORIES
+from ..regions import CATEGORIES
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "TEXT_ON", "category_handles", "csv_path",
            "new_figure", "save_figure", "scale_title", "short_name"]
