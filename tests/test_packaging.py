@@ -1,6 +1,9 @@
 """environment.yml, pyproject.toml, the Makefile and CI entry point stay in step; sddlib's imports run one way."""
-import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,44 +61,35 @@ def test_readme_own_pair_example_runs(tmp_path, mosaic_dir):
     assert {p.name for p in (tmp_path / "f").glob("*.png")} == set(FIGURE_FILES.values())
 
 
-def _sddlib_imports() -> dict[str, set[str]]:
-    """Every sddlib module and the sddlib modules it imports, at the top or inside a function."""
-    root = REPO / "sddlib"
-    modules = {}
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(REPO).with_suffix("").parts
-        package = parts[-1] == "__init__"
-        modules[".".join(parts[:-1] if package else parts)] = (path, package)
-
-    def known(name):  # `from .data import x` imports sddlib.data, `from . import runs` the module sddlib.runs
-        while name not in modules:
-            name = name.rsplit(".", 1)[0]
-        return name
-    graph = {}
-    for name, (path, package) in modules.items():
-        graph[name] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                here = name.split(".") if package else name.split(".")[:-1]
-                base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else [])) \
-                    if node.level else node.module or ""
-                if base.split(".")[0] == "sddlib":
-                    graph[name] |= {known(f"{base}.{alias.name}") for alias in node.names}
-            elif isinstance(node, ast.Import):
-                graph[name] |= {known(a.name) for a in node.names if a.name.split(".")[0] == "sddlib"}
-    return graph
+def _lint_imports(cwd: Path, *config) -> subprocess.CompletedProcess:
+    """The import-linter command of this environment, on the contract in pyproject.toml (or `config`)."""
+    command = [str(Path(sys.executable).with_name("lint-imports")), "--no-cache", *config]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(cwd)})
 
 
-def test_imports_inside_sddlib_run_one_way():
-    graph = _sddlib_imports()
-    assert "sddlib.runs" in graph["sddlib.distributed"] and "sddlib.distributed" in graph["sddlib.experiment"]
+def _layers() -> list[str]:
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    return [name.strip() for layer in contract["layers"] for name in layer.split(":")]
 
-    def cycle_from(start, path):
-        for nxt in sorted(graph[path[-1]] - {path[-1]}):
-            if nxt == start:
-                return path + [nxt]
-            if nxt not in path and (found := cycle_from(start, path + [nxt])):
-                return found
-        return None
-    cycles = [c for c in (cycle_from(m, [m]) for m in sorted(graph)) if c]
-    assert not cycles, "import cycle: " + " -> ".join(cycles[0])
+
+def test_imports_inside_sddlib_keep_to_the_declared_layers():
+    done = _lint_imports(REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "1 kept, 0 broken" in done.stdout
+
+
+def test_every_sddlib_module_sits_on_a_layer():
+    placed = set(_layers())
+    modules = {p.stem if p.name != "__init__.py" else p.parent.name for p in (REPO / "sddlib").glob("*/__init__.py")}
+    modules |= {p.stem for p in (REPO / "sddlib").glob("*.py") if p.name != "__init__.py"}
+    unplaced = sorted(m for m in modules - {"reference"} if f"sddlib.{m}" not in placed)
+    assert not unplaced, f"modules on no layer of pyproject's import-linter contract: {unplaced}"
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    shutil.copytree(REPO / "sddlib", tmp_path / "sddlib", ignore=shutil.ignore_patterns("__pycache__", "*.pth"))
+    with open(tmp_path / "sddlib" / "losses.py", "a") as f:
+        f.write("\nfrom . import experiment  # noqa: E402  (a foundation importing the run: not allowed)\n")
+    (tmp_path / ".importlinter.toml").write_text((REPO / "pyproject.toml").read_text())
+    done = _lint_imports(tmp_path, str(tmp_path / ".importlinter.toml"))
+    assert done.returncode != 0 and "sddlib.losses is not allowed to import sddlib.experiment" in done.stdout
