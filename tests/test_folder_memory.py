@@ -214,6 +214,7 @@ def test_the_run_parameters(tmp_path):
         folder_footprint({**params, "in_memory": True, "memory_budget": 1e-12})
 
 
+@pytest.mark.trains
 def test_device_loaders_for_the_in_memory_sets_train_a_learner(tmp_path):
     from fastai.learner import Learner
     from torch import nn

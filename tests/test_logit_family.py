@@ -222,6 +222,7 @@ def test_params_files_are_sd_runs_with_the_sdd_solver_beside_no_sdd_row():
 
 
 # --- training ----------------------------------------------------------------------------------------
+@pytest.mark.trains
 @pytest.mark.parametrize("method", FAMILY)
 @pytest.mark.parametrize("scales", [(1,), (1, 2, 4)])
 def test_each_trains_plain_and_sd_through_the_learner(method, scales):

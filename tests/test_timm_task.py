@@ -93,6 +93,7 @@ CASES = [("kd", "[1,2,4]", {}), ("dkd", "[1,2]", {"warmup_epochs": 4, "beta": 2.
          ("dkd", "[1,2,4]", {"ce_weight": 0.5, "kd_weight": 3.0, "warmup_epochs": 0, "complementary_weight": 3.0})]
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("method,M,options", CASES)
 def test_loss_and_gradients_equal_the_fastai_callback_step(method, M, options):
     """The real DistillationCallback in a Learner, one batch; the task on the same weights, batch and epoch."""

@@ -66,6 +66,7 @@ def free_port() -> int:
 # test images -> each process's share of the global batches of 4: 3 -> 1 + 2 (one batch each: the 3-image split
 # that logged accuracy 0.5000), 5 -> 2 + (2, 1) (one test batch on rank 0, two on rank 1: the hang),
 # 1 -> 0 + 1 (rank 0 holds no test image), 10 -> (2, 2, 1) + (2, 2, 1)
+@pytest.mark.trains
 @pytest.mark.parametrize("pipeline", ["device", "workers"])
 @pytest.mark.parametrize("n_test, held", [(3, [1, 2]), (5, [2, 3]), (1, [0, 1]), (10, [5, 5])])
 def test_two_processes_validate_as_one(tmp_path, n_test, held, pipeline):

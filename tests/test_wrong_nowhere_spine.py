@@ -78,6 +78,7 @@ def test_loading_a_checkpoint_always_loads_and_checking_one_never_does(tmp_path)
     assert check_checkpoint(other, tmp_path / "a.pth", "resnet8", shapes=False).keys() == state.keys()
 
 
+@pytest.mark.trains
 def test_metrics_dataset_is_the_name_runs_are_filed_under_for_failed_runs_too(tmp_path):
     folder = write_folder(tmp_path / "pets", per_class=6)
     params = {"dataset": "folder", "data_dir": str(folder), "image_size": 32, "teacher": "resnet8",
