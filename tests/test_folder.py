@@ -190,7 +190,7 @@ def test_your_data_notebook_and_the_cli(tmp_path):
                                         student="timm:test_efficientnet", output_dir=str(out), **fast))
     shown = json.dumps([c.get("outputs", []) for c in json.loads(output.read_text())["cells"]])  # outputs only
     runs = {m["variant"]: m for m in map(lambda p: json.loads(p.read_text()), out.glob("my_pets/*/metrics.json"))}
-    assert set(runs) == {"alone", "kd", "sd_kd"}                                # student alone, KD, SD-KD
+    assert set(runs) == {"teacher", "alone", "kd", "sd_kd"}          # the teacher fine-tuned here, student alone, KD, SD-KD
     sd = runs["sd_kd"]
     assert sd["dataset"] == "my_pets" and sd["departures"] == {"experiment": ["your data", None]}
     assert sd["data"]["layout"] == "split" and sd["data"]["val_fraction"] == 0.2
