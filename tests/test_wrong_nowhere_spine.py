@@ -90,6 +90,7 @@ def test_metrics_dataset_is_the_name_runs_are_filed_under_for_failed_runs_too(tm
     assert failed["status"] == "failed" and failed["dataset"] == "pets"   # on main: "folder"
 
 
+@pytest.mark.slow  # a fresh interpreter imports the sweep and, through it, fastai and torch (~20 s)
 def test_the_package_says_truly_what_the_sweep_imports():
     code = ("import sys, sddlib; light = 'fastai' not in sys.modules; from sddlib import sweep; "
             "sweep.main(['params/cifar100/resnet32x4-ShuffleV1-sd_kd.yaml', '--dry-run']); "
