@@ -41,8 +41,12 @@ class TensorImageDataset(Dataset):
     def __len__(self):
         return len(self.images)
 
+    def image(self, i) -> torch.Tensor:
+        """Image i as a 3 x H x W uint8 tensor."""
+        return self.images[i]
+
     def __getitem__(self, i):
-        x = self.images[i]
+        x = self.image(i)
         if self.transform is not None:
             x = self.transform(x)
         x = x.float().div(255)
@@ -51,14 +55,14 @@ class TensorImageDataset(Dataset):
         return x, int(self.targets[i])
 
 
-class VariableSizeImages(Dataset):
+class VariableSizeImages(TensorImageDataset):
     """In-memory uint8 images of many sizes and aspect ratios (a folder kept at one short side S) and int labels.
 
     Each image has a slot of one canvas, `images` N x 3 x S x L, its short side vertical: portrait images are
     stored transposed (`transposed[i]`), so a 4:3 and a 3:4 photo both fill S x 4S/3 and the padding is only what
     the longest image (at most L) leaves. `sizes[i]` is the image's (height, width) in its own orientation. One
     tensor, so that a loader on the device (`sddlib.data.device.DeviceResizedCropDL`) cuts a whole batch at once.
-    An item is `transform(3 x H x W uint8 image)`, then `/255` and `Normalize`, like `TensorImageDataset`'s.
+    An item is `transform(3 x H x W uint8 image)`, then `/255` and `Normalize`: `TensorImageDataset`'s items.
     """
 
     def __init__(self, images: torch.Tensor, sizes, transposed, targets, transform=None, mean=None, std=None,
@@ -73,24 +77,12 @@ class VariableSizeImages(Dataset):
         self.transform, self.vocab = transform, classes
         self.normalize = T.Normalize(mean, std) if mean is not None else None
 
-    def __len__(self):
-        return len(self.targets)
-
     def image(self, i) -> torch.Tensor:
         """Image i as a 3 x H x W uint8 tensor in its own orientation (a view of the canvas)."""
         h, w = self.sizes[i].tolist()
         if self.transposed[i]:
             return self.images[i, :, :w, :h].transpose(1, 2)
         return self.images[i, :, :h, :w]
-
-    def __getitem__(self, i):
-        x = self.image(i)
-        if self.transform is not None:
-            x = self.transform(x)
-        x = x.float().div(255)
-        if self.normalize is not None:
-            x = self.normalize(x)
-        return x, int(self.targets[i])
 
 
 class ImageListDataset(Dataset):
