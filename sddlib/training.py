@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -35,7 +37,7 @@ from .config import METHODS, RunConfig
 from .data.spec import DATASETS
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
-__all__ = ["RESUME_FILE", "RunFailedError", "RunInterrupted", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss",
+__all__ = ["RESUME_FILE", "RunFailedError", "RunInterrupted", "CtrlC", "StepLR", "live_notebook", "EpochLogger", "FiniteLoss",
            "SmoothLossOnDevice", "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
 
@@ -252,6 +254,41 @@ def _set_rng_state(state: dict, dls) -> None:
     dls.valid.rng.setstate(as_tuple(state["valid_dl"]))
 
 
+class CtrlC(Callback):
+    """Ctrl-C (SIGINT) during a fit stops it at the end of the batch it lands in, or of the epoch's writing.
+
+    A KeyboardInterrupt raised where the signal lands could fall between writing the resume checkpoint and noting
+    its epoch, and the one line that `python -m sddlib` prints would name an epoch that is not the one on disk.
+    A second Ctrl-C before the batch ends interrupts at once. Installed by `fit_resumable` from the main thread
+    (the only one that receives signals), unless the process ignores SIGINT (started with `nohup ... &`)."""
+    order = 96  # after RunRecorder: an epoch's files are written before an interrupt is let through
+
+    def __init__(self):
+        self.pressed, self.previous = False, None
+
+    def _press(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def before_fit(self):
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self.previous = signal.signal(signal.SIGINT, self._press)
+
+    def stop_if_pressed(self):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    after_batch = after_epoch = stop_if_pressed
+
+    def restore(self):
+        """Put back the handler the fit found (fastai calls no after_fit when an exception escapes the fit)."""
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 class RunRecorder(Callback):
     """After every epoch: the epoch's row (losses, top-1/top-5 in percent, lr, distillation stats), the
     best weights, and the resume checkpoint, all written atomically. Given a resume state, it puts back
@@ -351,8 +388,10 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
         _set_rng_state(resume["rng"], learn.dls)
     if start_epoch >= cfg.epochs:
         return recorder
+    ctrl_c = CtrlC()
     try:
-        learn.fit(cfg.epochs, cbs=recorder, start_epoch=start_epoch)
+        learn.fit(cfg.epochs, cbs=[recorder, ctrl_c], start_epoch=start_epoch)
+        ctrl_c.stop_if_pressed()  # pressed after the last check: the rerun finds every epoch kept and completes
         return recorder
     except NonFiniteLossError as err:
         reason = err.sentence
@@ -362,6 +401,7 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
     except KeyboardInterrupt:
         raise RunInterrupted(out, recorder.kept_epoch, cfg.epochs) from None
     finally:  # fastai calls no after_fit when an exception escapes: no autocast hook may outlive the fit
+        ctrl_c.restore()
         for cb in learn.cbs:
             if isinstance(cb, SpeedSwitches):
                 cb.release()
