@@ -29,10 +29,10 @@ report: $(STAMP)
 	$(PY) -m sddlib.report_page outputs
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow and not trains"
+	$(PY) -m pytest -q -n 2 -m "not slow and not trains"
 
 clean-venv:
 	rm -rf $(VENV)

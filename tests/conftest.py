@@ -4,8 +4,9 @@ built once per run all the same, in a folder the workers share, by the first wor
 the others wait and then read it). Tests only read them; a test that changes a run works on its own copy
 (`tiny_run_copy`).
 
-Also here: one torch thread per worker when the workers fill the cores (and in the processes a test starts), the
-slow tests sent out first so they overlap the quick ones, and `trains`: a test that fits a Learner without that
+Also here: the tests of a module in ONE_WORKER on one worker, in order (they share what the first ones build); one
+torch thread per worker when the workers fill the cores (and in the processes a test starts), the slow tests sent
+out first so they overlap the quick ones, and `trains`: a test that fits a Learner without that
 marker (or `slow`) fails under `make test-fast`, which leaves both out and so trains nothing."""
 import json
 import os
@@ -14,8 +15,29 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from xdist.scheduler import LoadScopeScheduling
 
 from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
+
+# Modules whose tests read what earlier tests in the same module built (a module-scoped folder of runs).
+ONE_WORKER = ("tests/test_notebooks.py",)
+
+
+class ModulesOnOneWorker(LoadScopeScheduling):
+    """pytest-xdist's load balancing, test by test, except that a module in ONE_WORKER goes to one worker as one
+    unit, its tests in file order. The scope is read from the node id the controller sees; pytest-xdist's own
+    `--dist loadgroup` cannot be used for this: with pytest 9.2 its `xdist_group` suffix no longer reaches the
+    node id and the group is silently split (pytest-xdist issue 1386)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return module if module in ONE_WORKER else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    return ModulesOnOneWorker(config, log)
+
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")          # "gw0", "gw1", ... under xdist; None in a plain run
 

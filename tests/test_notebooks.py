@@ -1,9 +1,11 @@
 """The real notebooks on tiny datasets in the real on-disk formats. The three dataset notebooks share their code
 cells (a test proves it): CIFAR-100's is executed headlessly with papermill end to end, ImageNet's and CUB-200's
 code cells run in this process after their parameters (what papermill's kernel would run, without its ~15 s of
-imports). They train (a few epochs each): all `slow`, left out by `make test-fast`; one xdist group, since the
-last test reads the runs of the others."""
+imports). They train (a few epochs each): all `slow`, left out by `make test-fast`; on one xdist worker (conftest's
+ONE_WORKER), since the last test reads the runs of the others."""
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,7 @@ from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("notebooks")]
+pytestmark = pytest.mark.slow
 DATASET_NOTEBOOKS = ("cifar100", "imagenet", "cub200")
 FAST = dict(epochs=2, teacher_epochs=1, batch_size=8, lr_decay_stages=[1], progress=False)
 
@@ -72,6 +74,13 @@ def assert_figures(run_dir, expect_history=True, expect_features=True):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # a second worker building this would not see the first one's runs: fail loudly, not late
+        claim = tmp_path_factory.getbasetemp().parent / "test_notebooks.worker"
+        with contextlib.suppress(FileExistsError), open(claim, "x") as first:
+            first.write(worker)
+        assert claim.read_text() == worker, f"tests/test_notebooks.py ran on {claim.read_text()} and {worker}: its " \
+            "tests must share one worker (tests/conftest.py, ONE_WORKER)"
     root = tmp_path_factory.mktemp("notebooks")
     return {"root": root, "outputs": root / "outputs"}
 
