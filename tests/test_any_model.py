@@ -68,6 +68,7 @@ def _by_hand(m, fmap, head):
     return head(regions.transpose(1, 2)).transpose(1, 2)              # B x K x N
 
 
+@pytest.mark.slow  # builds a timm or torchvision CNN and runs it at 128-160 px
 @pytest.mark.parametrize("name", list(CNNS))
 def test_cnn_regions_equal_the_head_by_hand(name):
     build, hand_head = CNNS[name]
@@ -84,6 +85,7 @@ def test_cnn_regions_equal_the_head_by_hand(name):
     assert torch.allclose(regions, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # builds a timm or torchvision CNN and runs it at 128-160 px
 @pytest.mark.parametrize("name", list(CNNS))
 def test_cnn_global_region_equals_the_model_on_4x4_maps(name):
     model = CNNS[name][0]()

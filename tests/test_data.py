@@ -240,6 +240,7 @@ def test_mosaic_generation_deterministic_and_disjoint():
     assert x[0, :, y0:y1, x0:x1].max(0).max() > x[0, :, :2, :].max(0).mean() + 20
 
 
+@pytest.mark.slow  # generates the 10,000 default mosaics
 def test_mosaic_default_size_generation():
     t = time.perf_counter()
     d = mosaics.make_digit_mosaics()  # the defaults the quickstart uses

@@ -97,6 +97,7 @@ def test_a_run_records_its_warnings(tiny_run):
     assert tiny_run[1]["distributed"]["bn_batch"] == TINY["batch_size"]
 
 
+@pytest.mark.slow  # generates the 10,000 mosaics before it refuses
 def test_a_batch_larger_than_the_training_set_is_refused_before_the_teacher(tmp_path, capsys):
     params = {**TINY, "alpha": 1.0, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path), "subset": 40,
               "batch_size": 64, "epochs": 1}
@@ -210,6 +211,7 @@ def test_published_teachers_dir_is_used_strictly(tmp_path):
         experiment.get_teacher(params, SimpleNamespace(info=SimpleNamespace(num_classes=100)))
 
 
+@pytest.mark.slow  # scores the shipped teacher on the 2,000 test mosaics
 def test_the_shipped_digit_mosaic_teacher_is_used_under_its_protocol_only(tmp_path):
     """The quickstart's teacher ships with sddlib: used for its own teacher protocol (and scoring there what it
     recorded), never for another one, where the teacher is trained as before."""

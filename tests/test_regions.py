@@ -104,6 +104,7 @@ def test_wrapper_computes_the_feature_map_once():
     assert len(calls) == 1
 
 
+@pytest.mark.slow  # builds torchvision's resnet18 and mobilenet_v2
 @pytest.mark.parametrize("builder", ["resnet18", "mobilenet_v2"])
 def test_wrapper_on_torchvision_models(builder):
     import torchvision

@@ -95,6 +95,7 @@ def test_resampling_is_pils_crop_then_resize():
             assert got.shape == (3, size, size) and (got - want).abs().max() <= 1   # PIL's fixed-point rounding
 
 
+@pytest.mark.slow  # many batches of 224-px crops
 def test_the_loader_crops_to_the_size_and_flips_half():
     ramp = torch.arange(64, dtype=torch.uint8).mul(4).expand(3, 48, 64).contiguous()   # brighter to the right
     ds = VariableSizeImages(*_canvas([ramp] * 100 + [ramp.transpose(1, 2)] * 100), [0] * 200)

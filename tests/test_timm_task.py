@@ -145,6 +145,7 @@ def test_warm_up_follows_set_epoch():
     assert task.warmup_factor == 1.0
 
 
+@pytest.mark.slow  # builds timm's task and two models
 def test_plain_kd_equals_timms_logit_distillation_task():
     """M=[1] KD against timm's own task: timm students and teachers whose normalisations differ (timm renormalises
     the teacher's input in both)."""

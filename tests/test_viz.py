@@ -368,6 +368,7 @@ def test_real_run_writes_every_figure_with_its_data(tmp_path):
     assert [float(bare.images[i].max()) for i in range(2)] == pytest.approx([1.0, 1.0])
 
 
+@pytest.mark.slow  # draws every figure
 def test_figures_cover_every_class_of_a_test_set_stored_class_by_class(tmp_path):
     """An image folder or ImageNet's test set is stored class by class: the first images would be one class."""
     y = torch.arange(10).repeat_interleave(20)                       # 200 images, class-sorted
@@ -391,6 +392,7 @@ def test_figures_cover_every_class_of_a_test_set_stored_class_by_class(tmp_path)
                                                    "covering 10 of the 10 classes (a class-stratified sample of 200")
 
 
+@pytest.mark.slow  # draws region maps
 def test_digit_layouts_are_drawn_when_the_loader_keeps_dataset_order(tmp_path):
     dls = digit_mosaic(tmp_path, bs=5, n_train=20, n_test=12, num_workers=0)
     teacher = create_model("resnet8", num_classes=10)
@@ -420,6 +422,7 @@ def test_show_run_figures_display_saved_pngs_with_captions(tmp_path, capsys):
         show_run_figure(tmp_path, "fig9")
 
 
+@pytest.mark.slow  # t-SNE of three models' features
 def test_feature_figures_tsne_and_correlation_difference(tmp_path):
     """Figures 6 and 7 (sddlib.viz.features) on a class-sorted test set."""
     torch.manual_seed(0)
