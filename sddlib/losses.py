@@ -25,7 +25,6 @@ replaced non-finite losses by zero. All math runs in fp32.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .regions import COMPLEMENTARY_WEIGHT
+from .validators import flag, integer, real
 
 __all__ = ["Hyper", "LogitLoss", "LOSSES", "register_loss", "get_loss", "logit_loss", "standardize", "kd_loss",
            "dkd_loss", "nkd_loss", "RegionMasks", "region_masks", "region_weights", "sdd_loss", "check_targets"]
@@ -177,27 +177,19 @@ class Hyper:
     doc: str = ""
 
     @property
-    def accepted(self) -> str:
+    def validator(self):
+        """The check of a value (`sddlib.validators`, as RunConfig's parameters are checked)."""
         if self.kind is bool:
-            return "True or False"
-        text = "an integer" if self.kind is int else "a finite number"
-        if self.low is not None:
-            text += f" {'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            text += f"{' and' if self.low is not None else ''} <= {self.high}"
-        return text
+            return flag
+        return (integer if self.kind is int else real)(self.low, self.high, low_open=self.low_open)
+
+    @property
+    def accepted(self) -> str:
+        return self.validator.accepted
 
     def check(self, name: str, value):
-        """The value, or a ValueError saying what `name` accepts."""
-        if self.kind is bool:
-            ok = isinstance(value, bool)
-        else:
-            kinds = (int,) if self.kind is int else (int, float)
-            ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) \
-                and (self.low is None or (value > self.low if self.low_open else value >= self.low)) \
-                and (self.high is None or value <= self.high)
-        if not ok:
-            raise ValueError(f"{name}={value!r} is not accepted; {name} must be {self.accepted}.")
+        """The value as given (loss_params keep it so), or a ConfigError (a ValueError) saying what `name` accepts."""
+        self.validator(name, value)
         return value
 
 
