@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from .regions import COMPLEMENTARY_WEIGHT
-from .validators import flag, integer, real
+from .validators import ConfigError, flag, integer, real
 
 __all__ = ["Hyper", "LogitLoss", "LOSSES", "register_loss", "get_loss", "logit_loss", "standardize", "kd_loss",
-           "dkd_loss", "nkd_loss", "RegionMasks", "region_masks", "region_weights", "sdd_loss", "check_targets"]
+           "dkd_loss", "nkd_loss", "RegionMasks", "region_masks", "region_weights", "sdd_loss", "check_targets",
+           "LOSS_FIELDS"]
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -194,6 +195,9 @@ class Hyper:
 
 
 RECIPE = ("ce_weight", "kd_weight", "warmup_epochs")
+# Hyper-parameters that are run parameters of their own (`RunConfig` fields: the built-in losses'); any other one of
+# a registered loss is given in `loss_params`.
+LOSS_FIELDS = ("T", "alpha", "beta", "gamma", "exclude_target")
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,37 @@ class LogitLoss:
         """The default weights, warm-up and hyper-parameters of a run, with or without logit standardization."""
         values = {**{k: getattr(self, k) for k in RECIPE}, **self.loss_defaults}
         return {**values, **self.standardized} if logit_standardization else values
+
+    def resolve(self, values: dict) -> None:
+        """A run's loss values (`RunConfig` parameters), in place: the recipe's weights and warm-up where None; each
+        of LOSS_FIELDS this loss takes checked, or its default where None (None for the others); `loss_params`
+        checked and completed."""
+        recipe = self.recipe(values["logit_standardization"])
+        for key in RECIPE:
+            if values[key] is None:
+                values[key] = recipe[key]
+        for key in LOSS_FIELDS:
+            values[key] = (recipe[key] if values[key] is None else self.check_value(key, values[key])) \
+                if key in self.hyper else None
+        values["loss_params"] = self.other_params(values["loss_params"] or {}, recipe)
+
+    def check_value(self, key: str, value):
+        """A given value of hyper-parameter `key`, checked (a ConfigError names this loss)."""
+        try:
+            return self.hyper[key].check(key, value)
+        except ValueError as err:
+            raise ConfigError(f"{err} (method {self.name})") from None
+
+    def other_params(self, given: Mapping, recipe: dict) -> dict:
+        """`loss_params`: the hyper-parameters outside LOSS_FIELDS, each given value checked, the others the
+        `recipe`'s; a LOSS_FIELDS key or one this loss does not take is refused."""
+        own = [k for k in self.hyper if k not in LOSS_FIELDS]
+        for key in given:
+            if key not in own:
+                where = (f"give {key} as a parameter of its own" if key in LOSS_FIELDS else
+                         f"{self.name} takes {', '.join(own) if own else 'none'} there")
+                raise ConfigError(f"loss_params key {key!r} is not accepted for method {self.name}; {where}.")
+        return {k: self.check_value(k, given[k]) if k in given else recipe[k] for k in own}
 
 
 LOSSES: dict[str, LogitLoss] = {}

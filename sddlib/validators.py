@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import yaml
 
 __all__ = ["ConfigError", "fail", "accepts", "range_text", "integer", "real", "optional", "text", "flag", "choice",
-           "mapping", "parse_list"]
+           "mapping", "parse_list", "stages", "device_name", "folder_name", "auto_or_flag", "names_or_none"]
 
 
 class ConfigError(ValueError):
@@ -132,3 +133,57 @@ def parse_list(name: str, value, kind: type, example: str, *, nonempty: bool = F
     if not all(isinstance(v, kind) and not isinstance(v, bool) for v in items) or (nonempty and not items):
         fail(name, value, accepted)
     return list(items)
+
+
+@accepts("a list of increasing epochs such as [150, 180, 210]")
+def stages(name, value):
+    """Epochs of a step schedule, as a tuple."""
+    accepted = "a list of increasing epochs such as [150, 180, 210]"
+    if isinstance(value, str):   # papermill's -p gives "[150, 180]"
+        try:
+            value = parse_list(name, value, int, "[150, 180, 210]")
+        except ConfigError:
+            fail(name, value, accepted)
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in value):
+        fail(name, value, accepted)
+    if any(s < 1 for s in value) or any(b <= a for a, b in zip(value, value[1:])):
+        fail(name, value, accepted + " (each >= 1, strictly increasing)")
+    return tuple(value)
+
+
+@accepts("'auto', 'cpu', 'cuda' or 'cuda:N'")
+def device_name(name, value):
+    """A device name (whether this machine has it: `sddlib.preflight`)."""
+    if value in ("auto", "cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:")
+                                            and value[5:].isdigit()):
+        return value
+    fail(name, value, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+@accepts("empty or a plain folder name")
+def folder_name(name, value):
+    text(name, value)
+    if value and (Path(value).name != value or value in (".", "..")):
+        fail(name, value, "empty (named from the configuration) or a plain folder name without '/'")
+    return value
+
+
+@accepts("'auto', True or False")
+def auto_or_flag(name, value):
+    if isinstance(value, str) and value.lower() in ("true", "false"):   # -p in_memory false from the command line
+        value = value.lower() == "true"
+    if value != "auto" and not isinstance(value, bool):
+        fail(name, value, "'auto', True or False")
+    return value
+
+
+def names_or_none(options, example: str):
+    """'none', one of `options` or a list of them -> a tuple of names (() for none)."""
+    @accepts(f"'none', {', '.join(map(repr, options))} or a list of them")
+    def check(name, value):
+        names = () if value in (None, "none") else parse_list(name, value, str, example)
+        for one in names:
+            choice(options)(name, one)
+        return tuple(dict.fromkeys(names))
+    return check
