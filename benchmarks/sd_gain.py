@@ -40,7 +40,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout: this sddlib, not another one on the path
-from sddlib import experiment, report  # noqa: E402
+from sddlib import experiment, report, teacher_source  # noqa: E402
+from sddlib.checkpoints import shipped_teacher_path  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results.md"
 SECTION = "### sd_gain.py"
@@ -91,7 +92,7 @@ def _init_worker(threads: int) -> None:
 def _train(kind: str, params: dict) -> str:
     """One job in a worker process: the teacher, a student alone, or a distillation."""
     if kind == "teacher":
-        experiment.train_teacher(params)
+        teacher_source.train_teacher(params)
         return f"teacher {params['teacher']}"
     metrics = experiment.run_vanilla(params) if kind == "alone" else experiment.run(params)
     return f"{metrics['run_name']}: best {metrics['best_top1']:.2f}, last {metrics['last_top1']:.2f}"
@@ -104,8 +105,8 @@ def train_all(args) -> None:
     cfg = experiment.RunConfig.from_params(run_params("kd", SD_SCALES, 0, args))
     # the teacher sddlib ships is this benchmark's teacher (see above): no run needs to train it
     cached = Path(args.output_dir) / "teachers" / "digit_mosaic" / f"{TEACHER}.pth"
-    if not args.subset and experiment.shipped_teacher_path("digit_mosaic", TEACHER).is_file():
-        cached = experiment.shipped_teacher_path("digit_mosaic", TEACHER)
+    if not args.subset and shipped_teacher_path("digit_mosaic", TEACHER).is_file():
+        cached = shipped_teacher_path("digit_mosaic", TEACHER)
     alone = [run_params(None, "[1]", seed, args) for seed in args.seeds if "alone" in args.methods]
     alone = [p for p in alone if experiment.load_metrics(experiment.vanilla_dir(p, STUDENT) / "metrics.json") is None]
     fillers = alone[:args.jobs - 1] if not cached.is_file() else []

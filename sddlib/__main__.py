@@ -52,9 +52,29 @@ def load_params(files, pairs) -> dict:
     return params
 
 
+def parameter_table() -> list[dict]:
+    """Every parameter with its type, what it accepts, its input default and its meaning (`sddlib.config.RunConfig`'s
+    fields: their checks and docs)."""
+    import dataclasses
+
+    from .config import DEFAULTS, RunConfig
+    rows = []
+    for f in dataclasses.fields(RunConfig):
+        if not f.metadata.get("parameter", True):
+            continue
+        check = f.metadata["check"]
+        accepted = ("[1], [1,2] or [1,2,4]" if check is None else  # M: parsed by regions.parse_scales
+                    "one of " + ", ".join(map(repr, check.options)) if hasattr(check, "options") else check.accepted)
+        if hasattr(check, "options") and f.default is None:
+            accepted = "None or " + accepted
+        name = "M" if f.name == "scales" else f.name
+        rows.append({"name": name, "type": f.type, "accepted": accepted, "default": DEFAULTS[name],
+                     "doc": f.metadata["doc"]})
+    return rows
+
+
 def print_parameters() -> None:
     """Every run parameter, one paragraph each: `name (type, default D)`, its meaning, what it accepts."""
-    from .config import parameter_table
     for row in parameter_table():
         print(f"{row['name']} ({row['type']}, default {row['default']!r})\n    {row['doc']}\n"
               f"    accepts: {row['accepted']}")

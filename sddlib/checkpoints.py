@@ -181,7 +181,7 @@ def shipped_teacher_path(dataset: str, arch: str) -> Path:
 
     digit_mosaic/resnet14.pth is the quickstart's teacher, shipped so that `make demo` spends its minutes on
     the students: trained by `benchmarks/sd_gain.py` (the dataset's teacher protocol, seed 0, one CPU thread,
-    torch 2.14.1) and retrained bit for bit by `experiment.train_teacher` under those settings.
+    torch 2.14.1) and retrained bit for bit by `teacher_source.train_teacher` under those settings.
     """
     return Path(__file__).parent / "teachers" / dataset / f"{arch}.pth"
 

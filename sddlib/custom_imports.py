@@ -15,7 +15,9 @@ import os
 import sys
 import traceback
 
-__all__ = ["import_modules"]
+from .validators import ConfigError, accepts, parse_list
+
+__all__ = ["import_modules", "imports_parameter"]
 
 
 def import_modules(names) -> None:
@@ -35,6 +37,17 @@ def import_modules(names) -> None:
                               "its package.") from None
         except Exception as err:  # noqa: BLE001 - any error inside the user's module: said in one sentence
             raise _failed(name, err) from None
+
+
+@accepts("a list of module names such as ['my_losses']")
+def imports_parameter(name, value) -> tuple:
+    """The `imports` run parameter: module names, imported here so that what they register is checked after."""
+    modules = tuple(parse_list(name, value, str, "['my_losses']"))
+    try:
+        import_modules(modules)
+    except ImportError as err:
+        raise ConfigError(str(err)) from None
+    return modules
 
 
 def _failed(name: str, err: Exception) -> ImportError:

@@ -76,15 +76,12 @@ def _data_info(cfg, data_dir):
 
 
 def _student(cfg, run_dir: Path, weights: str, num_classes: int) -> nn.Module:
-    # the student half of loading a finished run's models, as viz.region_file does; issue 28's one loader replaces it
-    from .checkpoints import load_checkpoint
-    from .models import create_model
+    from .run_models import load_run_models
     path = run_dir / WEIGHT_FILES[weights]
     if not path.is_file():
         fix = "export the final epoch's (weights='last')" if weights == "best" else "run it again with force=True"
         raise ExportError(f"{path} is missing, so the run's {weights} student cannot be exported; {fix}.")
-    model = create_model(cfg.student, num_classes=num_classes, stem=cfg.stem)
-    return load_checkpoint(model, path, arch=cfg.student, role="student").eval()
+    return load_run_models(run_dir, num_classes, cfg=cfg, weights=WEIGHT_FILES[weights])[0].eval()
 
 
 def _preprocessing(cfg, info) -> dict:

@@ -25,7 +25,6 @@ replaced non-finite losses by zero. All math runs in fp32.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple
@@ -34,9 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from .regions import COMPLEMENTARY_WEIGHT
+from .validators import ConfigError, flag, integer, real
 
 __all__ = ["Hyper", "LogitLoss", "LOSSES", "register_loss", "get_loss", "logit_loss", "standardize", "kd_loss",
-           "dkd_loss", "nkd_loss", "RegionMasks", "region_masks", "region_weights", "sdd_loss", "check_targets"]
+           "dkd_loss", "nkd_loss", "RegionMasks", "region_masks", "region_weights", "sdd_loss", "check_targets",
+           "LOSS_FIELDS"]
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -177,31 +178,26 @@ class Hyper:
     doc: str = ""
 
     @property
-    def accepted(self) -> str:
+    def validator(self):
+        """The check of a value (`sddlib.validators`, as RunConfig's parameters are checked)."""
         if self.kind is bool:
-            return "True or False"
-        text = "an integer" if self.kind is int else "a finite number"
-        if self.low is not None:
-            text += f" {'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            text += f"{' and' if self.low is not None else ''} <= {self.high}"
-        return text
+            return flag
+        return (integer if self.kind is int else real)(self.low, self.high, low_open=self.low_open)
+
+    @property
+    def accepted(self) -> str:
+        return self.validator.accepted
 
     def check(self, name: str, value):
-        """The value, or a ValueError saying what `name` accepts."""
-        if self.kind is bool:
-            ok = isinstance(value, bool)
-        else:
-            kinds = (int,) if self.kind is int else (int, float)
-            ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) \
-                and (self.low is None or (value > self.low if self.low_open else value >= self.low)) \
-                and (self.high is None or value <= self.high)
-        if not ok:
-            raise ValueError(f"{name}={value!r} is not accepted; {name} must be {self.accepted}.")
+        """The value as given (loss_params keep it so), or a ConfigError (a ValueError) saying what `name` accepts."""
+        self.validator(name, value)
         return value
 
 
 RECIPE = ("ce_weight", "kd_weight", "warmup_epochs")
+# Hyper-parameters that are run parameters of their own (`RunConfig` fields: the built-in losses'); any other one of
+# a registered loss is given in `loss_params`.
+LOSS_FIELDS = ("T", "alpha", "beta", "gamma", "exclude_target")
 
 
 @dataclass(frozen=True)
@@ -229,6 +225,37 @@ class LogitLoss:
         """The default weights, warm-up and hyper-parameters of a run, with or without logit standardization."""
         values = {**{k: getattr(self, k) for k in RECIPE}, **self.loss_defaults}
         return {**values, **self.standardized} if logit_standardization else values
+
+    def resolve(self, values: dict) -> None:
+        """A run's loss values (`RunConfig` parameters), in place: the recipe's weights and warm-up where None; each
+        of LOSS_FIELDS this loss takes checked, or its default where None (None for the others); `loss_params`
+        checked and completed."""
+        recipe = self.recipe(values["logit_standardization"])
+        for key in RECIPE:
+            if values[key] is None:
+                values[key] = recipe[key]
+        for key in LOSS_FIELDS:
+            values[key] = (recipe[key] if values[key] is None else self.check_value(key, values[key])) \
+                if key in self.hyper else None
+        values["loss_params"] = self.other_params(values["loss_params"] or {}, recipe)
+
+    def check_value(self, key: str, value):
+        """A given value of hyper-parameter `key`, checked (a ConfigError names this loss)."""
+        try:
+            return self.hyper[key].check(key, value)
+        except ValueError as err:
+            raise ConfigError(f"{err} (method {self.name})") from None
+
+    def other_params(self, given: Mapping, recipe: dict) -> dict:
+        """`loss_params`: the hyper-parameters outside LOSS_FIELDS, each given value checked, the others the
+        `recipe`'s; a LOSS_FIELDS key or one this loss does not take is refused."""
+        own = [k for k in self.hyper if k not in LOSS_FIELDS]
+        for key in given:
+            if key not in own:
+                where = (f"give {key} as a parameter of its own" if key in LOSS_FIELDS else
+                         f"{self.name} takes {', '.join(own) if own else 'none'} there")
+                raise ConfigError(f"loss_params key {key!r} is not accepted for method {self.name}; {where}.")
+        return {k: self.check_value(k, given[k]) if k in given else recipe[k] for k in own}
 
 
 LOSSES: dict[str, LogitLoss] = {}

@@ -50,7 +50,7 @@ def folder_footprint(params) -> int:
     on the device. A run with in_memory=True over its budget is refused here, in the run's own sentence."""
     from .config import RunConfig
     from .data.folder import plan_folder_memory
-    from .experiment import _device
+    from .run_pipeline import _device
     cfg = RunConfig.from_params(params)
     plan = plan_folder_memory(cfg.data_dir, image_size=cfg.image_size, augment=cfg.augment,
                               val_fraction=cfg.val_fraction, device=_device(cfg.device), **cfg.memory_options)
@@ -65,7 +65,7 @@ def _probe(params: dict) -> int:
     from .data.build import TensorImageDataset
     from .data.device import DeviceImageDL
     from .distill import DistillationCallback
-    from .experiment import _device
+    from .run_pipeline import _device
     from .models import create_model
     from .training import build_learner
 
@@ -169,7 +169,7 @@ def check_jobs_fit(params_list, jobs: int) -> str:
     """Measure each distinct configuration once; raise ValueError (one sentence) when `jobs` of the largest
     would not fit the device's free memory; otherwise return a line saying what was measured."""
     from .config import RunConfig
-    from .experiment import _device
+    from .run_pipeline import _device
     configs = [RunConfig.from_params(p) for p in params_list]
     distinct = {tuple(str(c[k]) for k in _PROBE_KEYS) + tuple(map(str, c.data_options.values())): c
                 for c in configs}

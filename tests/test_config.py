@@ -11,6 +11,7 @@ from sddlib import experiment
 from sddlib.config import METHODS, ConfigError, RunConfig
 from sddlib.losses import dkd_loss, kd_loss, nkd_loss
 from sddlib.models import create_model
+from sddlib.preflight import check_environment, run_warnings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="digit_mosaic", teacher="resnet8", student="resnet8", method="kd", M="[1,2]", epochs=2,
@@ -197,23 +198,23 @@ def test_a_misspelt_model_stops_before_any_work(tmp_path):
 def test_accepted_surprises_are_said_as_warnings():
     cfg = RunConfig.from_params({"dataset": "cifar100", "method": "kd", "alpha": 1.0, "beta": 8.0, "T": 2.0})
     assert cfg.ignored == {"alpha": 1.0, "beta": 8.0} and cfg.alpha is None and cfg.T == 2.0
-    assert cfg.warnings == ["method kd does not read alpha=1.0, beta=8.0; its loss takes T."]
-    assert cfg.replace(seed=1).warnings == cfg.on_processes(2).warnings == cfg.warnings
+    assert run_warnings(cfg) == ["method kd does not read alpha=1.0, beta=8.0; its loss takes T."]
+    assert run_warnings(cfg.replace(seed=1)) == run_warnings(cfg.on_processes(2)) == run_warnings(cfg)
     assert cfg.replace(method="dkd").alpha == 1.0          # given again: DKD reads it
-    assert RunConfig.from_params({"method": "dkd", "alpha": 1.0, "gamma": None}).warnings == []
+    assert run_warnings(RunConfig.from_params({"method": "dkd", "alpha": 1.0, "gamma": None})) == []
     short = RunConfig.from_params({"dataset": "cifar100", "epochs": 1})
-    assert short.warnings == ["lr_decay_stages [150, 180, 210] lie at or beyond epochs=1: the LR never decays in "
-                              "this run."]
+    assert run_warnings(short) == ["lr_decay_stages [150, 180, 210] lie at or beyond epochs=1: the LR never decays "
+                                   "in this run."]
     partly = RunConfig.from_params({"dataset": "digit_mosaic", "epochs": 6})
-    assert partly.warnings == ["lr_decay_stages [7] of [5, 7] lie at or beyond epochs=6: those decays never happen "
-                               "in this run."]
-    assert RunConfig.from_params({"dataset": "digit_mosaic", "epochs": 1, "lr_decay_stages": []}).warnings == []
-    assert RunConfig.from_params({"dataset": "digit_mosaic"}).warnings == []
+    assert run_warnings(partly) == ["lr_decay_stages [7] of [5, 7] lie at or beyond epochs=6: those decays never "
+                                    "happen in this run."]
+    assert run_warnings(RunConfig.from_params({"dataset": "digit_mosaic", "epochs": 1, "lr_decay_stages": []})) == []
+    assert run_warnings(RunConfig.from_params({"dataset": "digit_mosaic"})) == []
 
 
 def test_the_environment_is_checked_before_any_work(tmp_path):
     def check(**changes):
-        RunConfig.from_params({**TINY, "output_dir": str(tmp_path / "out"), **changes}).check_environment()
+        check_environment(RunConfig.from_params({**TINY, "output_dir": str(tmp_path / "out"), **changes}))
 
     check()                                                   # the demo data needs nothing on disk
     with pytest.raises(ConfigError, match=r"data_dir='.*' does not hold ImageNet \(expected train/<wnid>/"):
@@ -240,7 +241,7 @@ def test_teacher_files_are_checked_before_any_work(tmp_path):
     from sddlib.checkpoints import CheckpointError
 
     def check(**changes):
-        RunConfig.from_params({**TINY, "output_dir": str(tmp_path / "out"), **changes}).check_environment()
+        check_environment(RunConfig.from_params({**TINY, "output_dir": str(tmp_path / "out"), **changes}))
 
     good, wrong = tmp_path / "resnet8.pth", tmp_path / "resnet20.pth"
     torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, good)

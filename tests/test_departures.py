@@ -6,7 +6,7 @@ import warnings
 import pytest
 import yaml
 
-from sddlib import experiment, report
+from sddlib import experiment, report, teacher_source
 from sddlib.config import RunConfig
 from sddlib.departures import (PARAMS_DIR, departures, describe, published_file, teacher_description,
                                vanilla_departures)
@@ -181,7 +181,7 @@ def test_a_smoke_test_run_records_its_departures_and_stays_out_of_the_paper_tabl
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.endswith("; epochs 1 (240), batch_size 10 (64), subset 20 (0), "
                          "teacher trained here (epochs 1, subset 20) (published)")
-    teacher_run = experiment.load_metrics(experiment.teacher_run_dir(params) / "metrics.json")
+    teacher_run = experiment.load_metrics(teacher_source.teacher_run_dir(params) / "metrics.json")
     assert teacher_run["departures"] == {"epochs": [1, 240], "subset": [20, 0]}
     runs = report.load_runs(tmp_path / "out")
     assert not runs.as_published.any()

@@ -15,7 +15,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.data.load import DataLoader
 
 from forked import run_children
-from sddlib import distributed, experiment
+from sddlib import distributed, experiment, run_pipeline
 from sddlib.config import ConfigError, RunConfig
 from sddlib.data import digit_mosaic
 from sddlib.distill import DistillationCallback
@@ -148,7 +148,7 @@ def first_step(folder, data_dir):
         cfg = RunConfig.from_params(params)
         torch.manual_seed(0)
         teacher, model = Tiny(), Tiny()
-        dls = experiment._dataloaders(cfg, torch.device("cpu"))
+        dls = run_pipeline._dataloaders(cfg, torch.device("cpu"))
         distill = DistillationCallback(teacher, "dkd", (1, 2, 4), warmup_epochs=0)
         build_learner(dls, model, cfg, cbs=[distill, FirstStep(model, folder)]).fit(1)
 
@@ -180,7 +180,7 @@ def test_a_global_batch_on_two_processes_takes_the_single_process_step(tmp_path,
 # "kill" rank 0 SIGKILLs itself right after the first epoch's checkpoint (test-side patches only).
 CLI_DUMPING_WEIGHTS = r"""
 import os, signal, sys, torch
-from sddlib import __main__ as cli, distributed, experiment, training
+from sddlib import __main__ as cli, distributed, run_pipeline, training
 if sys.argv[2] == "kill":
     after_epoch = training.RunRecorder.after_epoch
     def after_epoch_then_die(self):
@@ -188,12 +188,12 @@ if sys.argv[2] == "kill":
         if distributed.is_main():
             os.kill(os.getpid(), signal.SIGKILL)
     training.RunRecorder.after_epoch = after_epoch_then_die
-fit = experiment.fit_resumable
+fit = run_pipeline.fit_resumable
 def fit_and_dump(learn, *args, **kwargs):
     recorder = fit(learn, *args, **kwargs)
     torch.save(learn.model.state_dict(), f"{sys.argv[1]}/rank{distributed.rank()}.pt")
     return recorder
-experiment.fit_resumable = fit_and_dump
+run_pipeline.fit_resumable = fit_and_dump
 sys.exit(cli.main(sys.argv[3:]))
 """
 
@@ -243,12 +243,12 @@ def test_two_processes_train_one_run(tmp_path, teacher_file, mosaics):
     student = create_model("resnet8", num_classes=10)
     student.load_state_dict(saved)
     dls = digit_mosaic(data, bs=16, subset=64, device="cpu")
-    top1, top5 = experiment.evaluate(student, dls.valid, "cpu")
+    top1, top5 = run_pipeline.evaluate(student, dls.valid, "cpu")
     assert metrics["last_top1"] == pytest.approx(top1, abs=1e-4)
     assert metrics["last_top5"] == pytest.approx(top5, abs=1e-4)
     teacher = create_model("resnet8", num_classes=10)
     teacher.load_state_dict(torch.load(teacher_file)["model"])
-    assert metrics["teacher_top1"] == pytest.approx(experiment.evaluate(teacher, dls.valid, "cpu")[0], abs=1e-4)
+    assert metrics["teacher_top1"] == pytest.approx(run_pipeline.evaluate(teacher, dls.valid, "cpu")[0], abs=1e-4)
 
     # exactly one set of outputs and one log
     assert sorted(p.name for p in run.iterdir()) == [".lock", "figures", "metrics.json", "student.pth",

@@ -4,7 +4,7 @@ import urllib.error
 import pytest
 import torch
 
-from sddlib import checkpoints, experiment
+from sddlib import checkpoints, experiment, run_pipeline, teacher_source
 from sddlib.data import get_dataloaders
 from sddlib.data.spec import DATASETS
 from sddlib.models import create_model
@@ -86,7 +86,7 @@ def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
     protocol = torch.load(cached, weights_only=True)["protocol"]
     assert protocol == {**DATASETS["digit_mosaic"].protocol, "epochs": 1, "lr_decay_stages": [5, 7],
                         "clip_grad_norm": 40.0, "subset": 96, "seed": 0}
-    teacher_run = experiment.load_metrics(experiment.teacher_run_dir(params) / "metrics.json")
+    teacher_run = experiment.load_metrics(teacher_source.teacher_run_dir(params) / "metrics.json")
     assert teacher_run["variant"] == "teacher" and teacher_run["protocol"] == protocol
     assert teacher_run["params"]["batch_size"] == 64 and teacher_run["params"]["lr"] == 0.05
 
@@ -191,11 +191,11 @@ def test_a_cached_teacher_of_another_protocol_is_refused(tiny_run):
     from types import SimpleNamespace
     params, _ = tiny_run
     dls = SimpleNamespace(info=SimpleNamespace(num_classes=10))
-    teacher, source = experiment.get_teacher(params, dls)          # same protocol: reused
+    teacher, source = teacher_source.get_teacher(params, dls)          # same protocol: reused
     assert source["source"] == "trained here" and source["protocol"]["epochs"] == 1
     with pytest.raises(checkpoints.CheckpointError, match=r"cached teacher .*resnet8.pth was trained under another "
                                                           r"protocol \(lr 0.05 there, 0.1 here\); delete it"):
-        experiment.get_teacher({**params, "teacher_lr": 0.1}, dls)
+        teacher_source.get_teacher({**params, "teacher_lr": 0.1}, dls)
 
 
 def test_published_teachers_dir_is_used_strictly(tmp_path):
@@ -204,11 +204,11 @@ def test_published_teachers_dir_is_used_strictly(tmp_path):
     path = tmp_path / "cub200" / "resnet8_vanilla" / "resnet8_best.pth"
     checkpoints.save_checkpoint(model, path)
     params = {**TINY, "output_dir": str(tmp_path / "out"), "teachers_dir": str(tmp_path / "cub200")}
-    teacher, source = experiment.get_teacher(params, SimpleNamespace(info=SimpleNamespace(num_classes=10)))
+    teacher, source = teacher_source.get_teacher(params, SimpleNamespace(info=SimpleNamespace(num_classes=10)))
     assert source == {"source": "published", "path": str(path)}
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), model.state_dict().values()))
     with pytest.raises(checkpoints.CheckpointError, match=r"^teacher checkpoint .*resnet8_best.pth does not fit"):
-        experiment.get_teacher(params, SimpleNamespace(info=SimpleNamespace(num_classes=100)))
+        teacher_source.get_teacher(params, SimpleNamespace(info=SimpleNamespace(num_classes=100)))
 
 
 @pytest.mark.slow  # scores the shipped teacher on the 2,000 test mosaics
@@ -222,8 +222,8 @@ def test_the_shipped_digit_mosaic_teacher_is_used_under_its_protocol_only(tmp_pa
     cfg = experiment.RunConfig.from_params(params)
     assert saved["protocol"] == cfg.teacher_protocol                       # the dataset's teacher protocol, seed 0
     dls = get_dataloaders("digit_mosaic", params["data_dir"], bs=250, seed=0, device=torch.device("cpu"))
-    teacher, source = experiment.get_teacher(cfg, dls)
+    teacher, source = teacher_source.get_teacher(cfg, dls)
     assert source == {"source": "shipped", "path": str(path), "protocol": saved["protocol"]}
-    assert experiment.evaluate(teacher, dls.valid, torch.device("cpu"))[0] == pytest.approx(saved["top1"], abs=0.1)
-    assert experiment._shipped_teacher(cfg.replace(teacher_epochs=2), teacher) is None   # another protocol: trained
-    assert experiment._shipped_teacher(cfg.replace(subset=64), teacher) is None
+    assert run_pipeline.evaluate(teacher, dls.valid, torch.device("cpu"))[0] == pytest.approx(saved["top1"], abs=0.1)
+    assert teacher_source._shipped_teacher(cfg.replace(teacher_epochs=2), teacher) is None   # another protocol: trained
+    assert teacher_source._shipped_teacher(cfg.replace(subset=64), teacher) is None

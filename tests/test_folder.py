@@ -14,6 +14,7 @@ from sddlib.__main__ import main as cli
 from sddlib.config import ConfigError, RunConfig
 from sddlib.data import ImageFolderError, get_dataloaders, image_folder, scan_folder
 from sddlib.models import create_model
+from sddlib.preflight import check_environment
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "owl")
@@ -46,7 +47,7 @@ def folder_params(root, **kw):
 
 def refusal(params) -> str:
     with pytest.raises(ConfigError) as err:
-        RunConfig.from_params(params).check_environment(teacher_needed=False)
+        check_environment(RunConfig.from_params(params), teacher_needed=False)
     message = str(err.value)
     assert "\n" not in message and message.endswith("."), message   # one sentence
     return message
@@ -113,7 +114,7 @@ def test_refusals_of_the_folder(tmp_path):
     root = write_folder(tmp_path / "ok", per_class=3)
     message = refusal(folder_params(root, image_size=8))                         # resnet8 strides 4: a 2x2 map
     assert "image_size=8 is too small for teacher resnet8" in message and "4x4" in message
-    RunConfig.from_params(folder_params(root, image_size=8, M="[1]")).check_environment(teacher_needed=False)
+    check_environment(RunConfig.from_params(folder_params(root, image_size=8, M="[1]")), teacher_needed=False)
     message = refusal(folder_params(root, image_size=128, teacher="torchvision:mobilenet_v3_small",
                                     student="timm:test_resnet"))
     assert "cannot be scale-decoupled" in message and "mobilenet_v3_small" in message

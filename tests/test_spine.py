@@ -7,6 +7,7 @@ import yaml
 from sddlib import experiment, report, report_page, run_memory, sweep
 from sddlib.config import RunConfig
 from sddlib.data.spec import DATASETS, registering_modules
+from sddlib.preflight import check_environment
 from tests import spine_dataset
 from tests.test_folder import write_folder
 
@@ -17,7 +18,7 @@ def test_a_registered_dataset_is_known_to_the_configuration_and_the_planner(tmp_
     cfg = RunConfig.from_params({"dataset": "stripes", "output_dir": str(tmp_path)})
     assert (cfg.teacher, cfg.student, cfg.stem, cfg.epochs, cfg.batch_size) == ("resnet8", "resnet8", "cifar", 2, 8)
     assert cfg.data_pipeline == "device" and cfg.num_classes == 4 and cfg.directory.parent.name == "stripes"
-    cfg.check_environment()
+    check_environment(cfg)
     assert run_memory.train_images(cfg) == spine_dataset.N_TRAIN
     assert "tests.spine_dataset" in registering_modules()   # the memory probe's fresh process imports it
     assert report.title("stripes") == "Stripes" and "stripes" not in report.PAPER_DATASETS

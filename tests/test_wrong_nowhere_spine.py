@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import sddlib
-from sddlib import experiment, report
+from sddlib import experiment, report, teacher_source
 from sddlib.checkpoints import CheckpointError, load_checkpoint
 from sddlib.config import RunConfig
 from sddlib.data import get_dataloaders
 from sddlib.models import create_model
+from sddlib.preflight import check_environment
 from tests.fake_datasets import write_tiny_cub200
 from tests.test_folder import write_folder
 
@@ -33,7 +34,7 @@ def test_a_teacher_trained_here_and_the_student_alone_row_never_share_a_folder(t
     # was refused ("holds a complete run of another configuration"), or adopted the row's model as its teacher
     metrics = experiment.run(params)
     assert metrics["teacher_source"]["source"] == "trained here"
-    teacher_dir, alone_dir = experiment.teacher_run_dir(params), experiment.vanilla_dir(params, "resnet8")
+    teacher_dir, alone_dir = teacher_source.teacher_run_dir(params), experiment.vanilla_dir(params, "resnet8")
     assert teacher_dir != alone_dir and teacher_dir.name == "resnet8-teacher-seed0"
     teacher_run = experiment.load_metrics(teacher_dir / "metrics.json")
     assert teacher_run["variant"] == "teacher" and len(teacher_run["history"]) == 1
@@ -52,13 +53,13 @@ def test_a_reduced_cub200_takes_a_teacher_checkpoint_of_its_own_classes(tmp_path
     torch.save({"model": create_model("resnet8x4", num_classes=3, stem="cub").state_dict()}, ckpt)
     cfg = RunConfig.from_params({"dataset": "cub200", "data_dir": str(tmp_path / "data"), "teacher": "resnet8x4",
                                  "student": "resnet8x4", "teacher_ckpt": str(ckpt), "output_dir": str(tmp_path)})
-    cfg.check_environment()   # on main: checked against 200 classes, "does not fit resnet8x4"
+    check_environment(cfg)   # on main: checked against 200 classes, "does not fit resnet8x4"
     dls = get_dataloaders("cub200", tmp_path / "data", bs=2, num_workers=0, download=False)
     assert dls.info.num_classes == 3    # the one source of the count: the data
     wrong = tmp_path / "wrong.pth"
     torch.save({"model": create_model("resnet8x4", num_classes=5, stem="cub").state_dict()}, wrong)
     with pytest.raises(CheckpointError, match="does not fit resnet8x4"):
-        cfg.replace(teacher_ckpt=str(wrong)).check_environment()
+        check_environment(cfg.replace(teacher_ckpt=str(wrong)))
 
 
 def test_loading_a_checkpoint_always_loads_and_checking_one_never_does(tmp_path):

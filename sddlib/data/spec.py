@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..validators import ConfigError
 from .folder import image_folder, scan_folder
 from .mosaics import digit_mosaic
 from .paper_datasets import cifar100, cub200, imagenet
@@ -97,6 +98,15 @@ class DatasetSpec:
     def pair_for(self, image_size=None) -> tuple:
         """The default (teacher, student) for images of this side."""
         return self.small_pair if self._small(image_size) else self.pair
+
+    def check_pipeline(self, pipeline: str) -> None:
+        """`pipeline` ('auto' or one of `pipelines`) can feed this dataset; else one sentence (ConfigError)."""
+        if pipeline == "auto" or pipeline in self.pipelines:
+            return
+        why = ("its images are in memory, not JPEG files" if self.in_memory else
+               "its images are files, decoded per image" + ("" if "device_decode" in self.pipelines else " in workers"))
+        raise ConfigError(f"pipeline={pipeline!r} is not available for {self.name} ({why}); use "
+                          f"{', '.join(map(repr, self.pipelines))} or 'auto'.")
 
     def num_classes(self, data_dir, val_fraction: float = 0.2) -> int | None:
         """The class count a model must predict, known without loading the data (None: not known yet)."""

@@ -42,8 +42,10 @@ from . import mobilenetv1, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflen
 from . import torchvision_models  # noqa: F401  (imported last: it only adds the stem)
 from ._registry import STEMS, builders, register
 from .external import build_external, external_exists, is_external
+from .names import check_model_name, check_pretrained, file_name
 
-__all__ = ["create_model", "list_models", "register", "STEMS", "is_external", "external_exists"]
+__all__ = ["create_model", "list_models", "register", "STEMS", "is_external", "external_exists", "check_model_name",
+           "check_pretrained", "file_name"]
 
 
 def list_models(stem: str | None = None) -> list[str]:

@@ -19,7 +19,12 @@ from ..losses import RegionMasks, region_masks
 from ..regions import ScaleDecoupled, parse_scales
 
 __all__ = ["RegionPredictions", "check_scales", "collect_region_predictions", "collect_run_predictions",
-           "region_labels", "scale_slices", "stratified_indices"]
+           "region_labels", "scale_slices", "stratified_indices", "FIGURE_SAMPLE_SIZE", "FIGURE_SAMPLE_SEED"]
+
+# A run's figures and its region file are drawn from one class-stratified sample of this many test images, with this
+# seed (`viz.run_figures.save_run_figures`, `viz.region_file.region_predictions`).
+FIGURE_SAMPLE_SIZE = 512
+FIGURE_SAMPLE_SEED = 0
 
 _ACCEPTED = "use (1,), (1, 2) or (1, 2, 4)"
 

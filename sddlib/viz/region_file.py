@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..regions import COMPLEMENTARY_WEIGHT, complementary
-from .predictions import RegionPredictions
+from .predictions import FIGURE_SAMPLE_SEED, FIGURE_SAMPLE_SIZE, RegionPredictions, collect_run_predictions
 
 __all__ = ["REGION_FILE", "TOP_K", "RegionFile", "save_region_file", "load_region_file", "region_predictions"]
 
@@ -139,23 +139,14 @@ def region_predictions(run_dir) -> RegionFile:
 
 
 def _from_saved_models(run_dir: Path, metrics: dict, path: Path) -> RegionFile:
-    from ..checkpoints import load_checkpoint
     from ..config import RunConfig
     from ..data import get_dataloaders
-    from ..models import create_model
-    from .predictions import collect_run_predictions
+    from ..run_models import load_run_models
     cfg = RunConfig.from_params(metrics["params"])
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset, num_workers=0,
                           seed=cfg.seed, device="cpu", **cfg.data_options)
-    source = metrics["teacher_source"]
-    if source.get("source") == "torchvision weights":
-        teacher = create_model(cfg.teacher, num_classes=dls.info.num_classes, stem=cfg.stem, weights=source["weights"])
-    else:
-        teacher = load_checkpoint(create_model(cfg.teacher, num_classes=dls.info.num_classes, stem=cfg.stem),
-                                  source["path"], arch=cfg.teacher, role="teacher")
-    student = load_checkpoint(create_model(cfg.student, num_classes=dls.info.num_classes, stem=cfg.stem),
-                              run_dir / "student.pth", arch=cfg.student, role="student")
-    preds, _ = collect_run_predictions(teacher, student, dls.valid, cfg.scales, info=dls.info, max_items=512,
-                                       sample_seed=0)
+    student, teacher = load_run_models(run_dir, dls.info.num_classes, cfg=cfg, with_teacher=True)
+    preds, _ = collect_run_predictions(teacher, student, dls.valid, cfg.scales, info=dls.info,
+                                       max_items=FIGURE_SAMPLE_SIZE, sample_seed=FIGURE_SAMPLE_SEED)
     save_region_file(preds, path, complementary_weight=cfg.complementary_weight)
     return load_region_file(path)

@@ -15,7 +15,7 @@ from .figures import (plot_agreement, plot_category_history, plot_category_share
                       plot_region_logits, plot_region_map)
 from .features import collect_features, plot_correlation, plot_tsne
 from .frames import history_rows
-from .predictions import check_scales, collect_run_predictions
+from .predictions import FIGURE_SAMPLE_SEED, FIGURE_SAMPLE_SIZE, check_scales, collect_run_predictions
 from .region_file import REGION_FILE, save_region_file
 from .style import csv_path
 
@@ -66,7 +66,8 @@ FIGURE_CAPTIONS = {
 
 
 def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, baseline_student=None,
-                     max_items: int = 512, seed: int = 0, feature_figures: bool = True) -> list[Path]:
+                     max_items: int = FIGURE_SAMPLE_SIZE, seed: int = FIGURE_SAMPLE_SEED,
+                     feature_figures: bool = True) -> list[Path]:
     """Collect region predictions once on `max_items` test images, a class-stratified sample of `dls.valid`
     drawn with `seed` (not the first images: test sets stored class by class would show a few classes), and
     write every figure into `out_dir` (created): `FIGURE_FILES` PNGs, each with its data as CSV beside it

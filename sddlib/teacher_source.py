@@ -1,0 +1,121 @@
+"""Where a run's teacher comes from (`get_teacher`): torchvision weights > a given checkpoint > the published
+folder (`teachers_dir`) > the cache (same teacher protocol only) > shipped with sddlib (same protocol only) > the
+published CIFAR-100 release > trained here (`train_teacher`, through the one run pipeline) and cached.
+
+(`sddlib/teachers/` is the folder of the shipped weights, `sddlib.shipped` and `checkpoints.shipped_teacher_path`
+find them; this module decides among all the sources.)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from . import distributed
+from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
+                          read_checkpoint, run_lock, shipped_teacher_path, teacher_cache_path, write_checkpoint)
+from .config import TEACHER_SEED, RunConfig
+from .models import create_model, file_name
+from .preflight import teacher_file_in
+from .run_models import teacher_from_source
+from .run_pipeline import train_and_record
+from .training import differences
+
+__all__ = ["get_teacher", "train_teacher", "teacher_run_dir"]
+
+
+def teacher_run_dir(params) -> Path:
+    """Where the configuration's teacher trained here (its dataset's teacher protocol) is recorded: a folder of its
+    own, never the student-alone row of the same architecture (`experiment.vanilla_dir`), whose solver is the
+    student's."""
+    cfg = RunConfig.from_params(params)
+    return Path(cfg.output_dir) / cfg.data_name / f"{file_name(cfg.teacher)}-teacher-seed{TEACHER_SEED}"
+
+
+def get_teacher(params, dls) -> tuple[nn.Module, dict]:
+    """The teacher for a run and where it came from: torchvision weights > given checkpoint > published
+    folder (`teachers_dir`) > cache (same teacher protocol only) > shipped with sddlib (same protocol only) >
+    published CIFAR-100 release > trained here (and cached)."""
+    cfg = RunConfig.from_params(params)
+    if cfg.teacher_weights:
+        source = {"source": "torchvision weights", "weights": cfg.teacher_weights}
+        return teacher_from_source(cfg, source, dls.info.num_classes), source
+    teacher = create_model(cfg.teacher, num_classes=dls.info.num_classes, stem=cfg.stem)
+    if cfg.teacher_ckpt:
+        return load_checkpoint(teacher, cfg.teacher_ckpt, arch=cfg.teacher), {"source": "checkpoint",
+                                                                               "path": cfg.teacher_ckpt}
+    if cfg.teachers_dir:
+        path = teacher_file_in(cfg.teachers_dir, cfg.teacher)
+        return load_checkpoint(teacher, path, arch=cfg.teacher), {"source": "published", "path": str(path)}
+    cache_dir = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher)).parent
+    # one run trains it, the others wait; the processes of one run read it on rank 0, which hands it to the others
+    with distributed.main_only(run_lock(cache_dir, wait=True, name=f".{cfg.teacher}.lock")):
+        found = distributed.run_on_main(_cached_teacher, cfg, teacher)
+        if found is None:
+            found = distributed.run_on_main(_shipped_teacher, cfg, teacher)
+        if found is not None:
+            return found
+        if cfg.dataset == "cifar100" and not cfg.subset:
+            try:
+                return distributed.run_on_main(_published_cifar100_teacher, cfg, teacher)
+            except CheckpointError as err:
+                print(f"published teacher unavailable ({err}); training one instead", flush=True)
+        train_teacher(cfg)
+        return distributed.run_on_main(_cached_teacher, cfg, teacher)
+
+
+def train_teacher(params) -> Path:
+    """Train the configuration's teacher alone under the dataset's teacher protocol
+    (`RunConfig.teacher_protocol`: the same for every student) and cache it with that protocol."""
+    cfg = RunConfig.from_params(params)
+    protocol = cfg.teacher_protocol
+    cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
+    print(f"no checkpoint for teacher {cfg.teacher} on {cfg.data_name}: training it for {protocol['epochs']} epochs "
+          f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']})", flush=True)
+    # on several processes all train it and rank 0 caches it; its batch is the protocol's, whatever the subset
+    out = teacher_run_dir(cfg)
+    metrics = train_and_record(cfg.teacher_training_config(), out, arch=cfg.teacher, variant="teacher",
+                               whole_batch=False)
+    distributed.run_on_main(_cache_teacher, out / "model.pth", cached, protocol, metrics["last_top1"])
+    print(f"teacher cached at {cached} (top-1 {metrics['last_top1']:.2f})", flush=True)
+    return cached
+
+
+def _cache_teacher(trained: Path, cached: Path, protocol: dict, top1: float) -> None:
+    state = read_checkpoint(trained, "teacher")
+    write_checkpoint(cached, {"model": state["model"], "protocol": protocol, "top1": top1})
+
+
+def _cached_teacher(cfg: RunConfig, model: nn.Module):
+    """The cached teacher when it was trained under this configuration's teacher protocol."""
+    cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
+    if not cached.is_file():
+        return None
+    saved = read_checkpoint(cached, "teacher")
+    protocol = saved.get("protocol") if isinstance(saved, dict) else None
+    if protocol != cfg.teacher_protocol:
+        how = (f"another protocol ({differences(protocol, cfg.teacher_protocol)})" if isinstance(protocol, dict)
+               else "no recorded protocol")
+        raise CheckpointError(f"cached teacher {cached} was trained under {how}; delete it to train the teacher "
+                              f"under this one, or set teacher_ckpt={str(cached)!r} to use it anyway.")
+    return load_checkpoint(model, cached, arch=cfg.teacher), {"source": "trained here", "path": str(cached),
+                                                              "protocol": protocol}
+
+
+def _shipped_teacher(cfg: RunConfig, model: nn.Module):
+    """The teacher shipped with sddlib for this dataset and architecture, when it was trained under this
+    configuration's teacher protocol (any other protocol: None, and the teacher is trained here)."""
+    path = shipped_teacher_path(cfg.dataset, cfg.teacher)
+    if not path.is_file():
+        return None
+    saved = read_checkpoint(path, "teacher")
+    if not isinstance(saved, dict) or saved.get("protocol") != cfg.teacher_protocol:
+        return None
+    return load_checkpoint(model, path, arch=cfg.teacher), {"source": "shipped", "path": str(path),
+                                                            "protocol": saved["protocol"]}
+
+
+def _published_cifar100_teacher(cfg: RunConfig, model: nn.Module):
+    fetch_cifar100_teachers(cfg.data_dir)
+    path = cifar100_teacher_path(cfg.data_dir, cfg.teacher)
+    return load_checkpoint(model, path, arch=cfg.teacher), {"source": "published", "path": str(path)}
