@@ -26,8 +26,6 @@ __all__ = ["ExportError", "export_student", "main"]
 
 # The student file of a distillation run per `weights` choice (what `experiment.run` writes).
 WEIGHT_FILES = {"last": "student.pth", "best": "student_best.pth"}
-# Hugging Face dataset ids of the paper's datasets (the card's `datasets:`); other data is named as the run names it.
-HUB_DATASETS = {"cifar100": "uoft-cs/cifar100", "imagenet": "ILSVRC/imagenet-1k"}
 
 
 class ExportError(ValueError):
@@ -86,12 +84,9 @@ def _student(cfg, run_dir: Path, weights: str, num_classes: int) -> nn.Module:
 
 def _preprocessing(cfg, info) -> dict:
     """How the run's loaders prepared a test image, in timm's data-config terms."""
-    from .data.folder import resolve_augment
-    resized = cfg.dataset in ("imagenet", "cub200") or (
-        cfg.dataset == "folder" and resolve_augment(cfg.augment, info.image_size) == "imagenet")
+    crop_pct, crop_mode = cfg.data_spec.test_crop_for(cfg.augment, info.image_size)
     return {"input_size": (3, info.image_size, info.image_size), "mean": info.mean, "std": info.std,
-            "interpolation": "bilinear", "crop_pct": 0.875 if resized else 1.0,
-            "crop_mode": "squash" if cfg.dataset == "cub200" else "center"}
+            "interpolation": "bilinear", "crop_pct": crop_pct, "crop_mode": crop_mode}
 
 
 def _timm_config(model: nn.Module, path: Path, info, data_config: dict, tag: str) -> None:
@@ -152,7 +147,7 @@ def _card_facts(metrics: dict, cfg, weights: str) -> list[tuple[str, str]]:
 
 def model_card(metrics: dict, cfg, info, data_config: dict, weights: str, timm_name: str | None) -> str:
     """README.md: the Hub's front matter, the distillation facts of the run, how to load and how to upload."""
-    dataset = HUB_DATASETS.get(cfg.dataset, cfg.data_name)
+    dataset = cfg.data_spec.hub_id or cfg.data_name
     front = ["---", f"library_name: {'timm' if timm_name else 'pytorch'}", "pipeline_tag: image-classification",
              "tags:", "- image-classification", *(["- timm"] if timm_name else []), "- knowledge-distillation",
              "- scale-decoupled-distillation", "- sddlib", "datasets:", f"- {dataset}", "metrics:", "- accuracy",

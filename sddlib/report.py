@@ -413,18 +413,13 @@ _LEGEND = ("Top-1 accuracy (%) on the test set. Ours: mean ± std over runs (see
            "in our runs, with where it came from. Only runs as published count (the published experiment's values "
            "apart from the seed, its teacher source, default speed switches); other runs are listed below the "
            "table with their departures, as 'value used (published value)'.")
-# Where each dataset's plain (X) rows come from, under the legend.
-_BASELINES = {
-    "imagenet": "KD, DKD and NKD rows are the authors' plain configs "
-                "(params/imagenet/<teacher>-<student>-<method>.yaml), not the SD configs run with M=[1]. The paper's "
-                "table is ResNet-50 → MobileNetV1; ResNet-34 → ResNet-18 has no paper numbers.",
-}
 _SAME_CONFIG = "KD, DKD and NKD rows are the SD configs run with M=[1]."
 
 
 def legend(dataset: str) -> str:
     """What a results table of `dataset` shows and where its plain rows come from (under every rendering of it)."""
-    return f"{_LEGEND} {_BASELINES.get(dataset, _SAME_CONFIG)}"
+    spec = DATASETS.get(dataset)
+    return f"{_LEGEND} {spec and spec.plain_rows or _SAME_CONFIG}"
 
 
 def write_table(table: pd.DataFrame, shown: pd.DataFrame, path, title: str) -> list[Path]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..validators import ConfigError
-from .folder import image_folder, scan_folder
+from .folder import image_folder, resolve_augment, scan_folder
 from .mosaics import digit_mosaic
 from .paper_datasets import cifar100, cub200, imagenet
 
@@ -57,6 +57,11 @@ class DatasetSpec:
     options         the parameters only this dataset takes, with their input defaults (given to its loader)
     named_by_folder runs are filed under the data folder's own name rather than the dataset's
     small_images    images up to this side use `small_stem` and `small_pair` (0: never)
+    hub_id          its Hugging Face Hub dataset id, named in an exported student's model card (None: the run's
+                    data name)
+    plain_rows      where its table's plain (M=[1]) rows come from, when not the SD configs run with M=[1]
+    test_crop       how a test image is cropped, in timm's data-config terms: (crop_pct, crop_mode), or
+                    `test_crop(augment, image_size)` where the run's recipe decides
     """
     name: str
     title: str
@@ -77,6 +82,9 @@ class DatasetSpec:
     small_images: int = 0
     small_stem: str = "cifar"
     small_pair: tuple = ("resnet14", "resnet8")
+    hub_id: str | None = None
+    plain_rows: str | None = None
+    test_crop: tuple | Callable = (1.0, "center")
 
     @property
     def in_memory(self) -> bool:
@@ -111,6 +119,10 @@ class DatasetSpec:
     def num_classes(self, data_dir, val_fraction: float = 0.2) -> int | None:
         """The class count a model must predict, known without loading the data (None: not known yet)."""
         return self.classes(data_dir, val_fraction) if callable(self.classes) else self.classes
+
+    def test_crop_for(self, augment=None, image_size=None) -> tuple:
+        """(crop_pct, crop_mode) of a test image under the run's recipe (`augment`, `image_size`)."""
+        return self.test_crop(augment, image_size) if callable(self.test_crop) else self.test_crop
 
     def image_sizes(self, data_dir, val_fraction: float = 0.2, image_size=None) -> tuple:
         """(train images, test images, image side) of the whole dataset, for memory planning."""
@@ -200,6 +212,11 @@ def _folder_sizes(data_dir, val_fraction=0.2, image_size=None) -> tuple:
     return len(scan.train), len(scan.valid), image_size or 224
 
 
+def _folder_test_crop(augment, image_size) -> tuple:
+    """The ImageNet recipe resizes a test image and crops its centre (224 of 256); the small-image ones keep it."""
+    return (0.875, "center") if resolve_augment(augment, image_size) == "imagenet" else (1.0, "center")
+
+
 # Student-specific learning rates (0.01 for ShuffleNet/MobileNet students) live in params/ files.
 _IN_MEMORY, _FILES = ("device", "workers"), ("workers", "device_decode")
 _CIFAR_SOLVER = dict(epochs=240, batch_size=64, lr=0.05, lr_decay_stages=(150, 180, 210), lr_decay_rate=0.1,
@@ -208,18 +225,21 @@ _CIFAR_SOLVER = dict(epochs=240, batch_size=64, lr=0.05, lr_decay_stages=(150, 1
 register_dataset(DatasetSpec(
     "cifar100", "CIFAR-100", cifar100, _CIFAR_SOLVER, ("resnet32x4", "ShuffleV1"), "cifar", _IN_MEMORY,
     classes=100, sizes=(50_000, 10_000, 32), check_layout=_cifar100_layout, published_teacher="published",
-    in_paper=True, notebook="cifar100.ipynb"))
+    in_paper=True, notebook="cifar100.ipynb", hub_id="uoft-cs/cifar100"))
 register_dataset(DatasetSpec(
     # 512: the authors ran 2 processes x 256 with SyncBatchNorm (BN and each step over 512 images)
     "imagenet", "ImageNet", imagenet, dict(epochs=100, batch_size=512, lr=0.2, lr_decay_stages=(30, 60, 90),
                                            lr_decay_rate=0.1, weight_decay=1e-4, momentum=0.9),
     ("ResNet50", "MobileNetV1"), "torchvision", _FILES, classes=_imagenet_classes,
     sizes=(1_281_167, 50_000, 224), check_layout=_imagenet_layout, published_teacher="torchvision weights",
-    in_paper=True, notebook="imagenet.ipynb", sync_bn=True))
+    in_paper=True, notebook="imagenet.ipynb", sync_bn=True, hub_id="ILSVRC/imagenet-1k", test_crop=(0.875, "center"),
+    plain_rows="KD, DKD and NKD rows are the authors' plain configs (params/imagenet/<teacher>-<student>-<method>.yaml), "
+               "not the SD configs run with M=[1]. The paper's table is ResNet-50 → MobileNetV1; ResNet-34 → "
+               "ResNet-18 has no paper numbers."))
 register_dataset(DatasetSpec(
     "cub200", "CUB-200", cub200, _CIFAR_SOLVER, ("resnet32x4", "ShuffleV1"), "cub", _FILES,
     classes=_cub200_classes, sizes=(5_994, 5_794, 224), check_layout=_cub200_layout, published_teacher="published",
-    in_paper=True, notebook="cub200.ipynb"))
+    in_paper=True, notebook="cub200.ipynb", test_crop=(0.875, "squash")))
 register_dataset(DatasetSpec(
     # the embedded demo data: no paper; a short schedule with the same shape (two decays near the end), its
     # teacher trained here under it (or the one sddlib ships, trained so)
@@ -236,4 +256,4 @@ register_dataset(DatasetSpec(
     notebook="your_data.ipynb",
     options={"image_size": None, "augment": "auto", "normalize": "imagenet", "val_fraction": 0.2,
              "skip_bad_images": False},
-    named_by_folder=True, small_images=64))
+    named_by_folder=True, small_images=64, test_crop=_folder_test_crop))
