@@ -233,9 +233,9 @@ register_dataset(DatasetSpec(
     ("ResNet50", "MobileNetV1"), "torchvision", _FILES, classes=_imagenet_classes,
     sizes=(1_281_167, 50_000, 224), check_layout=_imagenet_layout, published_teacher="torchvision weights",
     in_paper=True, notebook="imagenet.ipynb", sync_bn=True, hub_id="ILSVRC/imagenet-1k", test_crop=(0.875, "center"),
-    plain_rows="KD, DKD and NKD rows are the authors' plain configs (params/imagenet/<teacher>-<student>-<method>.yaml), "
-               "not the SD configs run with M=[1]. The paper's table is ResNet-50 → MobileNetV1; ResNet-34 → "
-               "ResNet-18 has no paper numbers."))
+    plain_rows="KD, DKD and NKD rows are the authors' plain configs "
+               "(params/imagenet/<teacher>-<student>-<method>.yaml), not the SD configs run with M=[1]. The paper's "
+               "table is ResNet-50 → MobileNetV1; ResNet-34 → ResNet-18 has no paper numbers."))
 register_dataset(DatasetSpec(
     "cub200", "CUB-200", cub200, _CIFAR_SOLVER, ("resnet32x4", "ShuffleV1"), "cub", _FILES,
     classes=_cub200_classes, sizes=(5_994, 5_794, 224), check_layout=_cub200_layout, published_teacher="published",
