@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from fastai.torch_core import set_seed
 
-from . import distributed, tracking
+from . import console, distributed, tracking
 from .checkpoints import run_lock, save_checkpoint, write_json
 from .config import ConfigError, RunConfig
 from .data import get_dataloaders
@@ -57,8 +57,8 @@ def train_and_record(cfg: RunConfig, out: Path, *, arch: str, variant: str, forc
         done = distributed.run_on_main(_complete, out, fingerprint, force)
         if done is not None:
             if distributed.is_main():
-                print(f"{out} is complete; returning its metrics (force=True re-runs it); "
-                      f"{describe(done.get('departures'))}", flush=True)
+                console.say(f"{out} is complete; returning its metrics (force=True re-runs it); "
+                            f"{describe(done.get('departures'))}")
             return done
         set_seed(cfg.seed, reproducible=True)
         device = _device(cfg.device)
@@ -94,14 +94,20 @@ def train_and_record(cfg: RunConfig, out: Path, *, arch: str, variant: str, forc
             (out / RESUME_FILE).unlink(missing_ok=True)
             if tracker:
                 tracker.finish(metrics, [out / f for f in metrics.get("figures", [])])
-    if distilling:
-        print(f"{metrics['run_name']}: best top-1 {metrics['best_top1']:.2f} (epoch {metrics['best_epoch']}), "
-              f"last {metrics['last_top1']:.2f}, teacher {metrics['teacher_top1']:.2f}; "
-              f"{describe(metrics.get('departures'))}", flush=True)
-    else:
-        print(f"{arch} alone: best top-1 {metrics['best_top1']:.2f}, last {metrics['last_top1']:.2f}; "
-              f"{describe(metrics.get('departures'))}", flush=True)
+    if distributed.is_main():
+        print(_summary_line(metrics, arch, out), flush=True)
     return metrics
+
+
+def _summary_line(metrics: dict, arch: str, out: Path) -> str:
+    """The one line a notebook shows per run: what it is, last and best top-1, how its settings compare with the
+    published protocol (settings, not numbers), and where its epoch lines are."""
+    what = (f"{metrics['run_name']}" if metrics.get("teacher_top1") is not None else f"{arch} {metrics['variant']}")
+    teacher = f", teacher {metrics['teacher_top1']:.2f}" if metrics.get("teacher_top1") is not None else ""
+    found = metrics.get("departures")
+    settings = ("settings as published" if found == {} else f"departs from the published settings: {describe(found)}")
+    return (f"{what}: last top-1 {metrics['last_top1']:.2f}, best {metrics['best_top1']:.2f} (epoch "
+            f"{metrics['best_epoch']}){teacher}; {settings}; log {out / console.LOG_FILE}")
 
 
 def alone_fingerprint(cfg: RunConfig, arch: str) -> dict:
@@ -157,14 +163,14 @@ def _dataloaders(cfg: RunConfig, device, whole_batch: bool = True):
 
 @contextlib.contextmanager
 def _run_folder(out: Path):
-    """The run folder's lock (rank 0). A run refused inside it before writing anything (e.g. a batch larger than
-    the data) leaves no folder behind."""
+    """The run folder's lock and its log file (rank 0; `sddlib.console`). A run refused inside it before writing
+    anything (e.g. a batch larger than the data) leaves no folder behind."""
     created = not out.exists()
     try:
-        with distributed.main_only(run_lock(out)):
+        with distributed.main_only(run_lock(out)), distributed.main_only(console.run_log(out)):
             yield
     except ConfigError:
-        if created and distributed.is_main() and [p.name for p in out.iterdir()] == [".lock"]:
+        if created and distributed.is_main() and {p.name for p in out.iterdir()} <= {".lock", console.LOG_FILE}:
             shutil.rmtree(out)
         raise
 

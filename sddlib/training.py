@@ -11,10 +11,8 @@ A non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.js
 """
 from __future__ import annotations
 
-import os
 import random
 import signal
-import sys
 import threading
 import time
 from functools import partial
@@ -31,6 +29,7 @@ from fastai.optimizer import OptimWrapper
 from fastcore.basics import noop
 
 from . import distributed
+from .console import live_notebook
 from .acceleration import SpeedSwitches
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
 from .config import METHODS, RunConfig
@@ -78,13 +77,6 @@ class StepLR(Callback):
         if self.training and self.epoch < self.warmup_epochs:
             done = self.epoch + (self.iter + 1) / self.n_iter   # epochs done after this step
             self.opt.set_hyper("lr", self.lr_at(self.epoch + 1) * min(1.0, done / self.warmup_epochs))
-
-
-def live_notebook() -> bool:
-    """True in the kernel of a Jupyter server (JupyterLab, Notebook: they name the session in JPY_SESSION_NAME),
-    where fastai's progress bar is watched live; False headless (papermill, scripts, torchrun), whose logs read
-    better as one plain line per epoch."""
-    return bool(os.environ.get("JPY_SESSION_NAME")) and "ipykernel" in sys.modules
 
 
 class EpochLogger(Callback):

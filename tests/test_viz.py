@@ -461,3 +461,84 @@ def test_feature_figures_tsne_and_correlation_difference(tmp_path):
         saved = pd.read_csv(tmp_path / f"{name}.csv")
         pd.testing.assert_frame_equal(saved, frame, check_dtype=False, check_exact=False, obj=name)
         viz.draw_tsne(saved) if name == "fig6_tsne" else viz.draw_correlation(saved)   # re-plot from the CSV
+
+
+# Machado, Oliveira & Fernandes (2009): linear-RGB matrices simulating full protan, deutan and tritan vision
+_CVD = {"normal": np.eye(3),
+        "protan": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                            [-0.003882, -0.048116, 1.051998]]),
+        "deutan": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                            [-0.011820, 0.042940, 0.968881]]),
+        "tritan": np.array([[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602],
+                            [0.004733, 0.691367, 0.303900]])}
+
+
+def _linear(rgb):
+    rgb = np.asarray(rgb, dtype=float)
+    return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def _lab(linear_rgb):
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear_rgb
+    t = xyz / np.array([0.9505, 1.0, 1.089])
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_the_four_categories_stay_apart_over_the_image_and_for_colour_blind_readers():
+    """Each pair of category colours, laid at the figures' alpha over the greys figure 1 draws the image in (0.25 to
+    1), differs by at least 15 CIELAB units for normal vision and under simulated protan, deutan and tritan vision
+    (the earlier vermillion/orange pair: 5.7 under protan)."""
+    from matplotlib.colors import to_rgb
+    from sddlib.viz.style import CATEGORY_HATCHES, OVERLAY_ALPHA
+    worst = {}
+    for vision, matrix in _CVD.items():
+        for grey in (0.25, 0.6, 1.0):
+            seen = {c: _lab(np.clip(matrix @ (OVERLAY_ALPHA * _linear(to_rgb(viz.CATEGORY_COLORS[c]))
+                                              + (1 - OVERLAY_ALPHA) * _linear([grey] * 3)), 0, 1))
+                    for c in CATEGORIES}
+            for i, a in enumerate(CATEGORIES):
+                for b in CATEGORIES[i + 1:]:
+                    worst[(vision, grey, a, b)] = float(np.linalg.norm(seen[a] - seen[b]))
+    pair = min(worst, key=worst.get)
+    assert worst[pair] >= 15, f"{pair}: {worst[pair]:.1f}"
+    assert all(CATEGORY_HATCHES[c] for c in CATEGORIES if c.startswith("complementary"))   # a cue without colour
+    assert not any(CATEGORY_HATCHES[c] for c in CATEGORIES if c.startswith("consistent"))
+
+
+def test_region_map_rows_say_why_they_were_picked_and_whether_the_teacher_was_right():
+    preds = make_preds()
+    frame = region_map_frame(preds, n=4)
+    fig = viz.draw_region_map(frame, preds.images)
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    whole = preds.teacher_regions[:, :, 0].argmax(1)              # each image's global top-1
+    for label, image, kind in zip(labels, *frame.drop_duplicates("row")[["image", "kind"]].T.values):
+        right = bool(whole[image] == preds.targets[image])
+        assert label.startswith(f"#{image} target ") and ("teacher right" in label) == right, label
+        assert ("teacher WRONG" in label) == (not right), label
+        assert "picked" in label
+        if kind == "global wrong, local right":                   # picked for such cells: always a teacher error
+            assert "teacher WRONG" in label
+    assert "right exactly when the global top-1 is right" in fig._suptitle.get_text()
+    hatched = {p.get_hatch() for ax in fig.axes for p in ax.patches if p.get_hatch()}
+    assert hatched == {"///", "\\\\\\"}                             # both complementary kinds drawn hatched
+
+
+def test_figures_show_as_pictures_in_a_headless_kernel():
+    """A figure made without pyplot, displayed by IPython's own formatter (what a papermill kernel uses): a PNG,
+    not the text '<Figure size ...>'."""
+    import base64
+    from IPython.core.formatters import DisplayFormatter
+    data, _ = DisplayFormatter().format(viz.plot_samples(_sample_loaders()))
+    assert base64.b64decode(data["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<Figure size" not in data["text/plain"]
+
+
+def _sample_loaders():
+    images = torch.rand(8, 3, 16, 16)
+    targets = torch.tensor([0, 1] * 4)
+    ds = TensorDataset(images, targets)
+    ds.targets = targets.tolist()
+    dls = DataLoaders(DataLoader(ds, bs=4), DataLoader(ds, bs=4))
+    dls.info = DatasetInfo(name="toy", class_names=["a", "b"], mean=(0.5,) * 3, std=(0.5,) * 3, image_size=16)
+    return dls

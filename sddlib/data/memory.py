@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..console import progress_bars_wanted
+
 __all__ = ["IN_MEMORY", "DEFAULT_MEMORY_BUDGET", "PROGRESS_FROM", "MemoryPlan", "kept_side", "resized_size",
            "folder_bytes", "available_memory", "plan_memory", "MemoryBudgetError", "parallel_map", "SquareStore", "CanvasStore",
            "canvas_length", "MAX_ASPECT"]
@@ -147,7 +149,7 @@ def parallel_map(work, items: list, threads: int, what: str = "decoding") -> tup
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, threads)) as pool:
         results = pool.map(work, range(len(items)), items)
-        if len(items) >= PROGRESS_FROM:
+        if len(items) >= PROGRESS_FROM and progress_bars_wanted():
             from fastprogress.fastprogress import progress_bar
             results = progress_bar(results, total=len(items), leave=False)
             results.comment = what

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..regions import CATEGORIES, complementary
 from .region_file import RegionFile, region_predictions
-from .style import CATEGORY_COLORS, CATEGORY_LABELS, DPI
+from .style import CATEGORY_COLORS, CATEGORY_LABELS, DPI, OVERLAY_ALPHA
 
 __all__ = ["explore", "Explorer", "RANKINGS"]
 
@@ -234,7 +234,7 @@ class Explorer:
     def _ipython_display_(self):
         from IPython.display import display
 
-        from ..training import live_notebook
+        from ..console import live_notebook
         display(self.widget) if live_notebook() else self.snapshot()
 
     def snapshot(self) -> None:
@@ -249,4 +249,4 @@ class Explorer:
 
 def _rectangle(x, y, width, height, colour):
     from matplotlib.patches import Rectangle
-    return Rectangle((x, y), width, height, facecolor=colour, alpha=0.45, edgecolor="white", linewidth=1)
+    return Rectangle((x, y), width, height, facecolor=colour, alpha=OVERLAY_ALPHA, edgecolor="white", linewidth=1)

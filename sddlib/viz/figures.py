@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import patheffects
-from matplotlib.colors import ListedColormap, to_rgb, to_rgba
+from matplotlib.colors import ListedColormap, to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter
@@ -21,8 +21,8 @@ from matplotlib.ticker import FuncFormatter
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
 from .predictions import check_scales
-from .style import (CATEGORIES, CATEGORY_COLORS, TEXT_ON, category_handles, new_figure, save_figure,
-                    scale_title, short_name)
+from .style import (CATEGORIES, CATEGORY_COLORS, CATEGORY_DEFINITION, TEXT_ON, category_handles, category_patches,
+                    new_figure, save_figure, scale_title, short_name)
 
 __all__ = ["plot_region_map", "plot_region_logits", "plot_category_shares", "plot_category_history",
            "plot_per_class", "plot_agreement", "draw_region_map", "draw_region_logits", "draw_category_shares",
@@ -79,7 +79,7 @@ def draw_region_map(frame: pd.DataFrame, images, layouts=None):
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(f"#{first.image}  target: {short_name(first.target_name, 18)}", fontsize=8)
+                ax.set_ylabel(_row_label(frame[frame.row == first.row]), fontsize=7.5)
                 if layouts is not None:
                     _draw_layout(ax, layouts[int(first.image)])
                 if r == 0:
@@ -90,9 +90,9 @@ def draw_region_map(frame: pd.DataFrame, images, layouts=None):
                 ax.set_title(scale_title(s), fontsize=9)
             cw, ch = W / s, H / s
             for cell in frame[(frame.row == first.row) & (frame.scale == s)].itertuples():
-                ax.add_patch(Rectangle((cell.cell_col * cw - 0.5, cell.cell_row * ch - 0.5), cw, ch,
-                                       facecolor=to_rgba(CATEGORY_COLORS[cell.category], 0.6),
-                                       edgecolor="white", linewidth=1.0))
+                for patch in category_patches(cell.category, cell.cell_col * cw - 0.5, cell.cell_row * ch - 0.5,
+                                              cw, ch):
+                    ax.add_patch(patch)
                 ax.text((cell.cell_col + 0.5) * cw - 0.5, (cell.cell_row + 0.5) * ch - 0.5,
                         f"{short_name(cell.top1_name, width.get(s, 6))}\n{cell.prob:.0%}", ha="center",
                         va="center", fontsize=font.get(s, 6), color="white", linespacing=1.1, fontweight="bold",
@@ -104,10 +104,21 @@ def draw_region_map(frame: pd.DataFrame, images, layouts=None):
         handles += [Line2D([], [], color="black", linestyle="-", label="target digit"),
                     Line2D([], [], color="black", linestyle="--", label="distractor digit")]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle("Teacher's top-1 class and probability per region, coloured by whether the region\n"
-                 "agrees with the global (1x1) prediction about the target (consistent) or not (complementary)",
-                 fontsize=10)
+    fig.suptitle("Teacher's top-1 class and probability per region, coloured by its category:\n"
+                 + CATEGORY_DEFINITION.replace("; ", ";\n"), fontsize=9)
     return fig
+
+
+_WHY = {"global right, local wrong": "picked: most 'global right,\nregion wrong' cells",
+        "global wrong, local right": "picked: most 'global wrong,\nregion right' cells",
+        "consistent": "picked: every region\nconsistent (contrast)", "chosen": "chosen by hand"}
+
+
+def _row_label(cells: pd.DataFrame) -> str:
+    """'#92 target 5, teacher right' and why the row was picked, from one row's cells of the frame."""
+    first, whole = cells.iloc[0], cells[cells.scale == 1].iloc[0]
+    verdict = "teacher right" if whole.top1 == first.target else f"teacher WRONG: {short_name(whole.top1_name, 10)}"
+    return f"#{first.image} target {short_name(first.target_name, 12)}\n{verdict}\n{_WHY.get(first.kind, first.kind)}"
 
 
 def plot_region_map(preds, n: int = 6, *, indices=None, path=None):

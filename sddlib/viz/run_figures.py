@@ -34,10 +34,15 @@ FIGURE_FILES = {
 }
 SAMPLE_FILE = "sample.json"   # which test images the figures cover (figure 3b: the training batches instead)
 FIGURE_CAPTIONS = {
-    "region_map": "**Figure 1 — region map.** Each row is a test image and its 1×1, 2×2 and 4×4 grids, every "
-                  "cell coloured by the teacher's category and labelled with the teacher's top-1 class there. "
-                  "Look for orange cells (global right, this region wrong) and blue cells (global wrong, this "
-                  "region right): those are the complementary regions SDD weights twice.",
+    "region_map": "**Figure 1 — region map.** Each row is a test image and its region grids, every cell coloured "
+                  "by the teacher's category there and labelled with the teacher's top-1 class and probability. "
+                  "A region is *consistent* when its top-1 is right exactly when the global top-1 is right (both "
+                  "right: sky blue; both wrong: black) and *complementary* otherwise (global right, region wrong: "
+                  "vermillion, hatched /; global wrong, region right: yellow, hatched \\): the terms SDD weights "
+                  "twice. Rows are not a random sample: the images with the most complementary cells of each kind, "
+                  "alternating, then one image whose regions are all consistent, each labelled with why it was "
+                  "picked; a row picked for 'global wrong, region right' cells is always a teacher error, so "
+                  "errors are over-represented here (the teacher's accuracy is in the table above).",
     "region_logits": "**Figure 2 — region logits of one image.** Rows are regions, columns the classes with the "
                      "largest logits (target marked); teacher left, student right. Look at the target column: its "
                      "logit rises in some regions and falls in others — the global logit averages that away.",
@@ -53,7 +58,8 @@ FIGURE_CAPTIONS = {
                  "away.",
     "agreement": "**Figure 5 — local agreement with the teacher.** For each cell of the finest grid, how often the "
                  "student's top-1 there equals the teacher's; plain-method student (left, when its run exists) vs "
-                 "the SD student (right). SD transfers the teacher's local knowledge, so its map should be higher.",
+                 "the SD student (right). SD's loss asks each region for exactly this agreement, so a higher map is "
+                 "expected by construction: it shows that the loss did its work, not that the student is better.",
     "tsne": "**Figure 6 — t-SNE of the penultimate features.** The student of this run, the plain-method student "
             "(when its run exists) and the teacher, each embedded on its own from the same seeded, class-stratified "
             "sample of test images (its size in the title), coloured by class. Tighter, better separated clusters "
