@@ -9,6 +9,8 @@ agree with the global one (consistent) or disagree in an informative way (comple
     run_figures  every figure of a run as PNG + CSV (save_run_figures), shown with captions
     region_file  the run's region predictions saved beside its figures (top-k per region), for the explorer
     explorer     explore(run_dir): an ipywidgets app over those predictions (a static snapshot when headless)
+    curves       learning curves of a notebook's runs (test top-1 per epoch, best and last marked)
+    findings     what a notebook's runs show, in sentences computed from them, and what to do next
     style        the fixed Okabe-Ito category colours, sizes, saving
 
     preds = collect_region_predictions(teacher, student, dls, (1, 2, 4), max_items=512)
@@ -20,12 +22,14 @@ agree with the global one (consistent) or disagree in an informative way (comple
 
 Category ids and names follow `CATEGORIES` (the `RegionMasks` order).
 """
+from .curves import draw_learning_curves, learning_curve_frame, plot_learning_curves
 from .explorer import Explorer, explore
 from .features import (FeaturePredictions, collect_features, correlation_frame, draw_correlation, draw_tsne,
                        plot_correlation, plot_tsne, tsne_frame)
 from .figures import (draw_agreement, draw_category_history, draw_category_shares, draw_per_class,
                       draw_region_logits, draw_region_map, plot_agreement, plot_category_history,
                       plot_category_shares, plot_per_class, plot_region_logits, plot_region_map)
+from .findings import next_steps, run_findings
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
 from .predictions import RegionPredictions, collect_region_predictions, collect_run_predictions, region_labels
@@ -37,7 +41,8 @@ from .style import CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, DPI, csv_path
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "Explorer", "FIGURE_CAPTIONS", "FIGURE_FILES",
            "FeaturePredictions", "REGION_FILE", "RegionFile", "RegionPredictions", "SAMPLE_FILE", "agreement_frame",
-           "category_history_frame", "category_shares_frame", "class_counts", "collect_features",
+           "category_history_frame", "category_shares_frame", "class_counts", "collect_features", "draw_learning_curves",
+           "learning_curve_frame", "next_steps", "plot_learning_curves", "run_findings",
            "collect_region_predictions", "collect_run_predictions", "correlation_frame", "csv_path", "draw_agreement",
            "draw_category_history", "draw_category_shares", "draw_correlation", "draw_per_class",
            "draw_region_logits", "draw_region_map", "draw_tsne", "explore", "load_region_file", "per_class_frame",

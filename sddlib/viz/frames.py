@@ -17,7 +17,7 @@ from ..regions import CATEGORIES, CATEGORY, COMPLEMENTARY, complementary
 from .predictions import RegionPredictions, check_preds, check_scales, region_labels, scale_slices
 
 __all__ = ["region_map_frame", "region_logits_frame", "category_shares_frame", "category_history_frame",
-           "per_class_frame", "agreement_frame", "pick_images"]
+           "per_class_frame", "agreement_frame", "pick_images", "region_contents_frame", "COVERS"]
 
 KINDS = ("global right, local wrong", "global wrong, local right", "consistent", "chosen")
 
@@ -228,3 +228,47 @@ def agreement_frame(preds_plain, preds_sd) -> pd.DataFrame:
                               images=len(preds))
                          for r in range(s) for c in range(s)]
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# what the teacher's complementary regions cover (digit mosaics: the digits' boxes are known)
+
+COVERS = ("target digit", "distractor digit", "background")
+COVER_SHARE = 0.2   # a digit's box must cover this share of a cell for the cell to be "on" that digit
+
+
+def _overlap(cell, box) -> float:
+    x0, y0, x1, y1 = box
+    w = max(0.0, min(cell[2], x1) - max(cell[0], x0))
+    h = max(0.0, min(cell[3], y1) - max(cell[1], y0))
+    return w * h
+
+
+def region_contents_frame(preds: RegionPredictions) -> pd.DataFrame:
+    """One row per complementary teacher region of a finer grid (scale > 1) of each image with a digit layout:
+    image, scale, region, category, prob (the teacher's top-1 probability there) and covers: the digit whose box
+    covers the largest share of the cell ("target digit" or "distractor digit"), or "background" when no box
+    covers COVER_SHARE of it. Empty when `preds` has no layouts (data other than the digit mosaics)."""
+    preds = check_preds(preds)
+    columns = ["image", "scale", "region", "category", "prob", "covers"]
+    if preds.layouts is None:
+        return pd.DataFrame(columns=columns)
+    cats = preds.categories()
+    top_p = preds.teacher_regions.float().softmax(1).max(1).values
+    H, W = preds.images.shape[-2:]
+    cells = [(s, r, c) for s in preds.scales for r in range(s) for c in range(s)]
+    rows = []
+    for i, layout in enumerate(preds.layouts):
+        boxes = [("target digit", layout.get("target_box"))] + [("distractor digit", d.get("box"))
+                                                                for d in layout.get("distractors", [])]
+        boxes = [(kind, box) for kind, box in boxes if box is not None and min(box) >= 0]
+        for j, (s, r, c) in enumerate(cells):
+            category = CATEGORIES[int(cats[i, j])]
+            if s == 1 or category not in COMPLEMENTARY:
+                continue
+            cell = (c * W / s, r * H / s, (c + 1) * W / s, (r + 1) * H / s)
+            area = (W / s) * (H / s)
+            share, kind = max(((_overlap(cell, box) / area, kind) for kind, box in boxes), default=(0.0, None))
+            rows.append(dict(image=i, scale=s, region=j, category=category, prob=float(top_p[i, j]),
+                             covers=kind if share >= COVER_SHARE else "background"))
+    return pd.DataFrame(rows, columns=columns)

@@ -14,12 +14,13 @@ from ..regions import COMPLEMENTARY_WEIGHT
 from .figures import (plot_agreement, plot_category_history, plot_category_shares, plot_per_class,
                       plot_region_logits, plot_region_map)
 from .features import collect_features, plot_correlation, plot_tsne
-from .frames import history_rows
+from .frames import history_rows, region_contents_frame
 from .predictions import FIGURE_SAMPLE_SEED, FIGURE_SAMPLE_SIZE, check_scales, collect_run_predictions
 from .region_file import REGION_FILE, save_region_file
 from .style import csv_path
 
-__all__ = ["FIGURE_FILES", "FIGURE_CAPTIONS", "SAMPLE_FILE", "save_run_figures", "save_learner_figures",
+__all__ = ["CONTENTS_FILE", "FIGURE_FILES", "FIGURE_CAPTIONS", "SAMPLE_FILE", "save_run_figures",
+           "save_learner_figures",
            "show_run_figure", "show_run_figures"]
 
 FIGURE_FILES = {
@@ -32,6 +33,7 @@ FIGURE_FILES = {
     "tsne": "fig6_tsne.png",
     "correlation": "fig7_correlation.png",
 }
+CONTENTS_FILE = "region_contents.csv"   # digit mosaics: what each complementary region lies on
 SAMPLE_FILE = "sample.json"   # which test images the figures cover (figure 3b: the training batches instead)
 FIGURE_CAPTIONS = {
     "region_map": "**Figure 1 — region map.** Each row is a test image and its region grids, every cell coloured "
@@ -114,6 +116,9 @@ def save_run_figures(teacher, student, dls, scales, distill_cb, out_dir, *, base
     (out / SAMPLE_FILE).write_text(json.dumps(sample, indent=1))
     save_region_file(preds, out / REGION_FILE, baseline=plain,   # what the explorer reads (sddlib.viz.explore)
                      complementary_weight=getattr(distill_cb, "complementary_weight", COMPLEMENTARY_WEIGHT))
+    contents = region_contents_frame(preds)   # digit mosaics: what each complementary region covers
+    if len(contents):
+        contents.to_csv(out / CONTENTS_FILE, index=False)
     if feature_figures:
         feats = _features(teacher, student, baseline_student, scales, dls.valid, info)
         drawn["tsne"] = lambda p: plot_tsne(feats, path=p)

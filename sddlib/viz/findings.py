@@ -1,0 +1,137 @@
+"""What a notebook's runs show, in a few sentences computed from them: the SD gain at the last epoch against the
+noise of the seeds, the students against their teacher, and the figures' facts — the ones that cut against SD
+included. A notebook prints this after its figures instead of prose written before the numbers existed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..report import method_name
+from .frames import COVERS
+from .run_figures import CONTENTS_FILE, FIGURE_FILES
+from .style import csv_path
+
+__all__ = ["NOISE_FACTOR", "LOW_CONFIDENCE", "next_steps", "run_findings"]
+
+NOISE_FACTOR = 2.0     # a gain under this many seed-to-seed standard deviations of the plain method is within noise
+LOW_CONFIDENCE = 0.3   # a teacher region whose top-1 probability is under this says little about any class
+
+
+def _test_images(path) -> int | None:
+    """How many test images a run was scored on, from its metrics.json (None when it does not say)."""
+    data = json.loads(Path(path).read_text()).get("data") or {}
+    counts = (data.get("class_counts") or {}).get("valid")
+    return int(sum(counts)) if counts else data.get("test_images")
+
+
+def _gain_sentences(runs: pd.DataFrame) -> list[str]:
+    out = []
+    plain_variants = sorted({v for v in runs.variant if f"sd_{v}" in set(runs.variant)})
+    for variant in plain_variants:
+        plain = runs[runs.variant == variant].drop_duplicates("seed", keep="last").set_index("seed")
+        sd = runs[runs.variant == f"sd_{variant}"].drop_duplicates("seed", keep="last").set_index("seed")
+        seeds = sorted(set(plain.index) & set(sd.index))
+        if not seeds:
+            continue
+        last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
+        best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
+        name, plain_name = method_name(f"sd_{variant}"), method_name(variant)
+        images = _test_images(sd.loc[seeds[0], "path"])
+        in_images = f" (about {last.mean() * images / 100:+.0f} of {images:,} test images)" if images else ""
+        spread = f" ± {last.std():.2f}" if len(seeds) > 1 else ""
+        text = (f"**{name} − {plain_name}, last epoch: {last.mean():+.2f}{spread} points**{in_images} over "
+                f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}, {name} ahead in {int((last > 0).sum())} of "
+                f"{len(seeds)}; at the best epoch (picked on the test split itself) {best.mean():+.2f}.")
+        if len(seeds) == 1:
+            text += " One seed measures no spread: this gain cannot be told from noise yet; run more seeds."
+        else:
+            noise = NOISE_FACTOR * plain.loc[seeds, "last_top1"].std()
+            verdict = ("larger than" if abs(last.mean()) >= noise else "within")
+            text += (f" The plain method's last top-1 moves {plain.loc[seeds, 'last_top1'].std():.2f} points from "
+                     f"seed to seed, so the gain is {verdict} the noise of the seeds ({NOISE_FACTOR:g}× that: "
+                     f"{noise:.2f})" + ("; add seeds before reading it." if verdict == "within" else "."))
+        out.append(text)
+    return out
+
+
+def _teacher_sentence(runs: pd.DataFrame) -> str | None:
+    teacher = runs.teacher_top1.dropna()
+    if not len(teacher):
+        return None
+    students = runs[runs.variant != "teacher"].groupby("variant").last_top1.mean()
+    above = [f"{method_name(v) if v != 'alone' else 'the student alone'} {t:.2f}" for v, t in students.items()
+             if t >= teacher.mean()]
+    if not above:
+        return f"Every student ends below its teacher ({teacher.mean():.2f})."
+    return (f"Students reach or pass their teacher ({teacher.mean():.2f}): {', '.join(above)} (last epoch, mean over "
+            "seeds): the teacher is no ceiling on this data.")
+
+
+def _figure_sentences(figures: Path) -> list[str]:
+    out = []
+    agreement = csv_path(figures / FIGURE_FILES["agreement"])
+    if agreement.is_file():
+        frame = pd.read_csv(agreement)
+        finest = frame[frame.scale == frame.scale.max()].groupby("student").agreement.mean()
+        if {"plain", "sd"} <= set(finest.index):
+            out.append(f"Figure 5: on the finest grid the SD student's top-1 matches the teacher's in "
+                       f"{finest['sd']:.0%} of the cells, the plain student's in {finest['plain']:.0%} (SD's loss "
+                       "asks for this agreement, so it says the loss worked, not that the student is better).")
+    correlation = csv_path(figures / FIGURE_FILES["correlation"])
+    if correlation.is_file():
+        distance = pd.read_csv(correlation).groupby("model").mean_abs_diff.first()
+        sd = distance.filter(like="SD student")
+        plain = distance.filter(like="plain-method")
+        if len(sd) and len(plain):
+            closer = "closer to" if sd.iloc[0] < plain.iloc[0] else "further from"
+            out.append(f"Figure 7: the SD student's class correlations are {closer} the teacher's than the plain "
+                       f"student's (mean |difference| {sd.iloc[0]:.3f} vs {plain.iloc[0]:.3f})"
+                       + ("; this cuts against the idea that SD transfers more of the teacher's class structure."
+                          if closer == "further from" else "."))
+    contents = figures / CONTENTS_FILE
+    if contents.is_file():
+        frame = pd.read_csv(contents)
+        if len(frame):
+            shares = frame.covers.value_counts(normalize=True).reindex(list(COVERS), fill_value=0)
+            low = (frame.prob < LOW_CONFIDENCE).mean()
+            out.append(f"Of the teacher's {len(frame):,} complementary regions on the finer grids (figure sample), "
+                       f"{shares['distractor digit']:.0%} lie on a distractor digit, {shares['target digit']:.0%} on "
+                       f"the target digit and {shares['background']:.0%} on background; {low:.0%} have a top-1 "
+                       f"probability under {LOW_CONFIDENCE:g}.")
+    return out
+
+
+def run_findings(runs: pd.DataFrame, sd_run_dir=None) -> str:
+    """Markdown: what `runs` (`report.load_runs`, this notebook's runs of one teacher/student pair) and the figures
+    of `sd_run_dir` show, each statement computed from them."""
+    lines = []
+    if len(runs):
+        lines += _gain_sentences(runs)
+        teacher = _teacher_sentence(runs)
+        lines += [teacher] if teacher else []
+    if sd_run_dir is not None:
+        lines += _figure_sentences(Path(sd_run_dir) / "figures")
+    if not lines:
+        return "No pair of plain and SD runs to compare yet."
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def next_steps(sd_run_dir, *, notebook: str, seeds, own_data: bool = False) -> str:
+    """Markdown: what to do next with this notebook's runs, with their paths: the explorer on the SD run, more
+    seeds, the tuner, and (from the quickstart) your own images."""
+    run = Path(sd_run_dir)
+    more = sorted(set(seeds) | set(range(max(3, len(seeds) + 2))))[: max(3, len(seeds) + 2)]
+    steps = [
+        f"Explore this SD run region by region: `.venv/bin/papermill notebooks/explore.ipynb explore.ipynb -p run_dir "
+        f"{run}` (or `viz.explore(\"{run}\")` in JupyterLab).",
+        f"More seeds, while the gain is under about {NOISE_FACTOR:g}× the seed spread: rerun this notebook with "
+        f"`-p seeds \"{list(more)}\"`; the runs already complete are read, not trained again.",
+        "Settings for your data, tuned on a validation split of the training images (never the test split): "
+        "`python -m sddlib.tune` (docs/tune.md).",
+    ]
+    if own_data:
+        steps.append("Your own images: `notebooks/your_data.ipynb` with `-p data_dir <folder of class folders>` "
+                     "(docs/your-data.md).")
+    return "\n".join(f"{k}. {step}" for k, step in enumerate(steps, 1))
