@@ -41,8 +41,8 @@ from .style import CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, DPI, csv_path
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "Explorer", "FIGURE_CAPTIONS", "FIGURE_FILES",
            "FeaturePredictions", "REGION_FILE", "RegionFile", "RegionPredictions", "SAMPLE_FILE", "agreement_frame",
-           "category_history_frame", "category_shares_frame", "class_counts", "collect_features", "draw_learning_curves",
-           "learning_curve_frame", "next_steps", "plot_learning_curves", "run_findings",
+           "category_history_frame", "category_shares_frame", "class_counts", "collect_features",
+           "draw_learning_curves", "learning_curve_frame", "next_steps", "plot_learning_curves", "run_findings",
            "collect_region_predictions", "collect_run_predictions", "correlation_frame", "csv_path", "draw_agreement",
            "draw_category_history", "draw_category_shares", "draw_correlation", "draw_per_class",
            "draw_region_logits", "draw_region_map", "draw_tsne", "explore", "load_region_file", "per_class_frame",

@@ -14,8 +14,8 @@ from matplotlib.patches import Patch, Rectangle
 from ..regions import CATEGORIES
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_DEFINITION", "CATEGORY_HATCHES", "CATEGORY_LABELS", "DPI",
-           "OVERLAY_ALPHA", "TEXT_ON", "category_handles", "category_patches", "csv_path", "NotebookFigure", "new_figure", "save_figure",
-           "scale_title", "short_name"]
+           "NotebookFigure", "OVERLAY_ALPHA", "TEXT_ON", "category_handles", "category_patches", "csv_path",
+           "new_figure", "save_figure", "scale_title", "short_name"]
 
 DPI = 120
 # Okabe-Ito colours chosen so that the four stay apart as overlays on the grey image (OVERLAY_ALPHA, any grey) for
