@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from .config import DEFAULTS, ConfigError, RunConfig
+from .departures import published_file
 from .models import file_name
 from .run_pipeline import train_and_record
 from .runs import load_metrics
@@ -38,8 +41,19 @@ def resolve_params(params) -> dict:
 
 
 def notebook_params(namespace: dict, **fixed) -> RunConfig:
-    """The run configuration from a notebook's variables (its `parameters` cell), checked."""
-    return RunConfig.from_params({**{k: namespace[k] for k in DEFAULTS if k in namespace}, **fixed})
+    """The run configuration from a notebook's variables (its `parameters` cell), checked. A value left None that
+    the pair's published params file holds (e.g. DKD's beta, 6 for vgg13 -> MobileNetV2 and 8 for the others) is
+    taken from that file, and the notebook says so: changing `student` then never keeps another pair's value."""
+    values = {**{k: namespace[k] for k in DEFAULTS if k in namespace}, **fixed}
+    path = published_file(RunConfig.from_params(values))
+    if path is None:
+        return RunConfig.from_params(values)
+    published = yaml.safe_load(path.read_text()) or {}
+    taken = {k: published[k] for k in values if values[k] is None and published.get(k) is not None}
+    if taken:
+        print(f"the authors' values for this pair ({path.parent.name}/{path.name}): "
+              + ", ".join(f"{k} {v}" for k, v in taken.items()), flush=True)
+    return RunConfig.from_params({**values, **taken})
 
 
 def run_name(params) -> str:

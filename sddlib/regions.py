@@ -28,7 +28,7 @@ __all__ = ["SUPPORTED_SCALES", "parse_scales", "num_regions", "region_scales", "
            "complementary"]
 
 # The four teacher-defined region categories, in `losses.RegionMasks` order (their ids in saved predictions):
-# whether the teacher is right globally and in the region. Complementary regions (the two disagree) weigh
+# whether the teacher is right globally and in the region. Complementary regions (one right, the other wrong) weigh
 # COMPLEMENTARY_WEIGHT in the SD loss (the authors' value), consistent ones 1.
 CATEGORIES = ("consistent_right", "consistent_wrong", "complementary_gr_lw", "complementary_gw_lr")
 CATEGORY = {name: i for i, name in enumerate(CATEGORIES)}

@@ -29,12 +29,13 @@ from fastai.optimizer import OptimWrapper
 from fastcore.basics import noop
 
 from . import distributed
-from .console import live_notebook
 from .acceleration import SpeedSwitches
 from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
 from .config import METHODS, RunConfig
+from .console import live_notebook
 from .data.spec import DATASETS
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
+from .per_image import LastEpochPredictions
 
 __all__ = ["RESUME_FILE", "RunFailedError", "RunInterrupted", "CtrlC", "StepLR", "live_notebook", "EpochLogger",
            "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
@@ -382,7 +383,7 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
         return recorder
     ctrl_c = CtrlC()
     try:
-        learn.fit(cfg.epochs, cbs=[recorder, ctrl_c], start_epoch=start_epoch)
+        learn.fit(cfg.epochs, cbs=[recorder, ctrl_c, LastEpochPredictions(out)], start_epoch=start_epoch)
         ctrl_c.stop_if_pressed()  # pressed after the last check: the rerun finds every epoch kept and completes
         return recorder
     except NonFiniteLossError as err:

@@ -21,6 +21,7 @@ from sddlib.data import digit_mosaic
 from sddlib.distill import DistillationCallback
 from sddlib.distributed import Shard, ShardedDL
 from sddlib.models import create_model
+from sddlib.per_image import load_test_predictions
 from sddlib.training import build_learner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,13 +247,17 @@ def test_two_processes_train_one_run(tmp_path, teacher_file, mosaics):
     top1, top5 = run_pipeline.evaluate(student, dls.valid, "cpu")
     assert metrics["last_top1"] == pytest.approx(top1, abs=1e-4)
     assert metrics["last_top5"] == pytest.approx(top5, abs=1e-4)
+    with torch.no_grad():                 # each test image's top-1, the ranks' parts put back in the loader's order
+        alone = torch.cat([student.eval()(x).argmax(1) for x, _ in dls.valid]).numpy()
+    recorded = load_test_predictions(run)
+    assert (recorded["top1"] == alone).all() and 100 * recorded["correct"].mean() == pytest.approx(top1, abs=1e-4)
     teacher = create_model("resnet8", num_classes=10)
     teacher.load_state_dict(torch.load(teacher_file)["model"])
     assert metrics["teacher_top1"] == pytest.approx(run_pipeline.evaluate(teacher, dls.valid, "cpu")[0], abs=1e-4)
 
     # exactly one set of outputs and one log
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "figures", "metrics.json", "student.pth",
-                                                     "student_best.pth"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "figures", "log.txt", "metrics.json", "student.pth",
+                                                     "student_best.pth", "test_predictions.npz"]
     assert len(list((run / "figures").glob("*.png"))) == len(metrics["figures"])
     epochs = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["2/2"]

@@ -8,6 +8,7 @@ from sddlib import checkpoints, experiment, run_pipeline, teacher_source
 from sddlib.data import get_dataloaders
 from sddlib.data.spec import DATASETS
 from sddlib.models import create_model
+from sddlib.per_image import load_test_predictions
 
 from conftest import TINY_RUN as TINY   # the configuration of the `tiny_run` fixture (tests/conftest.py)
 
@@ -82,6 +83,11 @@ def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
     with torch.no_grad():
         hits = sum((teacher(x).argmax(1) == y).sum().item() for x, y in dls.valid)
     assert on_disk["teacher_top1"] == pytest.approx(100 * hits / 96)
+    student = checkpoints.load_checkpoint(create_model("resnet8", num_classes=10), out / "student.pth").eval()
+    with torch.no_grad():                # every test image's top-1 at the last epoch, kept for the bootstrap
+        top1 = torch.cat([student(x).argmax(1) for x, _ in dls.valid]).numpy()
+    recorded = load_test_predictions(out)
+    assert (recorded["top1"] == top1).all() and 100 * recorded["correct"].mean() == pytest.approx(on_disk["last_top1"])
     # the teacher follows the dataset's teacher protocol (not the student's solver), recorded with it
     protocol = torch.load(cached, weights_only=True)["protocol"]
     assert protocol == {**DATASETS["digit_mosaic"].protocol, "epochs": 1, "lr_decay_stages": [5, 7],
@@ -227,3 +233,19 @@ def test_the_shipped_digit_mosaic_teacher_is_used_under_its_protocol_only(tmp_pa
     assert run_pipeline.evaluate(teacher, dls.valid, torch.device("cpu"))[0] == pytest.approx(saved["top1"], abs=0.1)
     assert teacher_source._shipped_teacher(cfg.replace(teacher_epochs=2), teacher) is None   # another protocol: trained
     assert teacher_source._shipped_teacher(cfg.replace(subset=64), teacher) is None
+
+
+def test_a_notebooks_none_takes_the_pairs_published_value(capsys):
+    """cifar100.ipynb leaves beta (and lr, T, ...) None: each pair gets its own authors' value, said in one line;
+    a value the notebook sets stays."""
+    base = dict(dataset="cifar100", method="dkd", M="[1,2,4]", beta=None, T=None, lr=None)
+    vgg = experiment.notebook_params({**base, "teacher": "vgg13", "student": "MobileNetV2"})
+    assert (vgg.beta, vgg.T, vgg.lr) == (6.0, 4.0, 0.01)
+    assert "the authors' values for this pair (cifar100/vgg13-MobileNetV2-sd_dkd.yaml): lr 0.01, T 4.0, beta 6.0" \
+        in capsys.readouterr().out
+    resnet = experiment.notebook_params({**base, "teacher": "ResNet50", "student": "vgg8"})
+    assert (resnet.beta, resnet.lr) == (8.0, 0.05)
+    mine = experiment.notebook_params({**base, "teacher": "vgg13", "student": "MobileNetV2", "beta": 2.0})
+    assert mine.beta == 2.0
+    plain = experiment.notebook_params({**base, "M": "[1]", "teacher": "vgg13", "student": "MobileNetV2"})
+    assert plain.beta == 6.0                                   # the plain twin takes the same pair's values

@@ -5,6 +5,7 @@ import json
 import sys
 from contextlib import redirect_stdout
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -122,3 +123,30 @@ def test_a_quiet_run_log_keeps_every_line_in_the_file_and_shows_only_what_is_sai
         print("epoch 2/2")
     assert shown.getvalue() == "epoch 2/2\n" and path.read_text().endswith("epoch 2/2\n")
     assert console.notebook_kernel() == ("ipykernel" in sys.modules)
+
+
+def test_the_paired_bootstrap_counts_the_test_images_and_the_seeds():
+    """One seed of 100 images where SD fixes 10 and breaks none: the gain is +10 points and the interval is about
+    the binomial one (±6 points), not zero; three seeds whose gains disagree (+10, 0, −10) give an interval that
+    spans zero; many images with equal gains in every seed give a narrow interval around that gain."""
+    fixed = np.r_[np.ones(10), np.zeros(90)].astype(np.int8)
+    low, high = viz.paired_bootstrap([fixed])
+    assert 3 < low < 6 and 14 < high < 17
+    low, high = viz.paired_bootstrap([fixed, np.zeros(100, np.int8), -fixed])
+    assert low < -5 and high > 5
+    wide = np.r_[np.ones(500), np.zeros(4500)].astype(np.int8)
+    low, high = viz.paired_bootstrap([wide, wide, wide])
+    assert 9 < low < 10 < high < 11
+
+
+def test_findings_give_the_bootstrap_interval_from_the_runs_recorded_predictions(tmp_path):
+    target = np.arange(200) % 4
+    rows = []
+    for s in range(2):
+        for variant, right in (("kd", 150), ("sd_kd", 160 + s)):
+            run = write_run(tmp_path / f"{variant}-{s}", variant, s, [50.0, 100 * right / 200], test_images=200)
+            top1 = np.where(np.arange(200) < right, target, (target + 1) % 4)
+            np.savez(run / "test_predictions.npz", top1=top1, target=target)
+            rows.append((variant, s, 100 * right / 200, 100 * right / 200, 90.0, run / "metrics.json"))
+    text = viz.run_findings(runs_frame(rows))
+    assert "+10.5 of 200 test images per seed" in text and "95 % interval over seeds and test images" in text

@@ -1,5 +1,5 @@
-"""Figures that show *why* scale-decoupled distillation works: per-region teacher predictions that
-agree with the global one (consistent) or disagree in an informative way (complementary).
+"""Figures that show *why* scale-decoupled distillation works: per-region teacher predictions that are right exactly
+when the global one is right (consistent) or right where it is wrong and wrong where it is right (complementary).
 
     predictions  collect a run's region predictions once (teacher and students) -> RegionPredictions
     frames       one tidy DataFrame per figure, from the predictions (or the training history)
@@ -29,7 +29,7 @@ from .features import (FeaturePredictions, collect_features, correlation_frame, 
 from .figures import (draw_agreement, draw_category_history, draw_category_shares, draw_per_class,
                       draw_region_logits, draw_region_map, plot_agreement, plot_category_history,
                       plot_category_shares, plot_per_class, plot_region_logits, plot_region_map)
-from .findings import next_steps, run_findings
+from .findings import next_steps, paired_bootstrap, run_findings
 from .frames import (agreement_frame, category_history_frame, category_shares_frame, per_class_frame,
                      region_logits_frame, region_map_frame)
 from .predictions import RegionPredictions, collect_region_predictions, collect_run_predictions, region_labels
@@ -42,7 +42,7 @@ from .style import CATEGORIES, CATEGORY_COLORS, CATEGORY_LABELS, DPI, csv_path
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_LABELS", "DPI", "Explorer", "FIGURE_CAPTIONS", "FIGURE_FILES",
            "FeaturePredictions", "REGION_FILE", "RegionFile", "RegionPredictions", "SAMPLE_FILE", "agreement_frame",
            "category_history_frame", "category_shares_frame", "class_counts", "collect_features",
-           "draw_learning_curves", "learning_curve_frame", "next_steps", "plot_learning_curves", "run_findings",
+           "draw_learning_curves", "learning_curve_frame", "next_steps", "paired_bootstrap", "plot_learning_curves", "run_findings",
            "collect_region_predictions", "collect_run_predictions", "correlation_frame", "csv_path", "draw_agreement",
            "draw_category_history", "draw_category_shares", "draw_correlation", "draw_per_class",
            "draw_region_logits", "draw_region_map", "draw_tsne", "explore", "load_region_file", "per_class_frame",

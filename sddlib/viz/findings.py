@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ..per_image import load_test_predictions
 from ..report import method_name
 from .frames import COVERS
 from .run_figures import CONTENTS_FILE, FIGURE_FILES
 from .style import csv_path
 
-__all__ = ["NOISE_FACTOR", "LOW_CONFIDENCE", "next_steps", "run_findings"]
+__all__ = ["NOISE_FACTOR", "LOW_CONFIDENCE", "next_steps", "paired_bootstrap", "run_findings"]
 
 NOISE_FACTOR = 2.0     # a gain under this many seed-to-seed standard deviations of the plain method is within noise
 LOW_CONFIDENCE = 0.3   # a teacher region whose top-1 probability is under this says little about any class
@@ -24,6 +26,37 @@ def _test_images(path) -> int | None:
     data = json.loads(Path(path).read_text()).get("data") or {}
     counts = (data.get("class_counts") or {}).get("valid")
     return int(sum(counts)) if counts else data.get("test_images")
+
+
+def paired_bootstrap(differences: list[np.ndarray], resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """The 95 % interval of a gain in points from per-seed arrays of per-image differences (SD correct minus plain
+    correct: -1, 0 or 1, on the same test images). Each resample draws the seeds with replacement and, within each
+    drawn seed, its test images with replacement (the same images for both runs: paired), so the interval counts
+    the seeds' spread and the test set's sampling alike."""
+    rng = np.random.default_rng(seed)
+    shares = [np.array([(d == -1).mean(), (d == 0).mean(), (d == 1).mean()]) for d in differences]
+    sizes = [len(d) for d in differences]
+    drawn = rng.integers(0, len(differences), size=(resamples, len(differences)))   # the seeds of each resample
+    gains = np.zeros(resamples)
+    for position in range(len(differences)):          # each drawn seed gets its own draw of test images
+        for k, (p, n) in enumerate(zip(shares, sizes)):
+            counts = rng.multinomial(n, p, size=resamples)     # images drawn with SD worse, the same, better
+            gains += (drawn[:, position] == k) * (counts[:, 2] - counts[:, 0]) / n
+    gains = 100 * gains / len(differences)
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _per_image(sd: pd.DataFrame, plain: pd.DataFrame, seeds) -> list[np.ndarray] | None:
+    """Per seed, SD correct minus plain correct per test image, when both runs recorded their predictions on the
+    same images; else None."""
+    out = []
+    for s in seeds:
+        a, b = (load_test_predictions(Path(frame.loc[s, "path"]).parent) for frame in (sd, plain))
+        if a is None or b is None or not np.array_equal(a["target"], b["target"]):
+            return None
+        out.append(a["correct"].astype(np.int8) - b["correct"].astype(np.int8))
+    return out
 
 
 def _gain_sentences(runs: pd.DataFrame) -> list[str]:
@@ -40,6 +73,12 @@ def _gain_sentences(runs: pd.DataFrame) -> list[str]:
         name, plain_name = method_name(f"sd_{variant}"), method_name(variant)
         images = _test_images(sd.loc[seeds[0], "path"])
         in_images = f" (about {last.mean() * images / 100:+.0f} of {images:,} test images)" if images else ""
+        per_image = _per_image(sd, plain, seeds)
+        if per_image is not None:
+            low, high = paired_bootstrap(per_image)
+            net = np.mean([d.sum() for d in per_image])
+            in_images = (f" ({net:+.1f} of {len(per_image[0]):,} test images per seed; 95 % interval over seeds and "
+                         f"test images {low:+.2f} to {high:+.2f})")
         spread = f" ± {last.std():.2f}" if len(seeds) > 1 else ""
         text = (f"**{name} − {plain_name}, last epoch: {last.mean():+.2f}{spread} points**{in_images} over "
                 f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}, {name} ahead in {int((last > 0).sum())} of "
