@@ -92,9 +92,13 @@ def test_every_control_updates_the_views_from_the_file(run):
     for c, name in enumerate(CATEGORIES):
         assert frame.loc[("4×4", name), "share"] == pytest.approx((cats4 == c).mean())
     assert frame.groupby(level=0)["share"].sum().round(6).eq(1).all()
-    app.class_filter.value = 5                                    # a choice no image matches says so
-    if not len(app.images):
-        assert "No test image matches" in app.caption.value
+    # a choice no image matches says so: a class none of whose images the SD student alone gets right (class 2 here)
+    unmatched = [c for c in range(len(NAMES)) if c not in set(data.targets[listed])]
+    assert unmatched and (data.targets == unmatched[0]).any()
+    app.class_filter.value = unmatched[0]
+    assert len(app.images) == 0 and app.index is None and "No test image matches" in app.caption.value
+    app.class_filter.value = data.targets[listed[0]]                # and a choice that matches shows its images
+    assert app.index == listed[0] and "No test image matches" not in app.caption.value
     print(f"explorer: opened and driven in {time.perf_counter() - started:.2f} s")
 
 

@@ -123,6 +123,14 @@ def test_config_and_card_carry_the_runs_facts(tiny_runs, tmp_path):
         assert fact in card, fact
     timm_run, timm_metrics = tiny_runs["timm"]
     timm_dest = export_student(timm_run, tmp_path / "timm", weights="best")
+    # the best epoch's tensors, in a run whose best epoch (1) is not its last (2): student.pth's are other tensors
+    assert timm_metrics["best_epoch"] < len(timm_metrics["history"]) == 2, "the tiny timm run's best epoch is its last"
+    from safetensors.torch import load_file
+    exported = load_file(timm_dest / "model.safetensors")
+    best, last = (torch.load(timm_run / name, weights_only=True) for name in ("student_best.pth", "student.pth"))
+    assert best["epoch"] == timm_metrics["best_epoch"] and exported.keys() == best["model"].keys()
+    assert all(torch.equal(exported[k], v) for k, v in best["model"].items())
+    assert not all(torch.equal(exported[k], v) for k, v in last["model"].items())
     timm_config = json.loads((timm_dest / "config.json").read_text())
     assert timm_config["architecture"] == "test_resnet" and timm_config["pretrained_cfg"]["tag"] == "kd_digit_mosaic"
     assert "license" not in timm_config["pretrained_cfg"]            # not the ImageNet weights' licence

@@ -6,6 +6,8 @@ ONE_WORKER), since the last test reads the runs of the others."""
 import contextlib
 import json
 import os
+import re
+import urllib.error
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +18,9 @@ from PIL import Image
 
 from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
 from sddlib import experiment, report, viz
-from sddlib.config import RunConfig
+from sddlib.checkpoints import CheckpointError
+from sddlib.config import ConfigError, RunConfig
+from sddlib.data import DatasetNotFoundError
 from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,10 +203,11 @@ def notebook_defaults(name):
 
 
 BAD_INPUT = [
-    (dict(M="[1,3]"), r"scales '\[1,3\]' is not supported"),
-    (dict(method="fitnet"), "method 'fitnet' is unknown"),
-    (dict(data_dir="EMPTY"), "CIFAR-100"),
-    (dict(teacher_ckpt="WRONG"), "is not a resnet8"),
+    (dict(M="[1,3]"), ConfigError, r"^scales '\[1,3\]' is not supported; use one of \[1\], \[1,2\], \[1,2,4\]"),
+    (dict(method="fitnet"), ConfigError, r"^method 'fitnet' is unknown; use one of .*\bdkd\b"),
+    (dict(data_dir="EMPTY"), DatasetNotFoundError, r"^CIFAR-100 not found under .*empty \(expected .*; download "
+                                                   r"failed: URLError: .*; put .*cifar-100-python.tar.gz\) there"),
+    (dict(teacher_ckpt="WRONG"), CheckpointError, r"^teacher checkpoint .*resnet20\.pth is not a resnet8: "),
 ]
 
 
@@ -222,11 +227,24 @@ def bad_input_parameters(tmp_path, parameters):
     return parameters
 
 
-@pytest.mark.parametrize("parameters,message", BAD_INPUT)
-def test_bad_input_is_one_sentence_in_the_notebooks_own_calls(tmp_path, parameters, message):
+def assert_one_sentence(message: str) -> None:
+    """One line, one sentence: ends with a full stop and no other sentence starts inside it ("e.g. [" does not)."""
+    assert "\n" not in message and message.endswith(".") and not re.search(r"[.!?] [A-Z]", message), message
+
+
+@pytest.mark.parametrize("parameters,error,message", BAD_INPUT)
+def test_bad_input_is_one_sentence_in_the_notebooks_own_calls(tmp_path, monkeypatch, parameters, error, message):
     """Every case, in this process: the notebook's parameters cell, then its calls (a kernel per case would cost
-    ~15 s of imports each; test_config checks a bad value through papermill, where the sentence ends the output)."""
+    ~15 s of imports each; test_config checks a bad value through papermill, where the sentence ends the output).
+    Offline, as test_data's missing-data tests: an empty data_dir would otherwise download CIFAR-100."""
+    import torchvision.datasets.utils as tv_utils
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(tv_utils, "download_url", no_network)
     namespace = {**notebook_defaults("cifar100"), **bad_input_parameters(tmp_path, parameters)}
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(error, match=message) as err:
         experiment.run(experiment.notebook_params(namespace, dataset="cifar100"), force=namespace["force"])
+    assert type(err.value) is error                                     # not a subclass raised deeper down
+    assert_one_sentence(str(err.value))
     assert not list((tmp_path / "outputs").glob("**/metrics.json"))   # nothing half-written
