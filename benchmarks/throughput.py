@@ -144,7 +144,9 @@ def run_reference_loop(args, device, images, labels) -> dict:
 
 
 # --- (a) and (b) the project's Learner ---------------------------------------------------------------------
-def run_project(args, device, images, labels, reference_style: bool) -> dict:
+def run_project(args, device, images, labels, reference_style: bool, ready=None) -> dict:
+    """(a) or (b); `ready()`, when given, is called after the warm-up, just before the timed steps (gpu_packing.py:
+    concurrent runs start their timed steps together)."""
     from fastai.callback.core import Callback, CancelFitException
     from torchvision import transforms as T
 
@@ -178,6 +180,8 @@ def run_project(args, device, images, labels, reference_style: bool) -> dict:
         def before_batch(self):
             if self.iter == args.warmup:
                 _sync(device)
+                if ready is not None:
+                    ready()
                 self.start = time.perf_counter()
                 self.reads = count_host_reads(device, reads)
                 self.reads.__enter__()
