@@ -11,8 +11,8 @@ filesystem that several nodes share.
 
 A lease is the file `<folder>/<name>.lease`, created exclusively (O_EXCL), recording the holder's host, pid and
 a heartbeat that a thread of the holder rewrites every `LEASE_S / 4` seconds. A lease whose heartbeat is older
-than `LEASE_S` (or whose holder was a process of this host that no longer exists) is taken over, with one line
-saying so. A holder that stalls for longer than that loses its lease, and says so when it wakes.
+than `LEASE_S` (or whose holder was a process of this host, in this pid namespace, that no longer exists) is taken
+over, with one line saying so. A holder that stalls for longer than that loses its lease, and says so when it wakes.
 """
 from __future__ import annotations
 
@@ -135,7 +135,8 @@ def _lease(path: Path, wait: bool):
 
 
 def _record(token: str) -> bytes:
-    text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(), "token": token})
+    text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "pid_namespace": _pid_namespace(),
+                       "heartbeat": time.time(), "token": token})
     return text.encode().ljust(_RECORD_BYTES)
 
 
@@ -170,12 +171,21 @@ def _describe(owner: dict) -> str:
 
 def _stale(owner: dict) -> str | None:
     """Why the lease of `owner` may be taken over, or None while its holder lives."""
-    if owner["host"] == socket.gethostname() and owner["pid"] and not _alive(owner["pid"]):
+    here = owner["host"] == socket.gethostname() and owner.get("pid_namespace") == _pid_namespace()
+    if here and owner["pid"] and _pid_namespace() is not None and not _alive(owner["pid"]):
         return "that process no longer exists"
     age = time.time() - owner["heartbeat"]
     if age > LEASE_S:
         return f"its last heartbeat was {age:.0f} s ago (a lease expires after {LEASE_S:.0f} s)"
     return None
+
+
+def _pid_namespace() -> str | None:
+    """This process's pid namespace: two containers of one host may share its name but not their pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:

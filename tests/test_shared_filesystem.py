@@ -73,8 +73,9 @@ def test_a_lease_is_refused_while_its_holder_lives_and_taken_over_when_stale(tmp
     monkeypatch.setenv(locks.LOCKS_ENV, "lease")
     lease = tmp_path / ".lock.lease"
 
-    def lease_of(host, pid, age):
-        lease.write_text(json.dumps({"host": host, "pid": pid, "heartbeat": time.time() - age, "token": "theirs"}))
+    def lease_of(host, pid, age, pid_namespace=None):
+        lease.write_text(json.dumps({"host": host, "pid": pid, "pid_namespace": pid_namespace,
+                                     "heartbeat": time.time() - age, "token": "theirs"}))
     lease_of("node7", 4242, 10)                                     # another node, heartbeat 10 s ago: alive
     with pytest.raises(RunLockedError, match=r"is being trained by process 4242 on node7; wait for it"):
         with run_lock(tmp_path):
@@ -87,7 +88,11 @@ def test_a_lease_is_refused_while_its_holder_lives_and_taken_over_when_stale(tmp
     assert not lease.exists()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    lease_of(HOST, gone.pid, 1)                                     # this host, its process gone: taken over at once
+    lease_of(HOST, gone.pid, 1, "pid:[1]")                          # another container of this host: alive
+    with pytest.raises(RunLockedError, match=rf"by process {gone.pid} on {re.escape(HOST)};"):
+        with run_lock(tmp_path):
+            pass
+    lease_of(HOST, gone.pid, 1, os.readlink("/proc/self/ns/pid"))   # this host, its process gone: taken over at once
     with run_lock(tmp_path, wait=True):
         pass
     assert capsys.readouterr().out.endswith(f"from process {gone.pid} on {HOST}: that process no longer exists\n")
