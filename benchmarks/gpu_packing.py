@@ -15,8 +15,6 @@ over one run. Results are printed and, with `--record`, appended to benchmarks/r
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import multiprocessing
 import platform
 import sys
@@ -28,7 +26,6 @@ import throughput  # noqa: E402  (benchmarks/throughput.py: the timed step)
 
 import torch  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results.md"
 CONTEXT = multiprocessing.get_context("forkserver")  # each run a fork of a process that never touched CUDA
 CONTEXT.set_forkserver_preload(["sddlib.experiment", "torch._dynamo"])  # as tests/forked.py: one server for both
 
@@ -87,15 +84,7 @@ def main(argv=None) -> dict:
     summary = {"device": device_name, "teacher": args.teacher, "student": args.student,
                "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "torch": torch.__version__,
                "rounds": rounds}
-    table = _table(summary)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-    if args.record:
-        with RESULTS.open("a") as f:
-            f.write(f"\n### gpu_packing.py, {datetime.date.today()}, {device_name}\n\n"
-                    f"`{' '.join(['benchmarks/gpu_packing.py', *(argv if argv is not None else sys.argv[1:])])}`"
-                    f"\n\n{table}\n")
+    throughput.publish("gpu_packing.py", argv, summary, _table(summary), args.json, args.record)
     return summary
 
 

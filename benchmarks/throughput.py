@@ -273,16 +273,21 @@ def main(argv=None) -> dict:
         summary["jobs"] = args.jobs
         summary["aggregate_images_per_s"] = round(sum(r["images_per_s"] for r in concurrent), 1)
         summary["jobs_wall_s"] = round(time.perf_counter() - start, 1)
-    table = _table(summary)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-    if args.record:
-        with RESULTS.open("a") as f:
-            f.write(f"\n### throughput.py, {datetime.date.today()}, {device_name}\n\n"
-                    f"`{' '.join(['benchmarks/throughput.py', *(argv if argv is not None else sys.argv[1:])])}`\n\n"
-                    f"{table}\n")
+    publish("throughput.py", argv, summary, _table(summary), args.json, args.record)
     return summary
+
+
+def publish(script: str, argv, summary: dict, table: str, json_path: str | None, record: bool) -> None:
+    """Print the table; write the figures as JSON to `json_path`; with `record`, append the table to results.md
+    under the script's name, the date, the device and the command."""
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=2))
+    if record:
+        with RESULTS.open("a") as f:
+            f.write(f"\n### {script}, {datetime.date.today()}, {summary['device']}\n\n"
+                    f"`{' '.join([f'benchmarks/{script}', *(argv if argv is not None else sys.argv[1:])])}`\n\n"
+                    f"{table}\n")
 
 
 def _table(s: dict) -> str:
