@@ -93,7 +93,7 @@ def test_a_lease_is_refused_while_its_holder_lives_and_taken_over_when_stale(tmp
         with run_lock(tmp_path):
             pass
     lease_of(HOST, gone.pid, 1, os.readlink("/proc/self/ns/pid"))   # this host, its process gone: taken over at once
-    with run_lock(tmp_path, wait=True):
+    with run_lock(tmp_path):
         pass
     assert capsys.readouterr().out.endswith(f"from process {gone.pid} on {HOST}: that process no longer exists\n")
 
