@@ -144,7 +144,9 @@ def run_reference_loop(args, device, images, labels) -> dict:
 
 
 # --- (a) and (b) the project's Learner ---------------------------------------------------------------------
-def run_project(args, device, images, labels, reference_style: bool) -> dict:
+def run_project(args, device, images, labels, reference_style: bool, ready=None) -> dict:
+    """(a) or (b); `ready()`, when given, is called after the warm-up, just before the timed steps (gpu_packing.py:
+    concurrent runs start their timed steps together)."""
     from fastai.callback.core import Callback, CancelFitException
     from torchvision import transforms as T
 
@@ -178,6 +180,8 @@ def run_project(args, device, images, labels, reference_style: bool) -> dict:
         def before_batch(self):
             if self.iter == args.warmup:
                 _sync(device)
+                if ready is not None:
+                    ready()
                 self.start = time.perf_counter()
                 self.reads = count_host_reads(device, reads)
                 self.reads.__enter__()
@@ -269,16 +273,21 @@ def main(argv=None) -> dict:
         summary["jobs"] = args.jobs
         summary["aggregate_images_per_s"] = round(sum(r["images_per_s"] for r in concurrent), 1)
         summary["jobs_wall_s"] = round(time.perf_counter() - start, 1)
-    table = _table(summary)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-    if args.record:
-        with RESULTS.open("a") as f:
-            f.write(f"\n### throughput.py, {datetime.date.today()}, {device_name}\n\n"
-                    f"`{' '.join(['benchmarks/throughput.py', *(argv if argv is not None else sys.argv[1:])])}`\n\n"
-                    f"{table}\n")
+    publish("throughput.py", argv, summary, _table(summary), args.json, args.record)
     return summary
+
+
+def publish(script: str, argv, summary: dict, table: str, json_path: str | None, record: bool) -> None:
+    """Print the table; write the figures as JSON to `json_path`; with `record`, append the table to results.md
+    under the script's name, the date, the device and the command."""
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=2))
+    if record:
+        with RESULTS.open("a") as f:
+            f.write(f"\n### {script}, {datetime.date.today()}, {summary['device']}\n\n"
+                    f"`{' '.join([f'benchmarks/{script}', *(argv if argv is not None else sys.argv[1:])])}`\n\n"
+                    f"{table}\n")
 
 
 def _table(s: dict) -> str:

@@ -86,9 +86,10 @@ def main(argv=None) -> int:
         print_parameters()
         return 0
     from . import distributed, experiment
-    from .checkpoints import CheckpointError, RunLockedError
+    from .checkpoints import CheckpointError
     from .config import ConfigError, RunConfig
     from .data import DatasetNotFoundError
+    from .locks import RunLockedError
     from .training import RunFailedError, RunInterrupted
     try:
         params = load_params(args.parameters_file, args.parameter)

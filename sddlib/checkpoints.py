@@ -1,32 +1,36 @@
 """Checkpoints: load model weights strictly and safely (`weights_only=True`), write every file of a run
 atomically (temporary file, fsync, rename), keep the resumable training state, fetch the published
-CIFAR-100 teachers, and lock a run folder so two processes never train it at once.
+CIFAR-100 teachers once however many processes ask at the same time (`sddlib.locks`).
 
 Errors name the role of the file (teacher, baseline student, resume checkpoint) in one sentence.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import io
 import json
 import os
 import shutil
 import tarfile
+import tempfile
 import urllib.request
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "RunLockedError", "load_checkpoint", "check_checkpoint", "save_checkpoint",
+from .locks import run_lock
+
+__all__ = ["CheckpointError", "DiskFullError", "load_checkpoint", "check_checkpoint", "save_checkpoint",
            "write_checkpoint", "read_checkpoint",
-           "atomic_write", "write_json", "run_lock", "teacher_cache_path", "shipped_teacher_path",
-           "fetch_cifar100_teachers", "cifar100_teacher_path", "CIFAR100_TEACHERS_URL"]
+           "atomic_write", "write_json", "teacher_cache_path", "shipped_teacher_path",
+           "fetch_cifar100_teachers", "cifar100_teacher_path", "CIFAR100_TEACHERS_URL", "CIFAR100_COMPLETE"]
 
 # The CRD/mdistiller release of the CIFAR-100 teachers (`cifar_teachers.tar`), unpacked as
 # `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`, each `{"model": state_dict, ...}`.
 CIFAR100_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+CIFAR100_COMPLETE = ".complete"  # written last into cifar_teachers/: without it the folder is not present
 
 _HOW_TO_FIX = {
     "teacher": "give the path of a {what} checkpoint or leave teacher_ckpt empty to train and cache one",
@@ -39,8 +43,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be the requested model: missing, corrupt, unsafe, or another architecture."""
 
 
-class RunLockedError(RuntimeError):
-    """Another process is training the same run folder."""
+class DiskFullError(OSError):
+    """A write that found its disk (or quota) full: one sentence naming the folder and its free space; the file it
+    would have replaced is left whole."""
+
+    def __init__(self, path: Path):
+        free = shutil.disk_usage(path.parent).free
+        self.sentence = (f"the disk holding {path.parent} is full ({free / 2**20:.1f} MiB free) and {path.name} could "
+                         f"not be written; the previous {path.name}, if any, is kept whole: free space there (or give "
+                         "another output_dir) and run again, and a run resumes from its last kept epoch.")
+        super().__init__(self.sentence)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -55,6 +70,10 @@ def atomic_write(path, data: bytes) -> Path:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in _DISK_FULL:
+            raise DiskFullError(path) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # make the rename itself durable
@@ -146,31 +165,6 @@ def check_checkpoint(model: nn.Module, path, arch: str | None = None, role: str 
     return state
 
 
-# --- one process per run folder --------------------------------------------------------------------
-@contextlib.contextmanager
-def run_lock(folder, wait: bool = False, name: str = ".lock"):
-    """Hold `<folder>/<name>` (flock: released by the kernel when the process dies, so a crash never leaves
-    a stale lock). `wait=False` raises `RunLockedError` at once when another process holds it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / name, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            raise RunLockedError(f"{folder} is being trained by {owner}; wait for it to finish or give this run "
-                                 "another run_name or seed.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # --- teachers on disk ------------------------------------------------------------------------------
 def teacher_cache_path(output_dir, dataset: str, arch: str) -> Path:
     return Path(output_dir) / "teachers" / dataset / f"{arch}.pth"
@@ -192,21 +186,35 @@ def cifar100_teacher_path(dest, arch: str) -> Path:
 
 
 def fetch_cifar100_teachers(dest, url: str = CIFAR100_TEACHERS_URL) -> Path:
-    """Download and unpack the published CIFAR-100 teachers under `dest` (skipped when present)."""
+    """Download and unpack the published CIFAR-100 teachers under `dest`, once however many processes ask: one at
+    a time (a lock in `dest`) downloads into a folder of its own, unpacks there, moves the teachers into place and
+    writes their completeness marker last. A folder without the marker (an unpack that never finished) is not
+    present: it is replaced."""
     dest = Path(dest)
     root = dest / "cifar_teachers"
-    if root.is_dir() and any(root.glob("*_vanilla/ckpt_epoch_240.pth")):
+    if (root / CIFAR100_COMPLETE).is_file():
         return root
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / "cifar_teachers.tar.part"
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
-            shutil.copyfileobj(response, out)
-        with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
-    except (OSError, tarfile.TarError) as err:
-        raise CheckpointError(f"could not fetch the CIFAR-100 teachers from {url} ({err}); download "
-                              f"cifar_teachers.tar by hand and unpack it into {dest}.") from None
-    finally:
-        archive.unlink(missing_ok=True)
+    with run_lock(dest, wait=True, name=".cifar_teachers.lock"):
+        if (root / CIFAR100_COMPLETE).is_file():  # fetched by another process while this one waited
+            return root
+        print(f"downloading the CIFAR-100 teachers from {url} into {dest}", flush=True)
+        work = Path(tempfile.mkdtemp(prefix=".cifar_teachers.", dir=dest))
+        try:
+            archive, unpacked = work / "cifar_teachers.tar", work / "unpacked" / "cifar_teachers"
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+            with tarfile.open(archive) as tar:
+                tar.extractall(unpacked.parent, filter="data")
+            if not any(unpacked.glob("*_vanilla/ckpt_epoch_240.pth")):
+                raise tarfile.TarError("it holds no cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth")
+            if root.exists():
+                root.rename(work / "incomplete")  # removed with the rest of the work folder
+            unpacked.rename(root)
+            atomic_write(root / CIFAR100_COMPLETE, f"{url}\n".encode())
+        except (OSError, tarfile.TarError) as err:
+            raise CheckpointError(f"could not fetch the CIFAR-100 teachers from {url} ({err}); download "
+                                  f"cifar_teachers.tar by hand, unpack it into {dest} and create the empty file "
+                                  f"{root / CIFAR100_COMPLETE}.") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return root

@@ -8,7 +8,8 @@ the figure is this run's alone: one fresh subprocess imports the training code o
 configuration (a fresh interpreter per configuration would pay those imports, ~15 s here, every time). On
 CUDA it is the allocator's peak, plus the dataset the device pipeline keeps there, plus the CUDA context;
 on the CPU the child's peak resident memory (the imports and the data included, as in a fresh process).
-`check_jobs_fit` refuses a job count whose runs would not fit what the device has free, in one sentence.
+`check_jobs_fit` refuses a job count whose runs would not fit what the device has free, in one sentence;
+`check_per_gpu_fit` the same for `per_gpu` runs on each GPU (`sddlib.placement`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["train_images", "folder_footprint", "run_memory", "check_jobs_fit"]
+__all__ = ["train_images", "folder_footprint", "run_memory", "check_jobs_fit", "check_per_gpu_fit", "too_many"]
 
 CUDA_CONTEXT_BYTES = 512 * 2**20  # the CUDA context and cuDNN workspaces the allocator does not see
 HEADROOM = 0.9                    # never plan more than this share of the free memory
@@ -165,24 +166,51 @@ def _free_bytes(device: torch.device) -> int:
     raise RuntimeError("cannot tell how much host memory is free (no MemAvailable in /proc/meminfo).")
 
 
-def check_jobs_fit(params_list, jobs: int) -> str:
-    """Measure each distinct configuration once; raise ValueError (one sentence) when `jobs` of the largest
-    would not fit the device's free memory; otherwise return a line saying what was measured."""
+def _largest(params_list) -> tuple[str, int, torch.device]:
+    """Measure each distinct configuration once: the largest one's name and bytes, and the runs' device."""
     from .config import RunConfig
     from .run_pipeline import _device
     configs = [RunConfig.from_params(p) for p in params_list]
     distinct = {tuple(str(c[k]) for k in _PROBE_KEYS) + tuple(map(str, c.data_options.values())): c
                 for c in configs}
     sizes = _measure(list(distinct.values()))
-    largest_name = max(sizes, key=sizes.get)
-    largest = sizes[largest_name]
-    device = _device(configs[0].device)
+    name = max(sizes, key=sizes.get)
+    return name, sizes[name], _device(configs[0].device)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def too_many(flag: str, count: int, name: str, need: int, free: dict[str, int]) -> str | None:
+    """The one-sentence refusal when `count` runs of `need` bytes (the largest, `name`) would not fit what one of
+    the devices has free (`free`: bytes by device, e.g. {"cuda:0": ..., "cuda:1": ...}); None when they fit on each."""
+    for where, room in free.items():
+        if count * need > HEADROOM * room:
+            fit = max(int(HEADROOM * room // need), 0)
+            return (f"{flag} {count} needs about {count} x {_gib(need)} = {_gib(count * need)} ({name}, measured) "
+                    f"but {where} has {_gib(room)} free; use {flag} {fit} or fewer.")
+    return None
+
+
+def check_jobs_fit(params_list, jobs: int) -> str:
+    """Measure each distinct configuration once; raise ValueError (one sentence) when `jobs` of the largest
+    would not fit the device's free memory; otherwise return a line saying what was measured."""
+    name, largest, device = _largest(params_list)
     free = _free_bytes(device)
-    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
     where = f"{device}" if device.type == "cuda" else "host memory"
-    if jobs * largest > HEADROOM * free:
-        fit = max(int(HEADROOM * free // largest), 0)
-        raise ValueError(f"--jobs {jobs} needs about {jobs} x {gib(largest)} = {gib(jobs * largest)} "
-                         f"({largest_name}, measured) but {where} has {gib(free)} free; use --jobs {fit} or fewer.")
-    return (f"memory: {jobs} jobs x {gib(largest)} (largest run, {largest_name}, measured) of {gib(free)} "
-            f"free on {where}")
+    refusal = too_many("--jobs", jobs, name, largest, {where: free})
+    if refusal:
+        raise ValueError(refusal)
+    return f"memory: {jobs} jobs x {_gib(largest)} (largest run, {name}, measured) of {_gib(free)} free on {where}"
+
+
+def check_per_gpu_fit(params_list, per_gpu: int, devices: list[str]) -> str:
+    """As `check_jobs_fit`, for `per_gpu` runs at once on each of `devices` (`placement.visible_devices()`)."""
+    name, largest, _ = _largest(params_list)
+    free = {device: _free_bytes(torch.device(device)) for device in devices}
+    refusal = too_many("--per-gpu", per_gpu, name, largest, free)
+    if refusal:
+        raise ValueError(refusal)
+    return (f"memory: {per_gpu} runs x {_gib(largest)} (largest run, {name}, measured) on each of {len(devices)} "
+            f"devices, the least free {_gib(min(free.values()))}")

@@ -24,15 +24,16 @@ import torch.nn as nn
 from fastai.torch_core import set_seed
 
 from . import console, distributed, tracking
-from .checkpoints import run_lock, save_checkpoint, write_json
+from .checkpoints import DiskFullError, save_checkpoint, write_json
 from .config import ConfigError, RunConfig
 from .data import get_dataloaders
 from .departures import PARAMS_DIR, departures, describe, vanilla_departures
+from .locks import run_lock
 from .models import create_model
 from .preflight import check_environment, run_warnings
 from .run_models import load_run_models
 from .runs import load_metrics
-from .training import RESUME_FILE, build_learner, differences, distillation_callback, fit_resumable
+from .training import RESUME_FILE, RunFailedError, build_learner, differences, distillation_callback, fit_resumable
 
 __all__ = ["train_and_record", "evaluate", "alone_fingerprint"]
 
@@ -87,10 +88,13 @@ def train_and_record(cfg: RunConfig, out: Path, *, arch: str, variant: str, forc
             metrics["wall_time_s"] = recorder.elapsed_s
             if not distributed.is_main():
                 return metrics  # the same numbers; rank 0 writes them (and draws the figures alone)
-            save_checkpoint(model, out / weights, epoch=cfg.epochs)
-            if distilling and cfg.figures:
-                metrics["figures"] = _figures(cfg, out, teacher, model, dls, distill)
-            write_json(out / "metrics.json", metrics)
+            try:
+                save_checkpoint(model, out / weights, epoch=cfg.epochs)
+                if distilling and cfg.figures:
+                    metrics["figures"] = _figures(cfg, out, teacher, model, dls, distill)
+                write_json(out / "metrics.json", metrics)
+            except DiskFullError as err:  # the resume checkpoint stays: the rerun records the run
+                raise RunFailedError(f"{out.name}: {err.sentence}") from None
             (out / RESUME_FILE).unlink(missing_ok=True)
             if tracker:
                 tracker.finish(metrics, [out / f for f in metrics.get("figures", [])])

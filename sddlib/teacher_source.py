@@ -13,8 +13,9 @@ import torch.nn as nn
 
 from . import distributed
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
-                          read_checkpoint, run_lock, shipped_teacher_path, teacher_cache_path, write_checkpoint)
+                          read_checkpoint, shipped_teacher_path, teacher_cache_path, write_checkpoint)
 from .config import TEACHER_SEED, RunConfig
+from .locks import run_lock
 from .models import create_model, file_name
 from .preflight import teacher_file_in
 from .run_models import teacher_from_source

@@ -30,7 +30,7 @@ from fastcore.basics import noop
 
 from . import distributed
 from .acceleration import SpeedSwitches
-from .checkpoints import CheckpointError, read_checkpoint, save_checkpoint, write_json
+from .checkpoints import CheckpointError, DiskFullError, read_checkpoint, save_checkpoint, write_json
 from .config import METHODS, RunConfig
 from .console import live_notebook
 from .data.spec import DATASETS
@@ -45,7 +45,7 @@ RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run
 
 
 class RunFailedError(RuntimeError):
-    """A run that stopped (non-finite loss, out of memory); its metrics.json says "failed" and why."""
+    """A run that stopped (non-finite loss, out of memory: its metrics.json says "failed" and why; a full disk)."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -393,6 +393,8 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
                   "batch_size or run fewer jobs on this GPU at once.")
     except KeyboardInterrupt:
         raise RunInterrupted(out, recorder.kept_epoch, cfg.epochs) from None
+    except DiskFullError as err:  # a checkpoint could not be written: the previous one is whole, the run resumes
+        raise RunFailedError(f"{out.name}: {err.sentence}") from None
     finally:  # fastai calls no after_fit when an exception escapes: no autocast hook may outlive the fit
         ctrl_c.restore()
         for cb in learn.cbs:

@@ -182,13 +182,14 @@ def test_fetching_teachers_offline_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints.urllib.request, "urlopen", offline)
     with pytest.raises(checkpoints.CheckpointError, match="download cifar_teachers.tar by hand"):
         checkpoints.fetch_cifar100_teachers(tmp_path)
-    assert not list(tmp_path.iterdir())                       # nothing half-written left behind
+    assert [p.name for p in tmp_path.iterdir()] == [".cifar_teachers.lock"]   # nothing half-written left behind
 
 
 def test_published_teacher_layout_is_found(tmp_path):
     model = create_model("resnet8", num_classes=10)
     target = checkpoints.cifar100_teacher_path(tmp_path, "resnet8")
     checkpoints.save_checkpoint(model, target)
+    (tmp_path / "cifar_teachers" / checkpoints.CIFAR100_COMPLETE).touch()   # unpacked whole
     assert checkpoints.fetch_cifar100_teachers(tmp_path) == tmp_path / "cifar_teachers"   # present: no download
 
 

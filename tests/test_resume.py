@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from forked import run_children
-from sddlib import checkpoints, distill, experiment
-from sddlib.checkpoints import CheckpointError, RunLockedError
+from sddlib import checkpoints, distill, experiment, locks
+from sddlib.checkpoints import CheckpointError
+from sddlib.locks import RunLockedError
 from sddlib.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,20 +147,20 @@ def test_a_non_finite_loss_fails_the_run_at_once(setup):
 def test_one_process_per_run_folder(setup, tmp_path):
     root, base, _ = setup
     params = {**base, "output_dir": str(tmp_path)}
-    with checkpoints.run_lock(experiment.run_dir(params)):
-        with pytest.raises(RunLockedError, match=r"is being trained by process \d+; wait for it to finish"):
+    with locks.run_lock(experiment.run_dir(params)):
+        with pytest.raises(RunLockedError, match=r"is being trained by process \d+ on \S+; wait for it to finish"):
             experiment.run(params)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sddlib.checkpoints import run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sddlib.locks import run_lock\n"
                                "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)",
                                str(tmp_path / "lock")], env={**os.environ, "PYTHONPATH": str(REPO)},
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RunLockedError):
-        with checkpoints.run_lock(tmp_path / "lock"):
+        with locks.run_lock(tmp_path / "lock"):
             pass
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with checkpoints.run_lock(tmp_path / "lock"):              # a crash releases the lock
+    with locks.run_lock(tmp_path / "lock"):                    # a crash releases the lock
         pass
 
 
@@ -180,14 +181,3 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
                                                   r"that could run code, and only plain tensors"):
             checkpoints.load_checkpoint(create_model("resnet8", num_classes=10), evil, role=role)
     assert not MARKER.exists()
-
-
-def test_atomic_writes_leave_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
-    path = checkpoints.write_json(tmp_path / "metrics.json", {"status": "complete"})
-
-    def disk_full(fd):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(checkpoints.os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        checkpoints.write_json(path, {"status": "failed"})
-    assert json.loads(path.read_text()) == {"status": "complete"} and list(tmp_path.iterdir()) == [path]
