@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 __all__ = ["ConfigError", "fail", "accepts", "range_text", "integer", "real", "optional", "text", "flag", "choice",
-           "mapping", "parse_list", "stages", "device_name", "folder_name", "auto_or_flag", "names_or_none"]
+           "mapping", "keywords", "parse_list", "stages", "device_name", "folder_name", "auto_or_flag", "names_or_none"]
 
 
 class ConfigError(ValueError):
@@ -110,6 +110,23 @@ def choice(options):
 def mapping(name, value):
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         fail(name, value, "a mapping of hyper-parameter names to values, e.g. {'scale': 0.5}")
+    return dict(value)
+
+
+@accepts("None or a mapping of keyword names to values, or its YAML text such as '{img_size: 32}'")
+def keywords(name, value):
+    """Keyword arguments for a constructor, as a dict ({} for None); papermill's `-p` gives them as text."""
+    accepted = "None or a mapping of keyword names to values, or its YAML text such as '{img_size: 32}'"
+    given = value
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            fail(name, given, accepted)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in value):
+        fail(name, given, accepted)
     return dict(value)
 
 
