@@ -28,7 +28,7 @@ def input_stats(cfg: RunConfig, arch: str, pretrained: bool) -> tuple | None:
     """(mean, std) the model `arch` sees under `normalize: model`: those its ImageNet weights were trained with when
     it starts from them (`pretrained`), else ImageNet's; None under any other normalisation (the loader's, for
     every model)."""
-    if cfg.data_options.get("normalize") != "model":
+    if cfg.normalize != "model":
         return None
     return pretrained_mean_std(arch) if pretrained and is_external(arch) else (IMAGENET_MEAN, IMAGENET_STD)
 

@@ -39,7 +39,9 @@ def get_teacher(params, dls) -> tuple[nn.Module, dict]:
     renormalised to its own mean/std (`run_models.teacher_for_data`)."""
     cfg = RunConfig.from_params(params)
     teacher, source = _find_teacher(cfg, dls)
-    return teacher_for_data(cfg, teacher, (dls.info.mean, dls.info.std)), source
+    if cfg.normalize == "model":
+        teacher = teacher_for_data(cfg, teacher, (dls.info.mean, dls.info.std))
+    return teacher, source
 
 
 def _find_teacher(cfg: RunConfig, dls) -> tuple[nn.Module, dict]:

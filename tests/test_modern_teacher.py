@@ -104,7 +104,6 @@ def test_bad_constructor_keywords_are_refused_in_one_sentence(params, message):
 # --- the teacher's solver ---------------------------------------------------------------------------------------
 @pytest.mark.trains  # fits a Learner for three short epochs
 def test_adamw_cosine_and_warmup_of_a_teacher_on_the_real_learner():
-    from fastai.callback.core import Callback
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from torch.utils.data import TensorDataset
@@ -127,21 +126,10 @@ def test_adamw_cosine_and_warmup_of_a_teacher_on_the_real_learner():
                                                     "epochs": 3}
     assert protocol != paper.teacher_protocol and cfg.fingerprint["teacher_optimizer"] == "adamw"
 
-    class SeenLR(Callback):
-        order = 2  # after the schedule
-
-        def before_fit(self):
-            self.seen = []
-
-        def before_batch(self):
-            if self.training:
-                self.seen.append(self.opt.hypers[0]["lr"])
-
     ds = TensorDataset(torch.randn(40, 3, 4, 4), torch.randint(0, 2, (40,)))
     dls = DataLoaders(DataLoader(ds, bs=10), DataLoader(ds, bs=20), device="cpu")
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 2))
-    lrs = SeenLR()
-    learn = build_learner(dls, model, cfg.teacher_training_config(), cbs=[lrs])
+    learn = build_learner(dls, model, cfg.teacher_training_config())
     assert any(isinstance(cb, CosineLR) for cb in learn.cbs)
     with learn.no_logging():
         learn.fit(3)
@@ -151,7 +139,7 @@ def test_adamw_cosine_and_warmup_of_a_teacher_on_the_real_learner():
     assert decay[id(model[1].weight)] == decay[id(model[3].bias)] == 0.0             # none on norms and biases
     warmup = [1e-3 * k / 4 for k in range(1, 5)]                                     # 4 steps an epoch
     cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * j / 8)) for j in range(8)]       # the 8 steps after it, to 0
-    assert lrs.seen == pytest.approx(warmup + cosine)
+    assert learn.recorder.lrs == pytest.approx(warmup + cosine)                     # fastai's record of each step
 
 
 # --- normalize: model --------------------------------------------------------------------------------------------
