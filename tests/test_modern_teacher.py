@@ -178,7 +178,7 @@ def test_normalize_model_gives_each_model_its_own_mean_and_std(tmp_path):
     assert not isinstance(get_teacher(default, plain)[0], Renormalized)  # every model sees the loaders' images
 
 
-@pytest.mark.slow  # fine-tunes a ViT teacher and distils it (one tiny epoch each)
+@pytest.mark.trains  # fine-tunes a ViT teacher and distils it (one tiny epoch each, 12 images)
 def test_a_vit_teacher_fine_tuned_here_records_its_recipe_and_is_not_reused_under_another(tmp_path):
     data = solid_folder(tmp_path / "colours")
     params = {"dataset": "folder", "data_dir": str(data), "image_size": 32, "normalize": "model",
