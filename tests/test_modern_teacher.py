@@ -19,7 +19,7 @@ from sddlib.__main__ import load_params, main as cli
 from sddlib.checkpoints import CheckpointError
 from sddlib.config import ConfigError, RunConfig
 from sddlib.data import IMAGENET_MEAN, IMAGENET_STD, get_dataloaders
-from sddlib.models import Renormalized
+from sddlib.models import Renormalized, pretrained_mean_std
 from sddlib.regions import ScaleDecoupled
 from sddlib.run_models import loader_options, model_for
 from sddlib.run_pipeline import alone_fingerprint
@@ -170,6 +170,10 @@ def test_normalize_model_gives_each_model_its_own_mean_and_std(tmp_path):
     for seen in received:
         assert torch.allclose(seen, normalised(y, (0.5,) * 3, (0.5,) * 3).expand_as(x), atol=1e-5)
     assert len(received) == 2
+
+    # torchvision's ImageNet weights say theirs in their transforms
+    assert pretrained_mean_std("torchvision:vit_b_16") == (IMAGENET_MEAN, IMAGENET_STD)
+    assert pretrained_mean_std("timm:test_vit") == ((0.5,) * 3, (0.5,) * 3)
 
     default = RunConfig.from_params({**params, "normalize": "imagenet"})
     plain = get_dataloaders("folder", data, bs=12, num_workers=0, device="cpu", **loader_options(default))
