@@ -27,8 +27,8 @@ from .data.spec import DATASETS, DatasetSpec
 from .losses import LOSS_FIELDS, LOSSES, LogitLoss
 from .regions import COMPLEMENTARY_WEIGHT, parse_scales
 from .custom_imports import imports_parameter
-from .validators import (ConfigError, auto_or_flag, choice, device_name, flag, folder_name, integer, mapping,
-                         names_or_none, optional, parse_list, real, stages, text)
+from .validators import (ConfigError, auto_or_flag, choice, device_name, flag, folder_name, integer, keywords,
+                         mapping, names_or_none, optional, parse_list, real, stages, text)
 
 __all__ = ["ConfigError", "parse_list", "METHODS", "OPTIMIZERS", "RunConfig",
            "PARAMETERS", "DEFAULTS"]
@@ -47,6 +47,8 @@ PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # "sgd" is the paper's solver; "adamw" is for students that SGD does not train from scratch in a short schedule.
 OPTIMIZERS = ("sgd", "adamw")
+# "step" is the paper's LR schedule; "cosine" (half a cosine to 0, step by step) is for fine-tuning pretrained models.
+LR_SCHEDULES = ("step", "cosine")
 # Run trackers (sddlib.tracking), opt-in.
 TRACKERS = ("tensorboard", "wandb")
 # A teacher trained here always uses this seed: the cached teacher must not depend on which run came first.
@@ -112,6 +114,15 @@ class RunConfig(Mapping):
     teacher_lr: float = _param(None, _POSITIVE, "LR of a teacher trained here (None: the dataset's)")
     teacher_lr_decay_stages: tuple = _param(None, optional(stages), "LR stages of a teacher trained here "
                                             "(None: the dataset's)")
+    teacher_optimizer: str = _param("sgd", choice(OPTIMIZERS), "solver of a teacher trained or fine-tuned here: "
+                                    "'sgd' (the dataset's protocol) or 'adamw' (as `optimizer`; for pretrained "
+                                    "transformers)")
+    teacher_lr_schedule: str = _param("step", choice(LR_SCHEDULES), "LR schedule of a teacher trained here "
+                                      "(as `lr_schedule`)")
+    teacher_lr_warmup_epochs: float = _param(0.0, _NON_NEGATIVE, "linear LR warm-up of a teacher trained here, in "
+                                             "epochs (as `lr_warmup_epochs`; 0: none)")
+    teacher_weight_decay: float = _param(None, _WEIGHT, "weight decay of a teacher trained here (None: the "
+                                         "dataset's)")
     subset: int = _param(0, integer(low=0, what="0 (all data) or a positive integer"), "first n images only")
     device: str = _param("auto", device_name, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     num_workers: int = _param(None, optional(integer(low=0, what="None or an integer >= 0")), "loader processes")
@@ -145,13 +156,18 @@ class RunConfig(Mapping):
                             "(timm's convention for transformers trained from scratch; not the paper's protocol)")
     lr_warmup_epochs: float = _param(0.0, _NON_NEGATIVE, "the LR rises linearly from 0 over this many epochs, step "
                                      "by step (0: none, as published)")
+    lr_schedule: str = _param("step", choice(LR_SCHEDULES), "'step': the paper's (x lr_decay_rate after each of "
+                              "lr_decay_stages); 'cosine': after the warm-up, half a cosine from lr to 0 over the "
+                              "remaining epochs, step by step (lr_decay_stages unused; not the paper's protocol)")
     image_size: int = _param(None, optional(integer(low=8, what="an integer >= 8")),
                              "dataset 'folder': side of the square images the models see (None: 224)")
     augment: str = _param("auto", choice(AUGMENTS), "dataset 'folder': train augmentation, 'imagenet' (random "
                           "resized crop + flip), 'cifar' (pad 1/8, crop, flip), 'crop' (pad 1/16, crop, no flip: "
                           "digits, text) or 'auto' (cifar up to 64 px, imagenet above)")
-    normalize: str = _param("imagenet", choice(NORMALIZE), "dataset 'folder': ImageNet mean/std, or 'auto': "
-                            "computed on a fixed sample of the training images (recorded in metrics)")
+    normalize: str = _param("imagenet", choice(NORMALIZE), "dataset 'folder': ImageNet mean/std, 'auto': "
+                            "computed on a fixed sample of the training images (recorded in metrics), or 'model': "
+                            "each model the mean/std its ImageNet weights were trained with (timm's pretrained_cfg, "
+                            "torchvision's weights; ImageNet's for a model trained from scratch)")
     val_fraction: float = _param(0.2, real(low=0, high=1, low_open=True, high_open=True,
                                              what="a number in (0, 1)"),
                                  "dataset 'folder' without train/ and val/: the share of each class held out")
@@ -170,6 +186,10 @@ class RunConfig(Mapping):
                                        "file (no network access)")
     student_pretrained: bool = _param(False, flag, "start a timm:/torchvision: student from its ImageNet weights")
     student_weights_file: str = _param("", text, "the student's ImageNet weights as a local file")
+    teacher_kwargs: dict = _param(None, keywords, "keyword arguments of a timm:/torchvision: teacher's "
+                                  "constructor, e.g. {'img_size': 32, 'patch_size': 8}; checked before any work")
+    student_kwargs: dict = _param(None, keywords, "keyword arguments of a timm:/torchvision: student's "
+                                  "constructor, e.g. {'img_size': 32, 'drop_path_rate': 0.1}")
     imports: tuple = _param((), imports_parameter, "modules to import before the parameters are checked, in every "
                             "process of the run (your own losses or models, registered when imported), e.g. "
                             "['my_losses']; found from the folder a command starts in, PYTHONPATH or installed packages")
@@ -213,12 +233,13 @@ class RunConfig(Mapping):
         if values["sync_bn"] is None:
             values["sync_bn"] = spec.sync_bn
         _resolve_options(values, spec)
-        from .models import check_model_name, check_pretrained
+        from .models import check_model_kwargs, check_model_name, check_pretrained
         stem = spec.stem_for(values["image_size"])
         for role, default in zip(("teacher", "student"), spec.pair_for(values["image_size"])):
             values[role] = default if values[role] is None else values[role]
             check_model_name(role, values[role], stem)
             check_pretrained(role, values[role], values[f"{role}_pretrained"], values[f"{role}_weights_file"])
+            check_model_kwargs(role, values[role], values[f"{role}_kwargs"])
         spec.check_pipeline(values["pipeline"])
         longest = max(values["epochs"], protocol["epochs"])
         for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
@@ -360,30 +381,36 @@ class RunConfig(Mapping):
     def solver(self) -> dict:
         """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
         keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
-                "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs")
+                "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs", "lr_schedule")
         return {**_without_unchanged_additions({k: self.to_params()[k] for k in keys}), **self._bn(self.batch_size)}
 
     @property
     def teacher_protocol(self) -> dict:
         """How a teacher is trained here: the dataset's solver and epochs (one protocol per dataset, whatever the
-        student), with `teacher_epochs`, `teacher_lr` and `teacher_lr_decay_stages` where the user set them."""
+        student), with `teacher_epochs`, `teacher_lr`, `teacher_lr_decay_stages` and `teacher_weight_decay` where
+        the user set them; its optimizer, LR schedule, warm-up and constructor keywords where they are not the
+        paper's (SGD, step, none, none: a teacher cached before they existed keeps its protocol)."""
         protocol = dict(self.data_spec.protocol)
-        for key in ("epochs", "lr", "lr_decay_stages"):
+        for key in ("epochs", "lr", "lr_decay_stages", "weight_decay"):
             if getattr(self, f"teacher_{key}") is not None:
                 protocol[key] = getattr(self, f"teacher_{key}")
+        solver = _without_unchanged_additions({k: self[f"teacher_{k}"] for k in _TEACHER_SOLVER})
+        model = {"model_kwargs": self.teacher_kwargs} if self.teacher_kwargs else {}
         # a folder's teacher also depends on how its images are read and whether it started from ImageNet weights
         data = {**self.data_options, "pretrained": self.teacher_pretrained} if self.data_spec.options else {}
-        return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]),
+        return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]), **solver, **model,
                 "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED, **data,
                 **self._bn(protocol["batch_size"])}
 
     def teacher_training_config(self) -> RunConfig:
         """The configuration under which the teacher is trained alone (from its ImageNet weights when asked)."""
-        # bn_batch follows from the processes; pretrained is the student's (the teacher's) pretrained flag here
-        protocol = {k: v for k, v in self.teacher_protocol.items() if k not in ("bn_batch", "pretrained")}
-        student_only = {k: DEFAULTS[k] for k in ("optimizer", "lr_warmup_epochs")}  # the teacher's solver is SGD
-        return self.replace(**protocol, **student_only, student=self.teacher, run_name="",
-                            student_pretrained=self.teacher_pretrained, student_weights_file=self.teacher_weights_file)
+        # bn_batch follows from the processes; pretrained and the keywords are the student's (the teacher's) here
+        protocol = {k: v for k, v in self.teacher_protocol.items()
+                    if k not in ("bn_batch", "pretrained", "model_kwargs", *_TEACHER_SOLVER)}
+        solver = {k: self[f"teacher_{k}"] for k in _TEACHER_SOLVER}   # never the student's
+        return self.replace(**protocol, **solver, student=self.teacher, run_name="",
+                            student_pretrained=self.teacher_pretrained, student_weights_file=self.teacher_weights_file,
+                            student_kwargs=self.teacher_kwargs)
 
     @property
     def fingerprint(self) -> dict:
@@ -403,7 +430,12 @@ _ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_w
                 "image_size": None, "augment": "auto", "normalize": "imagenet", "val_fraction": 0.2,
                 "skip_bad_images": False, "in_memory": "auto",
                 "teacher_pretrained": False, "teacher_weights_file": "", "student_pretrained": False,
-                "student_weights_file": "", "loss_params": {}, "logit_standardization": False}
+                "student_weights_file": "", "loss_params": {}, "logit_standardization": False,
+                "lr_schedule": "step", "teacher_optimizer": "sgd", "teacher_lr_schedule": "step",
+                "teacher_lr_warmup_epochs": 0.0, "teacher_weight_decay": None, "teacher_kwargs": {},
+                "student_kwargs": {}}
+# The solver keys a teacher trained here takes from its own `teacher_<key>` parameter, never from the student's.
+_TEACHER_SOLVER = ("optimizer", "lr_schedule", "lr_warmup_epochs")
 
 
 def _without_unchanged_additions(values: dict) -> dict:

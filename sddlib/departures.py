@@ -39,6 +39,7 @@ YOUR_DATA = {"experiment": ["your data", None]}
 # Values that say where a file is, not what is trained (the teacher's origin is compared as `teacher`), and
 # sync_bn, compared through what it decides (`bn_batch`).
 _NOT_COMPARED = {"seed", "teacher_ckpt", "teachers_dir", "teacher_epochs", "teacher_lr", "teacher_lr_decay_stages",
+                 "teacher_optimizer", "teacher_lr_schedule", "teacher_lr_warmup_epochs", "teacher_weight_decay",
                  "sync_bn"}
 _LABELS = {"bn_batch": "BatchNorm batch"}
 

@@ -62,10 +62,11 @@ def _empty_destination(dest: Path) -> None:
 def _data_info(cfg, data_dir):
     """The class names, normalisation and image size of the run's data (its loader decides them)."""
     from .data import get_dataloaders
+    from .run_models import loader_options
     folder = data_dir or cfg.data_dir
     try:
         dls = get_dataloaders(cfg.dataset, folder, bs=cfg.batch_size, subset=cfg.subset, num_workers=0,
-                              seed=cfg.seed, device="cpu", download=False, **cfg.data_options)
+                              seed=cfg.seed, device="cpu", download=False, **loader_options(cfg))
     except (OSError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"the run's data ({cfg.dataset} in {folder}) could not be read for its class names and "

@@ -18,8 +18,8 @@ from .checkpoints import check_checkpoint
 from .config import ConfigError, RunConfig
 from .data.folder import ImageFolderError, scan_folder
 from .data.spec import DatasetLayoutError
-from .models import create_model
 from .regions import _model_parts
+from .run_models import model_for
 
 __all__ = ["check_environment", "check_folder", "teacher_file_in", "run_warnings"]
 
@@ -48,7 +48,7 @@ def check_environment(cfg: RunConfig, teacher_needed: bool = True) -> None:
                                   "or leave it empty.")
             path = teacher_file_in(path, cfg.teacher)
         num_classes = cfg.num_classes
-        model = create_model(cfg.teacher, num_classes=num_classes or 1000, stem=cfg.stem)
+        model = model_for(cfg, "teacher", num_classes or 1000)
         check_checkpoint(model, path, arch=cfg.teacher, role="teacher", shapes=num_classes is not None)
         break
 
@@ -122,7 +122,7 @@ def check_folder(cfg: RunConfig) -> None:
                               "ImageNet weights (.safetensors or .pth).")
     need = 4 if cfg.decoupled else 1  # SD pools a 4x4 grid from the map whatever M is (the authors' rule)
     for role in ("teacher", "student"):
-        model = create_model(cfg[role], num_classes=classes, stem=cfg.stem).eval()
+        model = model_for(cfg, role, classes).eval()
         try:
             features, _ = _model_parts(model)
         except TypeError as err:

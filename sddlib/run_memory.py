@@ -28,7 +28,7 @@ CUDA_CONTEXT_BYTES = 512 * 2**20  # the CUDA context and cuDNN workspaces the al
 HEADROOM = 0.9                    # never plan more than this share of the free memory
 _PROBE_KEYS = ("dataset", "data_dir", "teacher", "student", "method", "M", "batch_size", "subset", "device", "pipeline",
                "channels_last", "precision", "compile", "imports", "image_size", "augment", "val_fraction",
-               "in_memory", "memory_budget")
+               "in_memory", "memory_budget", "teacher_kwargs", "student_kwargs")
 
 
 def _sizes(cfg) -> tuple:
@@ -67,7 +67,7 @@ def _probe(params: dict) -> int:
     from .data.device import DeviceImageDL
     from .distill import DistillationCallback
     from .run_pipeline import _device
-    from .models import create_model
+    from .run_models import model_for
     from .training import build_learner
 
     cfg = RunConfig.from_params({**params, "progress": False})
@@ -81,8 +81,7 @@ def _probe(params: dict) -> int:
                           **stats)
     valid = DeviceImageDL(TensorImageDataset(images[:cfg.batch_size], labels[:cfg.batch_size]),
                           bs=cfg.batch_size, **stats)
-    teacher = create_model(cfg.teacher, num_classes=num_classes, stem=cfg.stem)
-    student = create_model(cfg.student, num_classes=num_classes, stem=cfg.stem)
+    teacher, student = (model_for(cfg, role, num_classes) for role in ("teacher", "student"))
     distill = DistillationCallback(teacher, cfg.method, cfg.scales, logit_standardization=cfg.logit_standardization,
                                    **cfg.loss_kwargs)
     build_learner(DataLoaders(train, valid, device=device), student, cfg, cbs=[distill]).fit(1)

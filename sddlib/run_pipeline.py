@@ -31,7 +31,7 @@ from .departures import PARAMS_DIR, departures, describe, vanilla_departures
 from .locks import run_lock
 from .models import create_model
 from .preflight import check_environment, run_warnings
-from .run_models import load_run_models
+from .run_models import load_run_models, loader_options, model_for
 from .runs import load_metrics
 from .training import RESUME_FILE, RunFailedError, build_learner, differences, distillation_callback, fit_resumable
 
@@ -118,8 +118,9 @@ def alone_fingerprint(cfg: RunConfig, arch: str) -> dict:
     """What decides the weights of `arch` trained alone under `cfg`'s solver."""
     # the data pipeline draws its own augmentation and bf16 rounds otherwise: either makes another run
     pretrained = {"pretrained": True} if arch == cfg.student and cfg.student_pretrained else {}
+    keywords = {"model_kwargs": cfg.student_kwargs} if arch == cfg.student and cfg.student_kwargs else {}
     return {"arch": arch, "dataset": cfg.dataset, **cfg.solver, "pipeline": cfg.data_pipeline, **cfg.data_options,
-            **pretrained,
+            **pretrained, **keywords,
             **({"precision": cfg.precision} if cfg.precision != "fp32" else {})}
 
 
@@ -153,7 +154,7 @@ def _dataloaders(cfg: RunConfig, device, whole_batch: bool = True):
     would have no batch at all)."""
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
                           num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline,
-                          **cfg.data_options, **cfg.memory_options)
+                          **loader_options(cfg), **cfg.memory_options)
     if cfg.batch_size > dls.train.n and (whole_batch or not len(dls.train)):
         images = f"{dls.train.n} images{f' with subset={cfg.subset}' if cfg.subset else ''}"
         if not whole_batch:
@@ -201,13 +202,16 @@ def _complete(out: Path, fingerprint: dict, force: bool) -> dict | None:
 
 
 def _new_model(cfg: RunConfig, arch: str, num_classes: int) -> nn.Module:
-    """`arch` to train; the run's student from its ImageNet weights when `student_pretrained` says so."""
-    if not (arch == cfg.student and cfg.student_pretrained):
+    """`arch` to train; the run's student with its constructor keywords, and from its ImageNet weights when
+    `student_pretrained` says so."""
+    if arch != cfg.student:
         return create_model(arch, num_classes=num_classes, stem=cfg.stem)
+    if not cfg.student_pretrained:
+        return model_for(cfg, "student", num_classes)
     role = "teacher" if cfg.teacher == cfg.student else "student"  # a teacher is fine-tuned as its own student
     try:
-        return create_model(arch, num_classes=num_classes, stem=cfg.stem, pretrained=True,
-                            weights_file=cfg.student_weights_file, weights_param=f"{role}_weights_file")
+        return model_for(cfg, "student", num_classes, pretrained=True, weights_file=cfg.student_weights_file,
+                         weights_param=f"{role}_weights_file")
     except ValueError as err:  # ImageNet weights neither downloadable nor given: which file to put where
         raise ConfigError(str(err)) from None
 

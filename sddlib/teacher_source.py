@@ -16,9 +16,9 @@ from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100
                           read_checkpoint, shipped_teacher_path, teacher_cache_path, write_checkpoint)
 from .config import TEACHER_SEED, RunConfig
 from .locks import run_lock
-from .models import create_model, file_name
+from .models import file_name
 from .preflight import teacher_file_in
-from .run_models import teacher_from_source
+from .run_models import model_for, teacher_for_data, teacher_from_source
 from .run_pipeline import train_and_record
 from .training import differences
 
@@ -36,12 +36,20 @@ def teacher_run_dir(params) -> Path:
 def get_teacher(params, dls) -> tuple[nn.Module, dict]:
     """The teacher for a run and where it came from: torchvision weights > given checkpoint > published
     folder (`teachers_dir`) > cache (same teacher protocol only) > shipped with sddlib (same protocol only) >
-    published CIFAR-100 release > trained here (and cached)."""
+    published CIFAR-100 release > trained here (and cached). Under `normalize: model` it sees `dls`'s images
+    renormalised to its own mean/std (`run_models.teacher_for_data`)."""
     cfg = RunConfig.from_params(params)
+    teacher, source = _find_teacher(cfg, dls)
+    if cfg.normalize == "model":
+        teacher = teacher_for_data(cfg, teacher, (dls.info.mean, dls.info.std))
+    return teacher, source
+
+
+def _find_teacher(cfg: RunConfig, dls) -> tuple[nn.Module, dict]:
     if cfg.teacher_weights:
         source = {"source": "torchvision weights", "weights": cfg.teacher_weights}
         return teacher_from_source(cfg, source, dls.info.num_classes), source
-    teacher = create_model(cfg.teacher, num_classes=dls.info.num_classes, stem=cfg.stem)
+    teacher = model_for(cfg, "teacher", dls.info.num_classes)
     if cfg.teacher_ckpt:
         return load_checkpoint(teacher, cfg.teacher_ckpt, arch=cfg.teacher), {"source": "checkpoint",
                                                                                "path": cfg.teacher_ckpt}
@@ -71,8 +79,9 @@ def train_teacher(params) -> Path:
     cfg = RunConfig.from_params(params)
     protocol = cfg.teacher_protocol
     cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
+    solver = ", ".join(f"{k} {protocol[k]}" for k in ("optimizer", "lr_schedule", "lr_warmup_epochs") if k in protocol)
     print(f"no checkpoint for teacher {cfg.teacher} on {cfg.data_name}: training it for {protocol['epochs']} epochs "
-          f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']})", flush=True)
+          f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']}{', ' + solver if solver else ''})", flush=True)
     # on several processes all train it and rank 0 caches it; its batch is the protocol's, whatever the subset
     out = teacher_run_dir(cfg)
     metrics = train_and_record(cfg.teacher_training_config(), out, arch=cfg.teacher, variant="teacher",

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 __all__ = ["ConfigError", "fail", "accepts", "range_text", "integer", "real", "optional", "text", "flag", "choice",
-           "mapping", "parse_list", "stages", "device_name", "folder_name", "auto_or_flag", "names_or_none"]
+           "mapping", "keywords", "parse_list", "stages", "device_name", "folder_name", "auto_or_flag", "names_or_none"]
 
 
 class ConfigError(ValueError):
@@ -113,6 +113,28 @@ def mapping(name, value):
     return dict(value)
 
 
+@accepts("None or a mapping of keyword names to values, or its YAML text such as '{img_size: 32}'")
+def keywords(name, value):
+    """Keyword arguments for a constructor, as a dict ({} for None); papermill's `-p` gives them as text."""
+    accepted = "None or a mapping of keyword names to values, or its YAML text such as '{img_size: 32}'"
+    parsed = _from_text(name, value, accepted)
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in parsed):
+        fail(name, value, accepted)
+    return dict(parsed)
+
+
+def _from_text(name, value, accepted):
+    """`value`, or what its text says as YAML (papermill's and `python -m sddlib`'s `-p` give text)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        fail(name, value, accepted)
+
+
 _ITEMS = {int: "integers", str: "names"}
 
 
@@ -122,12 +144,7 @@ def parse_list(name: str, value, kind: type, example: str, *, nonempty: bool = F
     The one place such text is parsed, for every notebook and the command line; one sentence when it is not
     a list of `kind` (`example` shows one)."""
     accepted = f"a {'non-empty ' if nonempty else ''}list of {_ITEMS[kind]} such as {example}"
-    items = value
-    if isinstance(value, str):
-        try:
-            items = yaml.safe_load(value)
-        except yaml.YAMLError:
-            fail(name, value, accepted)
+    items = _from_text(name, value, accepted)
     if not isinstance(items, (list, tuple)):
         items = [items]
     if not all(isinstance(v, kind) and not isinstance(v, bool) for v in items) or (nonempty and not items):

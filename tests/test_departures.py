@@ -102,7 +102,8 @@ def test_what_batchnorm_normalises_over_is_compared():
     assert departures(config(imagenet, sync_bn=False), weights)[1] == {}
 
 
-@pytest.mark.parametrize("key, other", [("precision", "bf16"), ("optimizer", "adamw"), ("lr_warmup_epochs", 2.0)])
+@pytest.mark.parametrize("key, other", [("precision", "bf16"), ("optimizer", "adamw"), ("lr_warmup_epochs", 2.0),
+                                        ("lr_schedule", "cosine")])
 def test_a_parameter_added_later_departs_whichever_side_sets_it(tmp_path, monkeypatch, key, other):
     """A fingerprint leaves out a parameter added later while it keeps its old value: the key missing on one side
     is still compared, so neither side's silence makes a run as published."""

@@ -37,7 +37,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # Train augmentations: the ImageNet recipe (random resized crop + flip), the CIFAR one (pad by 1/8 of the side,
 # crop, flip) and the digit mosaics' one (pad by 1/16, crop, no flip: for images a mirror changes, digits, text).
 AUGMENTS = ("auto", "imagenet", "cifar", "crop")
-NORMALIZE = ("imagenet", "auto")
+# "model": the mean/std the trained model's ImageNet weights were trained with, given by the run (`model_stats`).
+NORMALIZE = ("imagenet", "auto", "model")
 # The split and the normalisation sample do not depend on the run's seed: every seed (and the teacher) trains
 # on the same images and sees them normalised alike.
 SPLIT_SEED = 0
@@ -289,14 +290,15 @@ def _in_memory_sets(stores: dict, scan: FolderScan, kept: dict, augment: str, im
 
 def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
                  pipeline="workers", image_size=224, augment="auto", normalize="imagenet", val_fraction=0.2,
-                 skip_bad_images=False, in_memory="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
+                 skip_bad_images=False, in_memory="auto", memory_budget=DEFAULT_MEMORY_BUDGET, model_stats=None):
     """A folder of class folders as fastai DataLoaders (`dls.info`, and `dls.folder`: what was decided).
 
     `in_memory` 'auto' keeps the decoded images in memory and trains through the device pipeline when they take
     at most `memory_budget` of the memory available (`sddlib.data.memory`), else reads the files through
     `pipeline` ('workers'); True insists on memory (refusing a folder over the budget), False reads the files.
     `subset` keeps the first n images of a SPLIT_SEED shuffle of each split (all classes mixed); `download` is
-    unused (there is nothing to download)."""
+    unused (there is nothing to download). `normalize="model"` normalises with `model_stats` (mean, std), those
+    of the model these loaders train (None: ImageNet's)."""
     from fastai.torch_core import default_device
     from torchvision import transforms as T
 
@@ -309,6 +311,9 @@ def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=
     plan, stores = _memory_plan(scan, image_size, recipe, in_memory, memory_budget, device, threads)
     norm, bad, seconds = _check_images(scan, _kept_steps(image_size, recipe), normalize, skip_bad_images, threads,
                                        stores)
+    if normalize == "model":
+        mean, std = model_stats or (IMAGENET_MEAN, IMAGENET_STD)
+        norm = {"normalize": "model", "mean": list(mean), "std": list(std)}
     kept = {"train": _kept(scan.train, bad, subset), "valid": _kept(scan.valid, bad, subset)}
     if stores is not None:
         train_ds, valid_ds, device_augment = _in_memory_sets(stores, scan, kept, recipe, image_size, norm)

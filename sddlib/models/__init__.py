@@ -26,7 +26,8 @@ Which network a (name, stem) pair gives:
 
 * ``"timm:<name>"`` and ``"torchvision:<name>"`` (any stem): any classifier of those libraries, from scratch
   or with ``pretrained=True`` from its ImageNet weights under a new head (``weights_file=``: a local copy of
-  them); see ``sddlib/models/external.py``.
+  them); other keywords go to the library's constructor (``img_size=32, patch_size=8``); see
+  ``sddlib/models/external.py``.
 
 Every model has ``forward(x) -> logits``, ``forward_features(x) -> B x C x H x W`` (the map the
 global pool consumes), ``forward_head(fmap) -> logits`` and ``get_classifier()``.
@@ -41,11 +42,12 @@ import torch.nn as nn
 from . import mobilenetv1, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, vit, wrn  # noqa: F401
 from . import torchvision_models  # noqa: F401  (imported last: it only adds the stem)
 from ._registry import STEMS, builders, register
-from .external import build_external, external_exists, is_external
-from .names import check_model_name, check_pretrained, file_name
+from .external import build_external, external_exists, is_external, pretrained_mean_std
+from .names import check_model_kwargs, check_model_name, check_pretrained, file_name
+from .renormalized import Renormalized
 
 __all__ = ["create_model", "list_models", "register", "STEMS", "is_external", "external_exists", "check_model_name",
-           "check_pretrained", "file_name"]
+           "check_pretrained", "check_model_kwargs", "file_name", "pretrained_mean_std", "Renormalized"]
 
 
 def list_models(stem: str | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["LIBRARIES", "is_external", "external_exists", "build_external"]
+__all__ = ["LIBRARIES", "is_external", "external_exists", "build_external", "pretrained_mean_std"]
 
 LIBRARIES = ("timm", "torchvision")
 
@@ -70,10 +70,26 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
     setattr(parent, name.rpartition(".")[2], nn.Linear(last.in_features, num_classes, bias=last.bias is not None))
 
 
+def pretrained_mean_std(name: str) -> tuple[tuple, tuple]:
+    """The per-channel mean and std the model's ImageNet weights were trained with: timm's `pretrained_cfg`
+    (0.5 for many ViTs), torchvision's DEFAULT weights' transforms."""
+    library, model = _split(name)
+    if library == "timm":
+        from timm.models import get_pretrained_cfg
+        cfg = get_pretrained_cfg(model)
+        mean, std = (cfg.mean, cfg.std) if cfg is not None else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    else:
+        from torchvision.models import get_model_weights
+        steps = get_model_weights(model).DEFAULT.transforms()
+        mean, std = steps.mean, steps.std
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def build_external(name: str, num_classes: int, pretrained: bool = False, weights_file: str = "",
-                   weights_param: str = "weights_file") -> nn.Module:
+                   weights_param: str = "weights_file", **model_kwargs) -> nn.Module:
     """The model `name` ("timm:<model>" or "torchvision:<model>") with a `num_classes`-way head; with
-    `pretrained`, from its ImageNet weights (`weights_file`, or the library's download) under a new head."""
+    `pretrained`, from its ImageNet weights (`weights_file`, or the library's download) under a new head.
+    `model_kwargs` go to the library's constructor (e.g. img_size=32, patch_size=8 for a timm ViT)."""
     library, model = _split(name)
     path = Path(weights_file).expanduser() if weights_file else None
     if path is not None and not path.is_file():
@@ -84,11 +100,11 @@ def build_external(name: str, num_classes: int, pretrained: bool = False, weight
             import timm
             overlay = {"file": str(path)} if path else None
             return timm.create_model(model, pretrained=pretrained, num_classes=num_classes,
-                                     pretrained_cfg_overlay=overlay)
+                                     pretrained_cfg_overlay=overlay, **model_kwargs)
         import torchvision.models as tvm
         if not pretrained:
-            return tvm.get_model(model, num_classes=num_classes)
-        net = tvm.get_model(model, weights=None if path else "DEFAULT")
+            return tvm.get_model(model, num_classes=num_classes, **model_kwargs)
+        net = tvm.get_model(model, weights=None if path else "DEFAULT", **model_kwargs)
         if path:
             net.load_state_dict(_read_state_dict(path))
         _replace_last_linear(net, num_classes)

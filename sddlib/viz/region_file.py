@@ -141,10 +141,10 @@ def region_predictions(run_dir) -> RegionFile:
 def _from_saved_models(run_dir: Path, metrics: dict, path: Path) -> RegionFile:
     from ..config import RunConfig
     from ..data import get_dataloaders
-    from ..run_models import load_run_models
+    from ..run_models import load_run_models, loader_options
     cfg = RunConfig.from_params(metrics["params"])
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset, num_workers=0,
-                          seed=cfg.seed, device="cpu", **cfg.data_options)
+                          seed=cfg.seed, device="cpu", **loader_options(cfg))
     student, teacher = load_run_models(run_dir, dls.info.num_classes, cfg=cfg, with_teacher=True)
     preds, _ = collect_run_predictions(teacher, student, dls.valid, cfg.scales, info=dls.info,
                                        max_items=FIGURE_SAMPLE_SIZE, sample_seed=FIGURE_SAMPLE_SEED)
