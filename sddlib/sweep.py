@@ -8,8 +8,10 @@
 
 Each file runs `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the `-p`
 overrides (values parsed as YAML; text parameters such as M stay text), writing the executed notebook to
-`run_dir(params)/notebook.ipynb`. A run's `imports` modules are found from the folder the sweep starts in (every
-job's notebook kernel has it on its path) and PYTHONPATH. Runs whose metrics.json is complete are skipped unless
+`run_dir(params)/notebook.ipynb`. A key that the notebook's parameters cell does not set is refused before any run
+(`check_notebook_takes`; papermill would only warn and the notebook would run without it). A run's `imports`
+modules are found from the folder the sweep starts in (every job's notebook kernel has it on its path) and
+PYTHONPATH. Runs whose metrics.json is complete are skipped unless
 `--force` (which moves the old metrics.json aside to metrics.previous.json); an interrupted run resumes from its last
 completed epoch. A failed run (an error, or a notebook that ends without a complete metrics.json) does not
 stop the others; all failures are listed at the end and the exit status is 1. Each finished run says
@@ -31,6 +33,7 @@ processes (`--jobs` at a time). Failed jobs are listed with their log files (`--
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import os
 import sys
@@ -42,6 +45,7 @@ import submitit
 import yaml
 
 from .shipped import checkout, shipped_folder
+from .validators import ConfigError
 
 # Notebooks run in the repository root (relative defaults such as outputs/ and data/ are there); sddlib installed from
 # a wheel has no repository: they run in the folder the sweep starts in.
@@ -71,6 +75,7 @@ def plan(path, overrides: dict, notebook=None) -> dict:
     if not isinstance(params, dict):
         raise ValueError(f"{path} is not a flat YAML mapping of parameters.")
     params.update(overrides)
+    given = list(params)
     params.setdefault("output_dir", str(ROOT / DEFAULTS["output_dir"]))  # what the notebook would use
     for key in PATH_KEYS:  # relative paths mean "from where the sweep was started"
         if params.get(key):
@@ -80,9 +85,39 @@ def plan(path, overrides: dict, notebook=None) -> dict:
     if not nb.is_file():
         raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
     out = run_dir(params)
+    check_notebook_takes(given, nb, dataset)
     return {"file": str(path), "params": params, "notebook": str(nb), "out": str(out / "notebook.ipynb"),
             "complete": load_metrics(out / "metrics.json") is not None,
             "resumes": (out / RESUME_FILE).is_file(), "import_path": str(Path.cwd())}
+
+
+def notebook_parameters(notebook: Path) -> frozenset | None:
+    """The names `notebook`'s cell tagged `parameters` assigns (None: it has no such cell), read with `ast`, nothing
+    run (papermill's `inspect_notebook` drops a line whose comment holds a quote, e.g. cifar100's `pipeline`)."""
+    import nbformat
+    cells = [c for c in nbformat.read(str(notebook), as_version=4).cells if "parameters" in c.metadata.get("tags", ())]
+    if not cells:
+        return None
+    targets = [t for node in ast.parse(cells[0].source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    return frozenset(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+
+
+def check_notebook_takes(keys, notebook: Path, dataset: str) -> None:
+    """Refuse, before any run, a key that `notebook`'s parameters cell does not set: papermill would pass it with a
+    warning only and the notebook would run something else (a folder params file's `seed` once ran seed 0).
+    `dataset` chose the notebook, so the dataset's own notebook need not take it."""
+    from .data.spec import dataset_spec
+    notebook, own = Path(notebook).resolve(), dataset_spec(dataset).notebook
+    cell = notebook_parameters(notebook)
+    taken = (cell or frozenset()) | ({"dataset"} if own and (NOTEBOOK_DIR / own).resolve() == notebook else set())
+    untaken = [key for key in keys if key not in taken]
+    if not untaken:
+        return
+    why = "its parameters cell does not set it" if cell is not None else "it has no cell tagged 'parameters'"
+    raise ConfigError(f"parameter {', '.join(map(repr, untaken))} is not taken by notebook {notebook} ({why}; "
+                      "papermill would only warn and the run would ignore it): remove it from the params file and "
+                      "-p, or give a notebook that takes it with --notebook.")
 
 
 @contextlib.contextmanager

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 __all__ = ["ConfigError", "fail", "accepts", "range_text", "integer", "real", "optional", "text", "flag", "choice",
-           "mapping", "keywords", "parse_list", "stages", "device_name", "folder_name", "auto_or_flag", "names_or_none"]
+           "mapping", "keywords", "parse_list", "one_or_several", "stages", "device_name", "folder_name",
+           "auto_or_flag", "names_or_none"]
 
 
 class ConfigError(ValueError):
@@ -150,6 +151,20 @@ def parse_list(name: str, value, kind: type, example: str, *, nonempty: bool = F
     if not all(isinstance(v, kind) and not isinstance(v, bool) for v in items) or (nonempty and not items):
         fail(name, value, accepted)
     return list(items)
+
+
+def one_or_several(name: str, value, list_name: str, values, kind: type, example: str) -> list:
+    """The runs a notebook makes of a parameter that also has a list form (`seed`/`seeds`, `method`/`methods`):
+    `values` (None: not given) when given, else `[value]`. One rule, so that a params file's `seed` is always run:
+    the list must hold the single value (the run the notebook shows, and the one a sweep waits for)."""
+    if values is None:
+        return [value]
+    items = list(dict.fromkeys(parse_list(list_name, values, kind, example, nonempty=True)))
+    if value not in items:
+        raise ConfigError(f"{name}={value!r} is not in {list_name}={items!r}; {list_name} lists every one to run "
+                          f"and must hold {name} (the run shown, and the one a sweep waits for): add {value!r} to "
+                          f"{list_name} or set {name} to one of them.")
+    return items
 
 
 @accepts("a list of increasing epochs such as [150, 180, 210]")

@@ -62,7 +62,8 @@ def test_the_documents_hold_commands():
 
 
 def _notebook_resolves(argv):
-    """papermill's own option parsing and merging, its injected parameters cell, then the notebook's checks."""
+    """papermill's own option parsing and merging, its injected parameters cell, then the notebook's checks (every
+    key of a params file taken by the notebook, as the sweep requires); returns the notebook's namespace."""
     ctx = papermill_cli.make_context("papermill", list(argv))
     opts = ctx.params
     given = {}   # what the command sets by name (a params file may also hold keys its notebook fixes, e.g. dataset)
@@ -74,6 +75,7 @@ def _notebook_resolves(argv):
     for path in opts["parameters_file"]:
         params.update(yaml.safe_load(Path(path).read_text()) or {})
     params.update(given)
+    sweep.check_notebook_takes(list(params), Path(opts["notebook_path"]), params.get("dataset", "cifar100"))
     notebook = load_notebook_node(opts["notebook_path"])
     defined = {}
     first = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.tags)
@@ -86,6 +88,7 @@ def _notebook_resolves(argv):
     with contextlib.redirect_stdout(io.StringIO()):
         for source in code[:3]:
             exec(source, namespace)
+    return namespace
 
 
 def _command_line_resolves(argv):
@@ -121,3 +124,30 @@ def test_a_list_parameter_that_is_not_a_list_of_seeds_is_one_sentence(value, mon
     monkeypatch.chdir(REPO)
     with pytest.raises(ConfigError, match=r"^seeds=.* is not accepted; seeds must be a non-empty list of integers"):
         _notebook_resolves(["notebooks/quickstart.ipynb", "out.ipynb", "-p", "seeds", value])
+
+
+@pytest.mark.parametrize("given, seeds, methods", [
+    ([], [0], ["kd"]), (["-p", "seed", "1"], [1], ["kd"]), (["-p", "method", "dkd"], [0], ["dkd"]),
+    (["-p", "seeds", "[2, 0]", "-p", "methods", '["kd", "nkd"]'], [2, 0], ["kd", "nkd"])])
+def test_the_quickstart_takes_seed_and_method_as_every_run_does(given, seeds, methods, monkeypatch):
+    """`seed` and `method` run as in a params file; `seeds` and `methods`, when given, list every one to run."""
+    monkeypatch.chdir(REPO)
+    namespace = _notebook_resolves(["notebooks/quickstart.ipynb", "out.ipynb", *given])
+    assert namespace["seeds"] == seeds and namespace["methods"] == methods
+    assert sorted(namespace["plan"]) == sorted((m, scales, s) for s in seeds for m in methods
+                                               for scales in ("[1]", "[1,2,4]"))
+    base = namespace["base"]   # the run shown: seed and method
+    assert (base.seed, base.method, base.scales) == (namespace["seed"], namespace["method"], (1, 2, 4))
+
+
+@pytest.mark.parametrize("given, sentence", [
+    (["-p", "seed", "1", "-p", "seeds", "[0, 2]"], "seed=1 is not in seeds=[0, 2]; seeds lists every one to run "
+     "and must hold seed (the run shown, and the one a sweep waits for): add 1 to seeds or set seed to one of them."),
+    (["-p", "methods", '["dkd", "nkd"]'], "method='kd' is not in methods=['dkd', 'nkd']; methods lists every one to "
+     "run and must hold method (the run shown, and the one a sweep waits for): add 'kd' to methods or set method to "
+     "one of them.")])
+def test_a_seed_or_method_outside_its_list_is_one_sentence(given, sentence, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError) as err:
+        _notebook_resolves(["notebooks/quickstart.ipynb", "out.ipynb", *given])
+    assert str(err.value) == sentence

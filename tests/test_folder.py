@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -200,6 +201,11 @@ def test_your_data_notebook_and_the_cli(tmp_path):
     assert shown.count("image/png") >= 2 and "owl" in shown                      # the sample grid, class counts
     assert "SD-KD" in shown and "teacher timm:test_resnet (trained here): top-1" in shown   # the table, the teacher
     assert (out / "my_pets" / sd["run_name"] / "figures").is_dir()
+    tables = out / "tables"                                  # its two tables, as the other notebooks write theirs
+    assert "SD-KD" in (tables / "your_data-my_pets.md").read_text()
+    assert len(pd.read_csv(tables / "your_data-my_pets.csv")) >= 3                   # alone, KD, SD-KD
+    assert {p.name for p in tables.glob("your_data-my_pets-sd-gains.*")} == {"your_data-my_pets-sd-gains.csv",
+                                                                             "your_data-my_pets-sd-gains.md"}
 
     data = write_folder(tmp_path / "shelter", layout="train/val", per_class=3)
     params = tmp_path / "my.yaml"

@@ -71,10 +71,12 @@ def sh(command, cwd) -> subprocess.CompletedProcess:
     return done
 
 
-def notebook(folder: Path) -> Path:
+def notebook(folder: Path, params: dict) -> Path:
+    """A notebook whose parameters cell sets every key of `params` (a sweep refuses a key it does not set)."""
     path = folder / "run.ipynb"
+    cell = "".join(f"{key} = {value!r}\n" for key, value in {**params, "imports": []}.items())
     nbformat.write(nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell("imports = []\n", metadata={"tags": ["parameters"]}),
+        cells=[nbformat.v4.new_code_cell(cell, metadata={"tags": ["parameters"]}),
                nbformat.v4.new_code_cell(RUN_CELL)],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), path)
     return path
@@ -127,7 +129,7 @@ def test_python_m_sddlib(work):
 def test_a_sweep_runs_it_in_its_notebook_kernel(work, monkeypatch):
     folder, params = work
     monkeypatch.chdir(folder)   # the sweep starts here; its kernel starts in the repository root
-    assert sweep.main(["run.yaml", "--notebook", str(notebook(folder))]) == 0
+    assert sweep.main(["run.yaml", "--notebook", str(notebook(folder, params))]) == 0
     completed(params)
 
 
@@ -143,7 +145,7 @@ def test_torchrun_workers(work):
 def test_a_submitit_job(work, monkeypatch):
     folder, params = work
     monkeypatch.chdir(folder)
-    assert sweep.main(["run.yaml", "--notebook", str(notebook(folder)), "--executor", "local", "--jobs", "1",
+    assert sweep.main(["run.yaml", "--notebook", str(notebook(folder, params)), "--executor", "local", "--jobs", "1",
                        "--gpus-per-job", "0", "--log-dir", str(folder / "logs")]) == 0
     completed(params)
 

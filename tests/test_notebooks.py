@@ -150,7 +150,7 @@ def test_imagenet_notebook(work, tiny_imagenet):
 
 def test_quickstart_notebook(work, mosaic_dir):
     out = work["outputs"] / "quickstart"
-    nb = execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, methods=["dkd"],
+    nb = execute("quickstart", work["root"], subset=64, epochs=1, teacher_epochs=1, method="dkd",
                  seeds=[0, 1], output_dir=str(out), data_dir=str(mosaic_dir), teacher="resnet14")
     metrics = [json.loads(p.read_text()) for p in out.glob("digit_mosaic/*/metrics.json")]
     assert sorted(m["run_name"] for m in metrics if m["variant"] in ("alone", "teacher")) == [

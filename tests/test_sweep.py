@@ -12,7 +12,9 @@ from sddlib.experiment import load_metrics
 
 pytest.importorskip("papermill")
 
-PARAMETERS = 'dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
+PARAMETERS = ('dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
+              'seed = 0\nepochs = 240\nsubset = 0\nbatch_size = 64\nT = None\ndata_dir = "data"\n'
+              'output_dir = "outputs"\n')
 # A stand-in for a dataset notebook that imports nothing heavy (a kernel that imports sddlib takes ~15 s to
 # start here): it writes the metrics.json of a run named as sddlib names runs, with the parameters it was given.
 WORK = """\
@@ -119,6 +121,25 @@ def test_bad_file_is_a_failure_not_a_crash(setup, capsys):
     assert "typo.yaml: ConfigError: parameter 'learning_rate' is unknown;" in capsys.readouterr().err
 
 
+def test_a_key_the_notebook_does_not_take_is_refused_before_any_run(setup, capsys, monkeypatch):
+    """Papermill would pass it with a warning only and the notebook would run another experiment (issue 38: a folder
+    params file's seed ran seed 0): one sentence naming the key and the notebook, and nothing runs."""
+    tmp, out, args = setup
+    (tmp / "wd.yaml").write_text((tmp / "ok.yaml").read_text() + "weight_decay: 0.1\n")   # a run parameter, untaken
+    monkeypatch.setattr("papermill.execute_notebook", lambda *a, **k: pytest.fail("a run started"))
+    assert sweep.main([str(tmp / "wd.yaml"), str(tmp / "ok.yaml"), *args, "-p", "lr", "0.1"]) == 1   # and -p lr
+    failed = capsys.readouterr().err.splitlines()
+    assert len(failed) == 2 and not out.exists()
+    nb = tmp / "tiny.ipynb"
+    assert failed[0].endswith(f"wd.yaml: ConfigError: parameter 'weight_decay', 'lr' is not taken by notebook {nb} "
+                              "(its parameters cell does not set it; papermill would only warn and the run would "
+                              "ignore it): remove it from the params file and -p, or give a notebook that takes it "
+                              "with --notebook.")
+    assert failed[1].endswith(f"ok.yaml: ConfigError: parameter 'lr' is not taken by notebook {nb} (its parameters "
+                              "cell does not set it; papermill would only warn and the run would ignore it): remove "
+                              "it from the params file and -p, or give a notebook that takes it with --notebook.")
+
+
 @pytest.mark.slow  # executes a notebook
 def test_a_notebook_without_a_complete_metrics_json_is_a_failure(setup, capsys):
     tmp, out, args = setup
@@ -169,3 +190,13 @@ def test_a_requeued_job_resumes_its_run():
     job = {"file": "a.yaml", "complete": True, "out": "x/notebook.ipynb"}
     again = sweep.RunJob().checkpoint(job, "python3")
     assert again.function.__class__ is sweep.RunJob and again.args == ({**job, "complete": False}, "python3")
+
+
+def test_every_shipped_params_file_is_taken_by_its_notebook(monkeypatch):
+    """Each key of params/ and examples/ reaches a notebook that sets it (the logit-family and LS files once lost
+    loss_params and logit_standardization in cifar100.ipynb; a folder file its seed in your_data.ipynb)."""
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(repo / "examples"))      # examples/l2.yaml imports my_losses from there
+    files = sorted((repo / "params").rglob("*.yaml")) + [repo / "examples" / "l2.yaml"]
+    notebooks = {Path(sweep.plan(path, {"data_dir": "data"})["notebook"]).name for path in files}
+    assert len(files) > 40 and notebooks == {"cifar100.ipynb", "cub200.ipynb", "imagenet.ipynb", "your_data.ipynb"}

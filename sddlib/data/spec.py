@@ -246,7 +246,7 @@ register_dataset(DatasetSpec(
     "digit_mosaic", "Digit mosaic", digit_mosaic, dict(epochs=8, batch_size=64, lr=0.05, lr_decay_stages=(5, 7),
                                                        lr_decay_rate=0.1, weight_decay=5e-4, momentum=0.9),
     ("resnet14", "resnet8"), "cifar", _IN_MEMORY, classes=10, sizes=(8_000, 2_000, 32),
-    published_teacher="trained here"))
+    published_teacher="trained here", notebook="quickstart.ipynb"))
 register_dataset(DatasetSpec(
     # your own folder of images: no paper; the CIFAR/CUB solver on a 30-epoch schedule of the same shape, the
     # CIFAR networks for images up to 64 px
