@@ -21,7 +21,6 @@ from pathlib import Path
 
 from .data.build import PIPELINES
 from .data.folder import AUGMENTS, NORMALIZE
-from . import loss_family  # noqa: F401  (registers ttm, wttm, rld, abkd wherever a run is checked)
 from .data.memory import DEFAULT_MEMORY_BUDGET
 from .data.spec import DATASETS, DatasetSpec
 from .losses import LOSS_FIELDS, LOSSES, LogitLoss

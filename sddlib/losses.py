@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import loss_family
 from .regions import COMPLEMENTARY_WEIGHT
 from .validators import ConfigError, flag, integer, real
 
@@ -337,6 +338,30 @@ register_loss("nkd", _nkd_rows, hyper={"T": _TEMPERATURE, "gamma": Hyper(8.0, **
                                        "exclude_target": Hyper(False, bool, doc="drop the target from the "
                                                                "non-target term")},
               ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, loss=nkd_loss)
+
+# TTM, WTTM, RLD and ABKD (sddlib.loss_family), registered here so that importing this module knows them. Defaults:
+# each repository's README command for CIFAR-100, the code's own defaults for what it leaves unset (docs/losses.md,
+# "The logit-distillation family").
+_POSITIVE = dict(low=0, low_open=True)
+_EXPONENT = Hyper(0.1, low=0, doc="TTM exponent of the teacher's probabilities (their --ttm_l)")
+register_loss("ttm", loss_family.ttm_rows, hyper={"gamma": _EXPONENT}, ce_weight=1.0, kd_weight=45.0,
+              warmup_epochs=0)
+register_loss("wttm", loss_family.wttm_rows, hyper={"gamma": Hyper(0.2, low=0, doc=_EXPONENT.doc)}, ce_weight=1.0,
+              kd_weight=4.0, warmup_epochs=0)
+# Under logit standardization, RLD's own tools/train.py (--logit-stand, --base-temp 2 --kd-weight 9): alpha and beta
+# times 9, both temperatures 2.
+register_loss("rld", loss_family.rld_rows, hyper={
+    "alpha": Hyper(1.0, low=0, doc="RLD binary-term weight"),
+    "beta": Hyper(8.0, low=0, doc="RLD weight of the classes ranked below the target"),
+    "T": Hyper(4.0, **_POSITIVE, doc="temperature"),
+    "binary_T": Hyper(4.0, **_POSITIVE, doc="RLD binary-term temperature")},
+    ce_weight=1.0, kd_weight=1.0, warmup_epochs=20,
+    standardized={"alpha": 9.0, "beta": 72.0, "T": 2.0, "binary_T": 2.0})
+register_loss("abkd", loss_family.abkd_rows, hyper={
+    "alpha": Hyper(0.8, low=0, doc="ABKD alpha (power of the teacher's probabilities)"),
+    "beta": Hyper(0.3, low=0, doc="ABKD beta (power of the student's probabilities)"),
+    "T": Hyper(4.0, **_POSITIVE, doc="temperature")},
+    ce_weight=1.0, kd_weight=32.0, warmup_epochs=0)
 
 
 class RegionMasks(NamedTuple):
