@@ -77,7 +77,8 @@ class RunConfig(Mapping):
     scales: tuple = _param((1, 2, 4), None, "M: region scales, [1] (plain method), [1,2] or [1,2,4]")
     epochs: int = _param(None, optional(_POSITIVE_INT), "training epochs")
     batch_size: int = _param(None, optional(_POSITIVE_INT), "images per step")
-    lr: float = _param(None, _POSITIVE, "initial LR")
+    lr: float = _param(None, _POSITIVE, "initial LR (None: the dataset's; on CIFAR-100 and CUB-200 0.01 for "
+                       "ShuffleV1, ShuffleV2 and MobileNetV2 students, 0.05 for the others, as the authors' configs)")
     lr_decay_stages: tuple = _param(None, optional(stages), "epochs after which the LR is multiplied by the rate")
     lr_decay_rate: float = _param(None, optional(_SHARE), "LR multiplier at each stage")
     weight_decay: float = _param(None, _WEIGHT, "L2 weight decay on every parameter")
@@ -205,6 +206,7 @@ class RunConfig(Mapping):
             raise ConfigError(str(err)) from None
         spec = DATASETS[values["dataset"]]
         protocol = spec.protocol
+        lr_of_student = values["lr"] is None   # the student's own LR, once the student is known (below)
         for key, value in protocol.items():
             if values[key] is None:
                 values[key] = value
@@ -218,6 +220,8 @@ class RunConfig(Mapping):
             values[role] = default if values[role] is None else values[role]
             check_model_name(role, values[role], stem)
             check_pretrained(role, values[role], values[f"{role}_pretrained"], values[f"{role}_weights_file"])
+        if lr_of_student:
+            values["lr"] = spec.lr_for(values["student"])
         spec.check_pipeline(values["pipeline"])
         longest = max(values["epochs"], protocol["epochs"])
         for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
