@@ -94,6 +94,11 @@ class RunConfig(Mapping):
     exclude_target: bool = _param(None, optional(flag), "NKD: drop the target from the non-target term")
     loss_params: dict = _param(None, optional(mapping), "hyper-parameters of a registered loss that are not "
                                "fields of their own, e.g. {'scale': 0.5}; None: the loss's defaults")
+    recipe: str = _param(None, optional(choice(METHODS)), "the method the loss values (ce_weight, kd_weight, "
+                         "warmup_epochs, T, alpha, beta, gamma, exclude_target, loss_params) were written for: when "
+                         "`method` names another, each value equal to that method's registered recipe takes "
+                         "`method`'s own instead, and the run's first lines say which (every params file of sddlib "
+                         "names its own, so -p method X runs X's recipe; docs/losses.md); None: every value as given")
     logit_standardization: bool = _param(False, flag, "z-score the teacher's and the student's logits per sample "
                                          "(per region for SD) before the temperature (Sun et al., CVPR 2024); "
                                          "loss defaults become their CIFAR-100 recipe; not the SDD paper's protocol")
@@ -210,7 +215,8 @@ class RunConfig(Mapping):
         for key, value in protocol.items():
             if values[key] is None:
                 values[key] = value
-        METHODS[values["method"]].resolve(values)
+        recipe_change = METHODS[values["method"]].resolve(values, given_as=METHODS.get(values["recipe"]))
+        values["recipe"] = values["method"]   # the values are now the method's recipe (and what was kept)
         if values["sync_bn"] is None:
             values["sync_bn"] = spec.sync_bn
         _resolve_options(values, spec)
@@ -231,7 +237,9 @@ class RunConfig(Mapping):
                                   f"{values['dataset']} protocol's {protocol['epochs']}).")
         cfg = cls(**values)
         # given values the method does not read: kept (the notebooks pass every key), said once when the run starts
-        object.__setattr__(cfg, "_ignored", {k: v for k, v in given_loss_values.items() if values[k] is None})
+        object.__setattr__(cfg, "_ignored", {k: v for k, v in given_loss_values.items()
+                                             if values[k] is None and k not in recipe_change.get("took", {})})
+        object.__setattr__(cfg, "_recipe_change", recipe_change)
         return cfg
 
     def replace(self, **changes) -> RunConfig:
@@ -245,6 +253,7 @@ class RunConfig(Mapping):
             return self
         cfg = dataclasses.replace(self, processes=_POSITIVE_INT("processes", processes))
         object.__setattr__(cfg, "_ignored", self.ignored)
+        object.__setattr__(cfg, "_recipe_change", self.recipe_change)
         return cfg
 
     # --- the flat view (notebooks, params files, metrics.json) -------------------------------------
@@ -360,6 +369,12 @@ class RunConfig(Mapping):
         return getattr(self, "_ignored", {})
 
     @property
+    def recipe_change(self) -> dict:
+        """What the method took of its own recipe in place of the values written as another's (`recipe`):
+        {"recipe": that method, "took": {name: [value now, value given]}, "kept": {name: value}}; {} when none."""
+        return getattr(self, "_recipe_change", {})
+
+    @property
     def solver(self) -> dict:
         """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
         keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
@@ -395,7 +410,7 @@ class RunConfig(Mapping):
         modules imported do not change them beyond fp32 rounding; precision does; the method a module registers
         does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "tracker",
-                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget"}
+                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget", "recipe"}
         return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
                 **self._bn(self.batch_size)}
 

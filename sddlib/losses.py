@@ -227,10 +227,17 @@ class LogitLoss:
         values = {**{k: getattr(self, k) for k in RECIPE}, **self.loss_defaults}
         return {**values, **self.standardized} if logit_standardization else values
 
-    def resolve(self, values: dict) -> None:
+    def resolve(self, values: dict, given_as: LogitLoss | None = None) -> dict:
         """A run's loss values (`RunConfig` parameters), in place: the recipe's weights and warm-up where None; each
         of LOSS_FIELDS this loss takes checked, or its default where None (None for the others); `loss_params`
-        checked and completed."""
+        checked and completed. `given_as`: the loss whose recipe the values were written as (the `recipe`
+        parameter); when it is another, the values equal to its recipe are cleared first (`clear_recipe`), and the
+        return says what changed: {"recipe": its name, "took": {name: [value now, value given]}, "kept": {name:
+        value given}} ({} when the values were not another loss's recipe)."""
+        changed = given_as is not None and given_as.name != self.name
+        cleared = given_as.clear_recipe(values) if changed else {}
+        given = {**{k: values[k] for k in (*RECIPE, *LOSS_FIELDS) if values[k] is not None},
+                 **(values["loss_params"] or {})}
         recipe = self.recipe(values["logit_standardization"])
         for key in RECIPE:
             if values[key] is None:
@@ -239,6 +246,27 @@ class LogitLoss:
             values[key] = (recipe[key] if values[key] is None else self.check_value(key, values[key])) \
                 if key in self.hyper else None
         values["loss_params"] = self.other_params(values["loss_params"] or {}, recipe)
+        if not changed:
+            return {}
+        now = {**{k: values[k] for k in (*RECIPE, *LOSS_FIELDS)}, **values["loss_params"]}
+        return {"recipe": given_as.name, "took": {k: [now.get(k), v] for k, v in cleared.items()},
+                "kept": {k: v for k, v in given.items() if now.get(k) is not None}}
+
+    def clear_recipe(self, values: dict) -> dict:
+        """A run's parameters `values` written for this loss, run with another method: each value that equals this
+        loss's registered recipe (weights, warm-up, hyper-parameters, `loss_params` entries; under the run's
+        `logit_standardization`) is there only because it was this loss's recipe, and is cleared (in place) for the
+        other method's recipe to fill in. Returns {name: value} of those cleared."""
+
+        recipe = self.recipe(values["logit_standardization"])
+        def same(key, value):   # 20 and 20.0 alike, False and 0 not
+            expected = recipe[key]
+            return value is not None and isinstance(value, bool) == isinstance(expected, bool) and value == expected
+        cleared = {k: values[k] for k in (*RECIPE, *LOSS_FIELDS) if k in recipe and same(k, values[k])}
+        own = dict(values["loss_params"] or {})
+        cleared.update({k: own.pop(k) for k in list(own) if k in recipe and same(k, own[k])})
+        values.update({k: None for k in cleared if k in values}, loss_params=own or None)
+        return cleared
 
     def check_value(self, key: str, value):
         """A given value of hyper-parameter `key`, checked (a ConfigError names this loss)."""
