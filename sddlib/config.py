@@ -21,7 +21,6 @@ from pathlib import Path
 
 from .data.build import PIPELINES
 from .data.folder import AUGMENTS, NORMALIZE
-from . import loss_family  # noqa: F401  (registers ttm, wttm, rld, abkd wherever a run is checked)
 from .data.memory import DEFAULT_MEMORY_BUDGET
 from .data.spec import DATASETS, DatasetSpec
 from .losses import LOSS_FIELDS, LOSSES, LogitLoss
@@ -80,7 +79,8 @@ class RunConfig(Mapping):
     scales: tuple = _param((1, 2, 4), None, "M: region scales, [1] (plain method), [1,2] or [1,2,4]")
     epochs: int = _param(None, optional(_POSITIVE_INT), "training epochs")
     batch_size: int = _param(None, optional(_POSITIVE_INT), "images per step")
-    lr: float = _param(None, _POSITIVE, "initial LR")
+    lr: float = _param(None, _POSITIVE, "initial LR (None: the dataset's; on CIFAR-100 and CUB-200 0.01 for "
+                       "ShuffleV1, ShuffleV2 and MobileNetV2 students, 0.05 for the others, as the authors' configs)")
     lr_decay_stages: tuple = _param(None, optional(stages), "epochs after which the LR is multiplied by the rate")
     lr_decay_rate: float = _param(None, optional(_SHARE), "LR multiplier at each stage")
     weight_decay: float = _param(None, _WEIGHT, "L2 weight decay on every parameter")
@@ -96,6 +96,11 @@ class RunConfig(Mapping):
     exclude_target: bool = _param(None, optional(flag), "NKD: drop the target from the non-target term")
     loss_params: dict = _param(None, optional(mapping), "hyper-parameters of a registered loss that are not "
                                "fields of their own, e.g. {'scale': 0.5}; None: the loss's defaults")
+    recipe: str = _param(None, optional(choice(METHODS)), "the method the loss values (ce_weight, kd_weight, "
+                         "warmup_epochs, T, alpha, beta, gamma, exclude_target, loss_params) were written for: when "
+                         "`method` names another, each value equal to that method's registered recipe takes "
+                         "`method`'s own instead, and the run's first lines say which (every params file of sddlib "
+                         "names its own, so -p method X runs X's recipe; docs/losses.md); None: every value as given")
     logit_standardization: bool = _param(False, flag, "z-score the teacher's and the student's logits per sample "
                                          "(per region for SD) before the temperature (Sun et al., CVPR 2024); "
                                          "loss defaults become their CIFAR-100 recipe; not the SDD paper's protocol")
@@ -226,10 +231,12 @@ class RunConfig(Mapping):
             raise ConfigError(str(err)) from None
         spec = DATASETS[values["dataset"]]
         protocol = spec.protocol
+        lr_of_student = values["lr"] is None   # the student's own LR, once the student is known (below)
         for key, value in protocol.items():
             if values[key] is None:
                 values[key] = value
-        METHODS[values["method"]].resolve(values)
+        recipe_change = METHODS[values["method"]].resolve(values, given_as=METHODS.get(values["recipe"]))
+        values["recipe"] = values["method"]   # the values are now the method's recipe (and what was kept)
         if values["sync_bn"] is None:
             values["sync_bn"] = spec.sync_bn
         _resolve_options(values, spec)
@@ -240,6 +247,8 @@ class RunConfig(Mapping):
             check_model_name(role, values[role], stem)
             check_pretrained(role, values[role], values[f"{role}_pretrained"], values[f"{role}_weights_file"])
             check_model_kwargs(role, values[role], values[f"{role}_kwargs"])
+        if lr_of_student:
+            values["lr"] = spec.lr_for(values["student"])
         spec.check_pipeline(values["pipeline"])
         longest = max(values["epochs"], protocol["epochs"])
         for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
@@ -249,7 +258,9 @@ class RunConfig(Mapping):
                                   f"{values['dataset']} protocol's {protocol['epochs']}).")
         cfg = cls(**values)
         # given values the method does not read: kept (the notebooks pass every key), said once when the run starts
-        object.__setattr__(cfg, "_ignored", {k: v for k, v in given_loss_values.items() if values[k] is None})
+        object.__setattr__(cfg, "_ignored", {k: v for k, v in given_loss_values.items()
+                                             if values[k] is None and k not in recipe_change.get("took", {})})
+        object.__setattr__(cfg, "_recipe_change", recipe_change)
         return cfg
 
     def replace(self, **changes) -> RunConfig:
@@ -263,6 +274,7 @@ class RunConfig(Mapping):
             return self
         cfg = dataclasses.replace(self, processes=_POSITIVE_INT("processes", processes))
         object.__setattr__(cfg, "_ignored", self.ignored)
+        object.__setattr__(cfg, "_recipe_change", self.recipe_change)
         return cfg
 
     # --- the flat view (notebooks, params files, metrics.json) -------------------------------------
@@ -378,6 +390,12 @@ class RunConfig(Mapping):
         return getattr(self, "_ignored", {})
 
     @property
+    def recipe_change(self) -> dict:
+        """What the method took of its own recipe in place of the values written as another's (`recipe`):
+        {"recipe": that method, "took": {name: [value now, value given]}, "kept": {name: value}}; {} when none."""
+        return getattr(self, "_recipe_change", {})
+
+    @property
     def solver(self) -> dict:
         """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
         keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
@@ -419,7 +437,7 @@ class RunConfig(Mapping):
         modules imported do not change them beyond fp32 rounding; precision does; the method a module registers
         does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "tracker",
-                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget"}
+                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget", "recipe"}
         return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
                 **self._bn(self.batch_size)}
 

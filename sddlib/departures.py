@@ -118,7 +118,7 @@ def vanilla_departures(cfg: RunConfig, arch: str) -> tuple[Path | None, dict]:
     if arch == cfg.student:
         path, published = published_config(cfg)
     else:
-        path, published = None, RunConfig.from_params({"dataset": cfg.dataset, "seed": cfg.seed})
+        path, published = None, RunConfig.from_params({"dataset": cfg.dataset, "seed": cfg.seed, "student": arch})
     numeric = ("pipeline", "precision")
     return path, _compared(cfg, {**cfg.solver, **{k: cfg[k] for k in numeric}},
                            published, {**published.solver, **{k: published[k] for k in numeric}})

@@ -1,10 +1,11 @@
 """Export a finished run's student as a folder any timm user loads, ready for the Hugging Face Hub.
 
-    python -m sddlib.export RUN_DIR DEST [--weights best] [--data-dir DIR]
+    python -m sddlib.export RUN_DIR DEST [--weights best] [--license ID] [--data-dir DIR]
 
 DEST gets `model.safetensors` (the student's state dict), `config.json` in timm's pretrained-config shape
 (architecture, num_classes, label names, input size, mean and std, crop) and `README.md`, a model card with the
-Hub's front matter and the distillation facts of the run's metrics.json. A `timm:<name>` student loads with
+Hub's front matter (with the license, when one is given) and the facts of the run's metrics.json: the data set and
+its size, the distillation, and in words which epoch's weights these are. A `timm:<name>` student loads with
 `timm.create_model("local-dir:DEST", pretrained=True)`; sddlib's own networks (the CIFAR nets, ...) with
 `sddlib.models.create_model`, as the card says. Pushing is yours: `hf upload <you>/<name> DEST` (older
 huggingface_hub: `huggingface-cli upload`); nothing here uploads.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -26,6 +28,8 @@ __all__ = ["ExportError", "export_student", "main"]
 
 # The student file of a distillation run per `weights` choice (what `experiment.run` writes).
 WEIGHT_FILES = {"last": "student.pth", "best": "student_best.pth"}
+# A license as the Hub's model cards name one (apache-2.0, mit, cc-by-4.0, ..., other).
+LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 
 
 class ExportError(ValueError):
@@ -59,8 +63,8 @@ def _empty_destination(dest: Path) -> None:
                           "overwrites).")
 
 
-def _data_info(cfg, data_dir):
-    """The class names, normalisation and image size of the run's data (its loader decides them)."""
+def _data(cfg, data_dir):
+    """The run's data as its loader gives it: class names, normalisation, image size (`.info`) and its splits."""
     from .data import get_dataloaders
     from .run_models import loader_options
     folder = data_dir or cfg.data_dir
@@ -71,7 +75,7 @@ def _data_info(cfg, data_dir):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"the run's data ({cfg.dataset} in {folder}) could not be read for its class names and "
                           f"normalisation ({first}); give its folder as data_dir (--data-dir).") from None
-    return dls.info
+    return dls
 
 
 def _student(cfg, run_dir: Path, weights: str, num_classes: int) -> nn.Module:
@@ -120,7 +124,30 @@ def _method_name(cfg) -> str:
     return cfg.variant.replace("sd_", "SD-").upper()
 
 
-def _card_facts(metrics: dict, cfg, weights: str) -> list[tuple[str, str]]:
+def _data_set(cfg, dls, data_dir) -> str:
+    """"CIFAR-100 (Hub: uoft-cs/cifar100): 50,000 training and 10,000 test images", or the part a subset run used."""
+    spec = cfg.data_spec
+    name = f"{cfg.data_name} (a folder of your images)" if spec.named_by_folder else spec.title
+    name += f" (Hub: {spec.hub_id})" if spec.hub_id else ""
+    train, test = len(dls.train_ds), len(dls.valid_ds)
+    if not cfg.subset:
+        return f"{name}: {train:,} training and {test:,} test images"
+    whole = spec.image_sizes(data_dir or cfg.data_dir, cfg.val_fraction, cfg.image_size)
+    return (f"{name}: the first {train:,} training and {test:,} test images (subset {cfg.subset}) of its "
+            f"{whole[0]:,} and {whole[1]:,}")
+
+
+def _which_weights(metrics: dict, cfg, weights: str) -> str:
+    """In words: the last epoch's weights, or the best epoch's and what choosing it on the test split means."""
+    if weights == "last":
+        return (f"the last epoch's: epoch {cfg.epochs} of {cfg.epochs}, top-1 {metrics['last_top1']:.2f}% on the "
+                f"test split ({WEIGHT_FILES[weights]})")
+    return (f"the best epoch's: epoch {metrics['best_epoch']} of {cfg.epochs}, the one with the best top-1 on the "
+            f"test split ({metrics['best_top1']:.2f}%), as the paper reports its numbers; that is a selection on the "
+            f"test split, so this top-1 overstates what to expect on new images ({WEIGHT_FILES[weights]})")
+
+
+def _card_facts(metrics: dict, cfg, weights: str, data_set: str) -> list[tuple[str, str]]:
     from .departures import describe
     source = (metrics.get("teacher_source") or {}).get("source", "not recorded")
     regions = sum(s * s for s in cfg.scales)
@@ -130,6 +157,7 @@ def _card_facts(metrics: dict, cfg, weights: str) -> list[tuple[str, str]]:
     solver = ", ".join(f"{k} {v}" for k, v in cfg.solver.items())
     best = f"{metrics['best_top1']:.2f}% (epoch {metrics['best_epoch']})"
     return [
+        ("data set", data_set),
         ("teacher", f"{metrics['teacher']}, top-1 {metrics['teacher_top1']:.2f}% on the test set ({source})"),
         ("method", f"{_method_name(cfg)}: {how}" + (", logit standardization" if cfg.logit_standardization else "")),
         ("loss", f"CE weight {cfg.ce_weight}, distillation weight {cfg.kd_weight}, warm-up {cfg.warmup_epochs} "
@@ -137,7 +165,7 @@ def _card_facts(metrics: dict, cfg, weights: str) -> list[tuple[str, str]]:
         ("protocol", solver),
         ("seed", str(metrics["seed"])),
         ("top-1 on the test set", f"best {best}, last {metrics['last_top1']:.2f}%"),
-        ("these weights", f"the {'final' if weights == 'last' else 'best'} epoch's ({WEIGHT_FILES[weights]})"),
+        ("these weights", _which_weights(metrics, cfg, weights)),
         ("departures from the published protocol", describe(metrics.get("departures"))),
         ("published experiment", metrics.get("published_params") or "none"),
         ("sddlib", f"version {(metrics.get('versions') or {}).get('sddlib', 'not recorded')}, commit "
@@ -146,16 +174,18 @@ def _card_facts(metrics: dict, cfg, weights: str) -> list[tuple[str, str]]:
     ]
 
 
-def model_card(metrics: dict, cfg, info, data_config: dict, weights: str, timm_name: str | None) -> str:
+def model_card(metrics: dict, cfg, info, data_config: dict, weights: str, timm_name: str | None,
+               data_set: str, license: str | None = None) -> str:
     """README.md: the Hub's front matter, the distillation facts of the run, how to load and how to upload."""
     dataset = cfg.data_spec.hub_id or cfg.data_name
-    front = ["---", f"library_name: {'timm' if timm_name else 'pytorch'}", "pipeline_tag: image-classification",
+    front = ["---", *([f"license: {license}"] if license else []),
+             f"library_name: {'timm' if timm_name else 'pytorch'}", "pipeline_tag: image-classification",
              "tags:", "- image-classification", *(["- timm"] if timm_name else []), "- knowledge-distillation",
              "- scale-decoupled-distillation", "- sddlib", "datasets:", f"- {dataset}", "metrics:", "- accuracy",
              "---"]
     size = data_config["input_size"][-1]
     title = f"{cfg.student} distilled from {metrics['teacher']} with {_method_name(cfg)} on {cfg.data_name}"
-    rows = "\n".join(f"| {k} | {v} |" for k, v in _card_facts(metrics, cfg, weights))
+    rows = "\n".join(f"| {k} | {v} |" for k, v in _card_facts(metrics, cfg, weights, data_set))
     if timm_name:
         load = f"""```python
 import timm
@@ -189,6 +219,9 @@ The student {cfg.student} of an sddlib run: knowledge distillation from the teac
 {how}.
 Every number below is from the run's own record (metrics.json).
 
+License: {license or "none given. The exporter named none (python -m sddlib.export ... --license ID); choose one that "
+          "the data set's terms and the teacher's weights allow, and add it to the front matter as `license:`"}.
+
 | | |
 | --- | --- |
 {rows}
@@ -207,27 +240,32 @@ Classes ({info.num_classes}): {labels}.
 This folder was written by `python -m sddlib.export`; nothing was uploaded. To publish it:
 `hf upload <you>/<name> path/to/this/folder` (older huggingface_hub:
 `huggingface-cli upload <you>/<name> path/to/this/folder`).
-Add a licence to the front matter that fits the data and the teacher's weights first.
 """
 
 
-def export_student(run_dir, dest, *, weights: str = "last", data_dir=None) -> Path:
+def export_student(run_dir, dest, *, weights: str = "last", data_dir=None, license: str | None = None) -> Path:
     """Write the student of the finished distillation run `run_dir` to the new folder `dest` (model.safetensors,
     config.json, README.md) and return `dest`. `weights`: "last" (the final epoch's, `student.pth`) or "best"
-    (the best epoch's). `data_dir`: where the run's data is now, when not where the run found it (class names and
-    normalisation are read from it). Refuses in one sentence, writing nothing, when the folder is not a finished
-    distillation run, its weights file is missing or `dest` is not new."""
+    (the best epoch's on the test split, as the paper reports). `data_dir`: where the run's data is now, when not
+    where the run found it (class names, normalisation and sizes are read from it). `license`: the Hub's identifier
+    of the license the weights are published under (the card's front matter); None: the card says none was given.
+    Refuses in one sentence, writing nothing, when the folder is not a finished distillation run, its weights file
+    is missing, the license is not such an identifier or `dest` is not new."""
     from safetensors.torch import save_file
 
     from .config import RunConfig
 
     if weights not in WEIGHT_FILES:
         raise ExportError(f"weights={weights!r} is not known; use 'last' (the final epoch) or 'best'.")
+    if license is not None and not LICENSE_ID.fullmatch(license):
+        raise ExportError(f"license={license!r} is not a license identifier of the Hugging Face Hub; give one such as "
+                          "apache-2.0, mit, cc-by-4.0 or other (huggingface.co/docs/hub/repositories-licenses).")
     run_dir, dest = Path(run_dir).expanduser(), Path(dest).expanduser()
     metrics = _finished_run(run_dir)
     _empty_destination(dest)
     cfg = RunConfig.from_params(metrics["params"])
-    info = _data_info(cfg, data_dir)
+    dls = _data(cfg, data_dir)
+    info = dls.info
     model = _student(cfg, run_dir, weights, info.num_classes)
     data_config = _preprocessing(cfg, info)
     timm_name = cfg.student.removeprefix("timm:") if cfg.student.startswith("timm:") else None
@@ -241,7 +279,8 @@ def export_student(run_dir, dest, *, weights: str = "last", data_dir=None) -> Pa
             _timm_config(model, staging / "config.json", info, data_config, tag)
         else:
             _own_config(cfg, staging / "config.json", info, data_config, tag)
-        (staging / "README.md").write_text(model_card(metrics, cfg, info, data_config, weights, timm_name))
+        (staging / "README.md").write_text(model_card(metrics, cfg, info, data_config, weights, timm_name,
+                                                      _data_set(cfg, dls, data_dir), license))
         if dest.exists():
             dest.rmdir()   # empty (checked above); rename does not replace a folder
         staging.rename(dest)
@@ -258,11 +297,16 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="the run's folder, outputs/<dataset>/<run>")
     parser.add_argument("dest", help="a new folder to write")
     parser.add_argument("--weights", choices=sorted(WEIGHT_FILES), default="last",
-                        help="the final epoch's student (default) or the best epoch's")
+                        help="the final epoch's student (default) or the best epoch's on the test split (as the "
+                             "paper reports: a selection on the test split)")
+    parser.add_argument("--license", default=None, metavar="ID", help="the Hub's identifier of the license the "
+                        "weights are published under (apache-2.0, mit, cc-by-4.0, other, ...); default: none, and "
+                        "the card says so")
     parser.add_argument("--data-dir", default=None, help="where the run's data is now, if it moved")
     args = parser.parse_args(argv)
     try:
-        dest = export_student(args.run_dir, args.dest, weights=args.weights, data_dir=args.data_dir)
+        dest = export_student(args.run_dir, args.dest, weights=args.weights, data_dir=args.data_dir,
+                              license=args.license)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

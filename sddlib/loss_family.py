@@ -4,14 +4,12 @@ TTM and WTTM (Zheng & Yang, ICLR 2024), RLD (refined logits) and ABKD (alpha-bet
 Each computes, row by row, what its authors' public code computes (the file is named at each function), with the
 defaults of each repository's README command for CIFAR-100 (docs/losses.md says where every value comes from).
 Where that code takes the log of a softmax, the log-softmax is used instead, so finite logits never give NaN or inf.
-sddlib.config imports this module, so every process that checks a run's parameters knows these methods.
+`sddlib.losses` registers them with their defaults, so `import sddlib.losses` alone knows these methods.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from .losses import Hyper, register_loss
 
 __all__ = ["ttm_rows", "wttm_rows", "rld_rows", "abkd_rows"]
 
@@ -89,26 +87,3 @@ def abkd_rows(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor
         p_b, q_b = (beta * log_p).exp(), (beta * log_q).exp()
         return (q_b * (log_q - log_p) + (p_b - q_b) / beta).sum(1)
     return 0.5 * (log_q - log_p).pow(2).sum(1)
-
-
-# Defaults: each repository's README command for CIFAR-100, the code's own defaults for what it leaves unset
-# (docs/losses.md, "The logit-distillation family").
-_TEMPERATURE = dict(low=0, low_open=True)
-_EXPONENT = Hyper(0.1, low=0, doc="TTM exponent of the teacher's probabilities (their --ttm_l)")
-register_loss("ttm", ttm_rows, hyper={"gamma": _EXPONENT}, ce_weight=1.0, kd_weight=45.0, warmup_epochs=0)
-register_loss("wttm", wttm_rows, hyper={"gamma": Hyper(0.2, low=0, doc=_EXPONENT.doc)}, ce_weight=1.0,
-              kd_weight=4.0, warmup_epochs=0)
-# Under logit standardization, RLD's own tools/train.py (--logit-stand, --base-temp 2 --kd-weight 9): alpha and beta
-# times 9, both temperatures 2.
-register_loss("rld", rld_rows, hyper={
-    "alpha": Hyper(1.0, low=0, doc="RLD binary-term weight"),
-    "beta": Hyper(8.0, low=0, doc="RLD weight of the classes ranked below the target"),
-    "T": Hyper(4.0, **_TEMPERATURE, doc="temperature"),
-    "binary_T": Hyper(4.0, **_TEMPERATURE, doc="RLD binary-term temperature")},
-    ce_weight=1.0, kd_weight=1.0, warmup_epochs=20,
-    standardized={"alpha": 9.0, "beta": 72.0, "T": 2.0, "binary_T": 2.0})
-register_loss("abkd", abkd_rows, hyper={
-    "alpha": Hyper(0.8, low=0, doc="ABKD alpha (power of the teacher's probabilities)"),
-    "beta": Hyper(0.3, low=0, doc="ABKD beta (power of the student's probabilities)"),
-    "T": Hyper(4.0, **_TEMPERATURE, doc="temperature")},
-    ce_weight=1.0, kd_weight=32.0, warmup_epochs=0)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import loss_family
 from .regions import COMPLEMENTARY_WEIGHT
 from .validators import ConfigError, flag, integer, real
 
@@ -226,10 +227,17 @@ class LogitLoss:
         values = {**{k: getattr(self, k) for k in RECIPE}, **self.loss_defaults}
         return {**values, **self.standardized} if logit_standardization else values
 
-    def resolve(self, values: dict) -> None:
+    def resolve(self, values: dict, given_as: LogitLoss | None = None) -> dict:
         """A run's loss values (`RunConfig` parameters), in place: the recipe's weights and warm-up where None; each
         of LOSS_FIELDS this loss takes checked, or its default where None (None for the others); `loss_params`
-        checked and completed."""
+        checked and completed. `given_as`: the loss whose recipe the values were written as (the `recipe`
+        parameter); when it is another, the values equal to its recipe are cleared first (`clear_recipe`), and the
+        return says what changed: {"recipe": its name, "took": {name: [value now, value given]}, "kept": {name:
+        value given}} ({} when the values were not another loss's recipe)."""
+        changed = given_as is not None and given_as.name != self.name
+        cleared = given_as.clear_recipe(values) if changed else {}
+        given = {**{k: values[k] for k in (*RECIPE, *LOSS_FIELDS) if values[k] is not None},
+                 **(values["loss_params"] or {})}
         recipe = self.recipe(values["logit_standardization"])
         for key in RECIPE:
             if values[key] is None:
@@ -238,6 +246,27 @@ class LogitLoss:
             values[key] = (recipe[key] if values[key] is None else self.check_value(key, values[key])) \
                 if key in self.hyper else None
         values["loss_params"] = self.other_params(values["loss_params"] or {}, recipe)
+        if not changed:
+            return {}
+        now = {**{k: values[k] for k in (*RECIPE, *LOSS_FIELDS)}, **values["loss_params"]}
+        return {"recipe": given_as.name, "took": {k: [now.get(k), v] for k, v in cleared.items()},
+                "kept": {k: v for k, v in given.items() if now.get(k) is not None}}
+
+    def clear_recipe(self, values: dict) -> dict:
+        """A run's parameters `values` written for this loss, run with another method: each value that equals this
+        loss's registered recipe (weights, warm-up, hyper-parameters, `loss_params` entries; under the run's
+        `logit_standardization`) is there only because it was this loss's recipe, and is cleared (in place) for the
+        other method's recipe to fill in. Returns {name: value} of those cleared."""
+
+        recipe = self.recipe(values["logit_standardization"])
+        def same(key, value):   # 20 and 20.0 alike, False and 0 not
+            expected = recipe[key]
+            return value is not None and isinstance(value, bool) == isinstance(expected, bool) and value == expected
+        cleared = {k: values[k] for k in (*RECIPE, *LOSS_FIELDS) if k in recipe and same(k, values[k])}
+        own = dict(values["loss_params"] or {})
+        cleared.update({k: own.pop(k) for k in list(own) if k in recipe and same(k, own[k])})
+        values.update({k: None for k in cleared if k in values}, loss_params=own or None)
+        return cleared
 
     def check_value(self, key: str, value):
         """A given value of hyper-parameter `key`, checked (a ConfigError names this loss)."""
@@ -337,6 +366,30 @@ register_loss("nkd", _nkd_rows, hyper={"T": _TEMPERATURE, "gamma": Hyper(8.0, **
                                        "exclude_target": Hyper(False, bool, doc="drop the target from the "
                                                                "non-target term")},
               ce_weight=1.0, kd_weight=1.0, warmup_epochs=20, loss=nkd_loss)
+
+# TTM, WTTM, RLD and ABKD (sddlib.loss_family), registered here so that importing this module knows them. Defaults:
+# each repository's README command for CIFAR-100, the code's own defaults for what it leaves unset (docs/losses.md,
+# "The logit-distillation family").
+_POSITIVE = dict(low=0, low_open=True)
+_EXPONENT = Hyper(0.1, low=0, doc="TTM exponent of the teacher's probabilities (their --ttm_l)")
+register_loss("ttm", loss_family.ttm_rows, hyper={"gamma": _EXPONENT}, ce_weight=1.0, kd_weight=45.0,
+              warmup_epochs=0)
+register_loss("wttm", loss_family.wttm_rows, hyper={"gamma": Hyper(0.2, low=0, doc=_EXPONENT.doc)}, ce_weight=1.0,
+              kd_weight=4.0, warmup_epochs=0)
+# Under logit standardization, RLD's own tools/train.py (--logit-stand, --base-temp 2 --kd-weight 9): alpha and beta
+# times 9, both temperatures 2.
+register_loss("rld", loss_family.rld_rows, hyper={
+    "alpha": Hyper(1.0, low=0, doc="RLD binary-term weight"),
+    "beta": Hyper(8.0, low=0, doc="RLD weight of the classes ranked below the target"),
+    "T": Hyper(4.0, **_POSITIVE, doc="temperature"),
+    "binary_T": Hyper(4.0, **_POSITIVE, doc="RLD binary-term temperature")},
+    ce_weight=1.0, kd_weight=1.0, warmup_epochs=20,
+    standardized={"alpha": 9.0, "beta": 72.0, "T": 2.0, "binary_T": 2.0})
+register_loss("abkd", loss_family.abkd_rows, hyper={
+    "alpha": Hyper(0.8, low=0, doc="ABKD alpha (power of the teacher's probabilities)"),
+    "beta": Hyper(0.3, low=0, doc="ABKD beta (power of the student's probabilities)"),
+    "T": Hyper(4.0, **_POSITIVE, doc="temperature")},
+    ce_weight=1.0, kd_weight=32.0, warmup_epochs=0)
 
 
 class RegionMasks(NamedTuple):

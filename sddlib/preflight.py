@@ -60,6 +60,8 @@ def run_warnings(cfg: RunConfig) -> list[str]:
     if cfg.ignored:
         given = ", ".join(f"{k}={v!r}" for k, v in cfg.ignored.items())
         out.append(f"method {cfg.method} does not read {given}; its loss takes {', '.join(cfg.method_spec.loss_keys)}.")
+    if cfg.recipe_change:
+        out.append(_recipe_sentence(cfg.method, **cfg.recipe_change))
     late = [s for s in cfg.lr_decay_stages if s >= cfg.epochs]
     stages = list(cfg.lr_decay_stages)
     if stages and late == stages:
@@ -68,6 +70,18 @@ def run_warnings(cfg: RunConfig) -> list[str]:
         out.append(f"lr_decay_stages {late} of {stages} lie at or beyond epochs={cfg.epochs}: those decays never "
                    "happen in this run.")
     return out
+
+
+def _recipe_sentence(method: str, recipe: str, took: dict, kept: dict) -> str:
+    """"method dkd replaced the values that were kd's recipe (recipe: kd) by its own: ce_weight 1 (was 0.1), ...;
+    kept as given: kd_weight 2." """
+    def short(value):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    took_text = ", ".join(f"{k} {short(now)} (was {short(old)})" if now is not None else
+                          f"no {k} (was {short(old)}; {method} does not read it)" for k, (now, old) in took.items())
+    kept_text = ", ".join(f"{k} {short(v)}" for k, v in kept.items())
+    return (f"method {method} replaced the values that were {recipe}'s recipe (recipe: {recipe}) by its own: "
+            + (took_text or f"no value was {recipe}'s") + (f"; kept as given: {kept_text}" if kept else "") + ".")
 
 
 def teacher_file_in(teachers_dir, arch: str) -> Path:

@@ -230,7 +230,8 @@ def distill_learner(dls, student: nn.Module, teacher: nn.Module, method: str = "
     otherwise)."""
     protocol = DATASETS.get(overrides.get("dataset", "cifar100"), DATASETS["cifar100"]).protocol
     epochs = protocol["epochs"] if epochs is None else epochs
-    params = {"dataset": "cifar100", "method": method, "M": M, "epochs": epochs, **overrides}
+    # the protocol's LR, not that of the default student (`student` is yours, not a named one)
+    params = {"dataset": "cifar100", "method": method, "M": M, "epochs": epochs, "lr": protocol["lr"], **overrides}
     if isinstance(epochs, int) and not isinstance(epochs, bool):   # the schedule's shape kept for other lengths
         if "lr_decay_stages" not in overrides:
             stages = {round(epochs * s / protocol["epochs"]) for s in protocol["lr_decay_stages"]}

@@ -74,11 +74,13 @@ def real(low=None, high=None, *, low_open=False, high_open=False, what=None):
 
 
 def optional(check):
-    """`check`, or None."""
-    @accepts(check.accepted if check.accepted.startswith("None") else f"None or {check.accepted}")
+    """`check`, or None (of a `choice`: its options, or None)."""
     def check_optional(name, value):
         return None if value is None else check(name, value)
-    return check_optional
+    if hasattr(check, "options"):
+        check_optional.options = check.options
+        return check_optional
+    return accepts(check.accepted if check.accepted.startswith("None") else f"None or {check.accepted}")(check_optional)
 
 
 @accepts("text")

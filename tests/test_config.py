@@ -67,6 +67,28 @@ def test_one_teacher_protocol_per_dataset_whatever_the_student():
     assert (protocol["epochs"], protocol["lr"], protocol["lr_decay_stages"]) == (3, 0.1, [2])
 
 
+def test_without_a_file_each_student_takes_the_authors_lr(capsys):
+    """Every CIFAR-100 and CUB-200 config of the authors, named by its pair only, gets their LR (0.01 for ShuffleV1,
+    ShuffleV2 and MobileNetV2 students, 0.05 for the others); an explicit lr stays; a teacher trained here keeps the
+    dataset's protocol; `python -m sddlib --params` says so."""
+    from sddlib import __main__ as cli
+    from sddlib.report import authors_experiments
+    configs = [e for e in authors_experiments() if e["dataset"] in ("cifar100", "cub200")]
+    assert {e["solver"]["lr"] for e in configs} == {0.01, 0.05}
+    for e in configs:
+        cfg = RunConfig.from_params({k: e[k] for k in ("dataset", "teacher", "student", "method")})
+        assert cfg.lr == e["solver"]["lr"], e["source"]
+    default = RunConfig.from_params({})                                       # the default pair's ShuffleV1
+    assert (default.student, default.lr, default.teacher_protocol["lr"]) == ("ShuffleV1", 0.01, 0.05)
+    assert RunConfig.from_params({"student": "ShuffleV1", "lr": 0.05}).lr == 0.05
+    assert RunConfig.from_params({"student": "resnet8x4"}).lr == 0.05
+    assert RunConfig.from_params({"dataset": "imagenet"}).lr == 0.2
+    assert cli.main(["--params"]) == 0
+    listed = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert ("lr (float, default None) initial LR (None: the dataset's; on CIFAR-100 and CUB-200 0.01 for ShuffleV1, "
+            "ShuffleV2 and MobileNetV2 students, 0.05 for the others, as the authors' configs)") in listed
+
+
 def test_the_optimizer_is_the_papers_sgd_unless_asked():
     cfg = RunConfig.from_params({"dataset": "digit_mosaic", "student": "ViT_micro_p4"})
     assert (cfg.optimizer, cfg.lr_warmup_epochs) == ("sgd", 0.0)

@@ -114,6 +114,12 @@ def test_config_and_card_carry_the_runs_facts(tiny_runs, tmp_path):
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and len(config["pretrained_cfg"]["mean"]) == 3
     card = (dest / "README.md").read_text()
     front = card.split("---\n")[1]
+    assert "license:" not in front                                   # no license given: the card says so plainly
+    assert "License: none given. The exporter named none (python -m sddlib.export ... --license ID)" in card
+    assert "| data set | Digit mosaic: the first 96 training and 96 test images (subset 96) of its 8,000 and 2,000 |" \
+        in card
+    assert "| these weights | the last epoch's: epoch 2 of 2, top-1 " \
+        f"{metrics['last_top1']:.2f}% on the test split (student.pth) |" in card
     assert "library_name: pytorch" in front and "- knowledge-distillation" in front
     assert "- image-classification" in front and "datasets:\n- digit_mosaic" in front
     for fact in (f"resnet8, top-1 {metrics['teacher_top1']:.2f}%", "SD-KD", "M=[1, 2]", "complementary regions "
@@ -122,7 +128,7 @@ def test_config_and_card_carry_the_runs_facts(tiny_runs, tmp_path):
                  "| seed | 0 |", "hf upload", "sddlib.models import create_model"):
         assert fact in card, fact
     timm_run, timm_metrics = tiny_runs["timm"]
-    timm_dest = export_student(timm_run, tmp_path / "timm", weights="best")
+    timm_dest = export_student(timm_run, tmp_path / "timm", weights="best", license="apache-2.0")
     # the best epoch's tensors, in a run whose best epoch (1) is not its last (2): student.pth's are other tensors
     assert timm_metrics["best_epoch"] < len(timm_metrics["history"]) == 2, "the tiny timm run's best epoch is its last"
     from safetensors.torch import load_file
@@ -135,17 +141,24 @@ def test_config_and_card_carry_the_runs_facts(tiny_runs, tmp_path):
     assert timm_config["architecture"] == "test_resnet" and timm_config["pretrained_cfg"]["tag"] == "kd_digit_mosaic"
     assert "license" not in timm_config["pretrained_cfg"]            # not the ImageNet weights' licence
     timm_card = (timm_dest / "README.md").read_text()
-    assert "library_name: timm" in timm_card and "the best epoch's (student_best.pth)" in timm_card
+    assert "library_name: timm" in timm_card and timm_card.split("---\n")[1].startswith("license: apache-2.0\n")
+    assert "License: apache-2.0." in timm_card and "none given" not in timm_card
+    assert (f"| these weights | the best epoch's: epoch {timm_metrics['best_epoch']} of 2, the one with the best "
+            f"top-1 on the test split ({timm_metrics['best_top1']:.2f}%), as the paper reports its numbers; that is a "
+            "selection on the test split, so this top-1 overstates what to expect on new images (student_best.pth) |"
+            ) in timm_card
     assert 'timm.create_model("local-dir:' in timm_card
 
 
 @pytest.mark.slow  # trains a teacher and two students (tiny_runs)
 def test_the_command_line_and_a_missing_weights_file(tiny_runs, tmp_path):
     run_dir, _ = tiny_runs["own"]
-    done = subprocess.run([sys.executable, "-m", "sddlib.export", str(run_dir), str(tmp_path / "cli")],
+    done = subprocess.run([sys.executable, "-m", "sddlib.export", str(run_dir), str(tmp_path / "cli"), "--license",
+                           "cc-by-4.0"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "hf upload <you>/<name>" in done.stdout and (tmp_path / "cli" / "model.safetensors").is_file()
+    assert (tmp_path / "cli" / "README.md").read_text().split("---\n")[1].startswith("license: cc-by-4.0\n")
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     (copy / "student.pth").unlink()
@@ -168,25 +181,29 @@ def _fake_run(folder: Path, **metrics) -> Path:
     ("alone", r"is a model trained alone, not a distilled student"),
     ("full destination", r"already exists and is not an empty folder; give a new folder"),
     ("weights", r"weights='final' is not known; use 'last' \(the final epoch\) or 'best'\."),
+    ("license", r"license='MIT License' is not a license identifier of the Hugging Face Hub; give one such as "
+                r"apache-2\.0, mit, cc-by-4\.0 or other \(huggingface\.co/docs/hub/repositories-licenses\)\."),
 ])
 def test_bad_input_is_refused_in_one_sentence_writing_nothing(tmp_path, case, message, capsys):
-    run, dest, weights = tmp_path / "run", tmp_path / "dest", "last"
+    run, dest, weights, license = tmp_path / "run", tmp_path / "dest", "last", None
     if case == "no metrics":
         run.mkdir()
     elif case == "running":
         _fake_run(run, status="running")
     elif case == "alone":
         _fake_run(run, variant="alone", teacher=None)
-    elif case in ("full destination", "weights"):
+    elif case in ("full destination", "weights", "license"):
         _fake_run(run)
         if case == "weights":
             weights = "final"
+        elif case == "license":
+            license = "MIT License"
         else:
             dest.mkdir()
             (dest / "keep.txt").write_text("mine")
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(ExportError, match=message) as refused:
-        export_student(run, dest, weights=weights)
+        export_student(run, dest, weights=weights, license=license)
     assert str(refused.value).count(". ") == 0 and str(refused.value).endswith(".")   # one sentence
     assert sorted(p.name for p in tmp_path.iterdir()) == before                       # nothing written
     if case == "full destination":

@@ -170,3 +170,38 @@ def test_the_example_module_runs_from_its_folder(tmp_path):
         assert metrics["method"] == "l2" and metrics["params"]["imports"] == ["my_losses"]
         assert metrics["params"]["loss_params"] == {"scale": 0.5}
     assert (swept / "pets" / "resnet8-resnet8-l2-M1-seed0" / "metrics.json").is_file()   # the notebook's plain run
+
+
+# --- the CIFAR-100 template (examples/jsd_loss.py, examples/jsd_cifar100.yaml) ---------------------------------------
+JSD_RECIPE = {"ce_weight": 1.0, "kd_weight": 2.0, "warmup_epochs": 20, "T": 4.0}
+
+
+@pytest.mark.slow  # a command-line run and a sweep of notebooks/cifar100.ipynb, one epoch each on 32 images
+def test_the_cifar100_template_runs_from_its_folder(tmp_path, tiny_cifar100):
+    """The template file runs from the command line; an authors' KD file run with `-p method jsd` through a sweep
+    takes jsd's registered recipe in place of KD's, and the run's first output line says so."""
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"model": create_model("resnet8", num_classes=100).state_dict()}, teacher)
+    small = ["-p", "data_dir", str(tiny_cifar100), "-p", "teacher", "resnet8", "-p", "student", "resnet8",
+             "-p", "teacher_ckpt", str(teacher), "-p", "epochs", "1", "-p", "batch_size", "8", "-p", "num_workers", "0",
+             "-p", "device", "cpu", "-p", "figures", "false", "-p", "feature_figures", "false", "-p", "progress",
+             "false"]
+    examples = REPO / "examples"
+    cli = tmp_path / "cli"
+    sh([sys.executable, "-m", "sddlib", "-f", "jsd_cifar100.yaml", *small, "-p", "output_dir", str(cli)], cwd=examples)
+    swept = tmp_path / "sweep"
+    sh([sys.executable, "-m", "sddlib.sweep", "../params/cifar100/resnet32x4-ShuffleV1-sd_kd.yaml", "-p", "imports",
+        "[jsd_loss]", "-p", "method", "jsd", *small, "-p", "output_dir", str(swept)], cwd=examples)
+    for out in (cli, swept):
+        run = out / "cifar100" / "resnet8-resnet8-sd_jsd-M124-seed0"
+        metrics = experiment.load_metrics(run / "metrics.json")
+        assert metrics["method"] == "jsd" and metrics["params"]["imports"] == ["jsd_loss"]
+        assert {k: metrics["params"][k] for k in JSD_RECIPE} == JSD_RECIPE and metrics["params"]["lr"] == 0.01
+    said = ("method jsd replaced the values that were kd's recipe (recipe: kd) by its own: ce_weight 1 (was 0.1), "
+            "kd_weight 2 (was 0.9), warmup_epochs 20 (was 0), T 4 (was 4).")
+    assert said in experiment.load_metrics(run / "metrics.json")["warnings"]
+    cells = json.loads((run / "notebook.ipynb").read_text())["cells"]
+    run_cell = next(c for c in cells if "experiment.run(params" in "".join(c["source"]))
+    lines = "".join("".join(out.get("text", "")) for out in run_cell["outputs"]).splitlines()
+    first = lines[:next(i for i, line in enumerate(lines) if not line.startswith("warning: "))]   # before any work
+    assert f"warning: {said}" in first

@@ -158,6 +158,19 @@ def test_a_fresh_command_line_process_knows_the_family(tmp_path):
     assert "binary_T=0 is not accepted; binary_T must be a finite number > 0. (method rld)" in done.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter (torch imported)
+def test_importing_the_loss_module_alone_knows_the_family():
+    """A script that imports only `sddlib.losses` (no configuration, no training code) computes every built-in loss."""
+    code = ("import sys, torch; import sddlib.losses as L\n"
+            "s, t, y = torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([0, 1])\n"
+            f"print(sorted(L.LOSSES), [L.logit_loss(m, s, t, y).item() >= 0 for m in {FAMILY!r}],\n"
+            "      sorted(m for m in sys.modules if m.startswith('sddlib.') and m != 'sddlib.validators'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ("['abkd', 'dkd', 'kd', 'nkd', 'rld', 'ttm', 'wttm'] [True, True, True, True] "
+                                   "['sddlib.loss_family', 'sddlib.losses', 'sddlib.regions']").split()
+
+
 # --- numerics ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", FAMILY)
 @pytest.mark.parametrize("bf16", [False, True])

@@ -54,7 +54,7 @@ def _expected(e: dict) -> dict:
     loss, method = e["loss"], e["method"]
     scales = e["sd_scales_used_by_authors"]
     want = {"dataset": e["dataset"], "teacher": e["teacher"], "student": _student(e), "method": method,
-            "M": scales[0] if scales else "[1,2,4]", **{k: e["solver"][k] for k in SOLVER},
+            "recipe": method, "M": scales[0] if scales else "[1,2,4]", **{k: e["solver"][k] for k in SOLVER},
             "ce_weight": loss["ce_weight"], "kd_weight": loss["kd_weight"] if method == "kd" else 1.0,
             "warmup_epochs": loss["warmup_epochs"], "T": loss["temperature"]}
     if method == "dkd":
@@ -71,7 +71,7 @@ def _expected(e: dict) -> dict:
 def _expected_baseline(b: dict) -> dict:
     """The params file of an entry of imagenet_baselines.yaml: its values exactly, run as the plain method."""
     return {"dataset": "imagenet", "teacher": b["teacher"], "student": b["student"], "method": b["method"],
-            "M": "[1]", "teacher_weights": "IMAGENET1K_V1", **b["solver"], **b["loss"]}
+            "recipe": b["method"], "M": "[1]", "teacher_weights": "IMAGENET1K_V1", **b["solver"], **b["loss"]}
 
 
 def _paper_rows(p: dict):
