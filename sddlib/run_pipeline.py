@@ -27,7 +27,7 @@ from . import console, distributed, tracking
 from .checkpoints import DiskFullError, save_checkpoint, write_json
 from .config import ConfigError, RunConfig
 from .data import get_dataloaders
-from .departures import PARAMS_DIR, departures, describe, vanilla_departures
+from .departures import PARAMS_DIR, YOUR_DATA, departures, describe, vanilla_departures
 from .locks import run_lock
 from .models import create_model
 from .preflight import check_environment, run_warnings
@@ -98,8 +98,8 @@ def train_and_record(cfg: RunConfig, out: Path, *, arch: str, variant: str, forc
             (out / RESUME_FILE).unlink(missing_ok=True)
             if tracker:
                 tracker.finish(metrics, [out / f for f in metrics.get("figures", [])])
-    if distributed.is_main():
-        print(_summary_line(metrics, arch, out), flush=True)
+    if distributed.is_main():   # shown even inside another run's quiet log (a teacher trained for a student)
+        console.say(_summary_line(metrics, arch, out))
     return metrics
 
 
@@ -109,7 +109,8 @@ def _summary_line(metrics: dict, arch: str, out: Path) -> str:
     what = (f"{metrics['run_name']}" if metrics.get("teacher_top1") is not None else f"{arch} {metrics['variant']}")
     teacher = f", teacher {metrics['teacher_top1']:.2f}" if metrics.get("teacher_top1") is not None else ""
     found = metrics.get("departures")
-    settings = ("settings as published" if found == {} else f"departs from the published settings: {describe(found)}")
+    settings = ("settings as published" if found == {} else "no published settings to compare with (your data)"
+                if found == YOUR_DATA else f"departs from the published settings: {describe(found)}")
     return (f"{what}: last top-1 {metrics['last_top1']:.2f}, best {metrics['best_top1']:.2f} (epoch "
             f"{metrics['best_epoch']}){teacher}; {settings}; log {out / console.LOG_FILE}")
 

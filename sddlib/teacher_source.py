@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from . import distributed
+from . import console, distributed
 from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
                           read_checkpoint, shipped_teacher_path, teacher_cache_path, write_checkpoint)
 from .config import TEACHER_SEED, RunConfig
@@ -80,14 +80,14 @@ def train_teacher(params) -> Path:
     protocol = cfg.teacher_protocol
     cached = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
     solver = ", ".join(f"{k} {protocol[k]}" for k in ("optimizer", "lr_schedule", "lr_warmup_epochs") if k in protocol)
-    print(f"no checkpoint for teacher {cfg.teacher} on {cfg.data_name}: training it for {protocol['epochs']} epochs "
-          f"(lr {protocol['lr']}, stages {protocol['lr_decay_stages']}{', ' + solver if solver else ''})", flush=True)
+    console.say(f"no checkpoint for teacher {cfg.teacher} on {cfg.data_name}: training it for {protocol['epochs']} "
+                f"epochs (lr {protocol['lr']}, stages {protocol['lr_decay_stages']}{', ' + solver if solver else ''})")
     # on several processes all train it and rank 0 caches it; its batch is the protocol's, whatever the subset
     out = teacher_run_dir(cfg)
     metrics = train_and_record(cfg.teacher_training_config(), out, arch=cfg.teacher, variant="teacher",
                                whole_batch=False)
     distributed.run_on_main(_cache_teacher, out / "model.pth", cached, protocol, metrics["last_top1"])
-    print(f"teacher cached at {cached} (top-1 {metrics['last_top1']:.2f})", flush=True)
+    console.say(f"teacher cached at {cached} (top-1 {metrics['last_top1']:.2f})")
     return cached
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from executed import check_readable
 from sddlib import experiment
 from sddlib.__main__ import main as cli
 from sddlib.config import ConfigError, RunConfig
@@ -190,7 +191,9 @@ def test_your_data_notebook_and_the_cli(tmp_path):
                         parameters=dict(data_dir=str(data), image_size=128, teacher="timm:test_resnet",
                                         teacher_pretrained=True, teacher_weights_file=str(weights),
                                         student="timm:test_efficientnet", output_dir=str(out), **fast))
-    shown = json.dumps([c.get("outputs", []) for c in json.loads(output.read_text())["cells"]])  # outputs only
+    executed = json.loads(output.read_text())
+    shown = json.dumps([c.get("outputs", []) for c in executed["cells"]])  # outputs only
+    check_readable(executed)          # the sample grid (the reader's data check) and every figure as PNG, short text
     runs = {m["variant"]: m for m in map(lambda p: json.loads(p.read_text()), out.glob("my_pets/*/metrics.json"))}
     assert set(runs) == {"teacher", "alone", "kd", "sd_kd"}          # the teacher fine-tuned here, student alone, KD, SD-KD
     sd = runs["sd_kd"]
@@ -206,6 +209,8 @@ def test_your_data_notebook_and_the_cli(tmp_path):
     assert len(pd.read_csv(tables / "your_data-my_pets.csv")) >= 3                   # alone, KD, SD-KD
     assert {p.name for p in tables.glob("your_data-my_pets-sd-gains.*")} == {"your_data-my_pets-sd-gains.csv",
                                                                              "your_data-my_pets-sd-gains.md"}
+    assert (tables / "your_data-my_pets-learning-curves.png").is_file()
+    assert "SD-KD − KD, last epoch: " in shown and "Explore this SD run" in shown     # the lead, the next step
 
     data = write_folder(tmp_path / "shelter", layout="train/val", per_class=3)
     params = tmp_path / "my.yaml"

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from executed import check_readable
 from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
 from sddlib import experiment, report, viz
 from sddlib.checkpoints import CheckpointError
@@ -166,13 +167,23 @@ def test_quickstart_notebook(work, mosaic_dir):
     text = json.dumps(nb, ensure_ascii=False)
     assert "(n=2)" in text and "± " in text                                   # mean ± std over the two seeds
     assert "of 2 seeds" in text                                               # the paired SD gains
-    assert text.count("image/png") == len(viz.FIGURE_FILES)
+    assert text.count("image/png") == len(viz.FIGURE_FILES) + 1                  # the run's figures, the curves
+    check_readable(nb)                                                        # pictures as PNG, short outputs
     assert "covering" in text and "class-stratified sample" in text              # what the figures are drawn from
     tables = out / "tables"                                                   # the shown tables, beside the runs
     assert len(pd.read_csv(tables / "quickstart.csv")) >= 2                  # DKD and SD-DKD rows at least
     assert "SD-DKD" in (tables / "quickstart.md").read_text() and (tables / "quickstart-sd-gains.csv").is_file()
-    assert "jit.script" not in text and "<progress" not in text               # no warning, no bar headless...
-    assert "epoch 1/1 " in text                                               # ... the plain line instead
+    assert "jit.script" not in text and "<progress" not in text               # no warning, no bar headless
+    assert "epoch 1/1 " not in text                                            # one summary line per run...
+    runs = sorted((out / "digit_mosaic").glob("*/metrics.json"))
+    for path in runs:                                                         # ... its epoch lines in its log
+        assert "epoch 1/1 " in (path.parent / "log.txt").read_text() and f"{path.parent / 'log.txt'}" in text
+    assert "resnet14 teacher: last top-1" in text                             # a teacher trained here says so
+    assert (tables / "quickstart-learning-curves.csv").is_file()
+    assert "SD-DKD − DKD, last epoch: " in text and "95 % interval over seeds and test images" in text
+    assert "complementary regions on the finer grids" in text                 # what they lie on, counted
+    assert "Explore this SD run" in text and str(out / "digit_mosaic" / "resnet14-resnet8-sd_dkd-M124-seed0") in text
+    assert "your_data.ipynb" in text.split("What to do next")[-1]             # the next step: your own images
 
 
 def test_results_tables_of_the_notebook_runs(work):

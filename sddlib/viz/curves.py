@@ -19,7 +19,10 @@ __all__ = ["learning_curve_frame", "draw_learning_curves", "plot_learning_curves
 
 def learning_curve_frame(run_dirs) -> pd.DataFrame:
     """One row per (run, epoch): run_name, method (its table name), seed, epoch, top1, best (the run's best epoch)
-    and last (its final epoch), read from each run folder's metrics.json."""
+    and last (its final epoch), read from each run folder's metrics.json. `run_dirs`: run folders, or a
+    `report.load_runs` frame (its runs' folders)."""
+    if isinstance(run_dirs, pd.DataFrame):
+        run_dirs = [Path(p).parent for p in run_dirs["path"]]
     rows = []
     for folder in run_dirs:
         path = Path(folder) / "metrics.json"

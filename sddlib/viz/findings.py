@@ -142,15 +142,15 @@ def _figure_sentences(figures: Path) -> list[str]:
     return out
 
 
-def run_findings(runs: pd.DataFrame, sd_run_dir=None) -> str:
+def run_findings(runs: pd.DataFrame, sd_run_dir=None, *, figures: bool = True) -> str:
     """Markdown: what `runs` (`report.load_runs`, this notebook's runs of one teacher/student pair) and the figures
-    of `sd_run_dir` show, each statement computed from them."""
+    of `sd_run_dir` show, each statement computed from them; `figures=False`: the SD gains alone."""
     lines = []
     if len(runs):
         lines += _gain_sentences(runs)
-        teacher = _teacher_sentence(runs)
+        teacher = _teacher_sentence(runs) if figures else None
         lines += [teacher] if teacher else []
-    if sd_run_dir is not None:
+    if figures and sd_run_dir is not None:
         lines += _figure_sentences(Path(sd_run_dir) / "figures")
     if not lines:
         return "No pair of plain and SD runs to compare yet."
