@@ -144,7 +144,7 @@ def test_cub200_official_split(tmp_path):
     assert [b[0].shape[0] for b in v1] == [4, 2]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(v1, v2))
     assert torch.cat([b[1] for b in v1]).tolist() == [t for _, t in want["0"]]
-    assert not torch.equal(dls.train_ds[0][0], dls.train_ds[0][0])
+    assert_reference_augmentation(dls.train_ds, [T.Resize((256, 256)), T.RandomCrop(224), T.RandomHorizontalFlip()])
     # un-normalised, the first test image is the reference test pipeline's pixels: Resize + CenterCrop + ToTensor
     from PIL import Image
     with Image.open(want["0"][0][0]) as img:
@@ -152,6 +152,23 @@ def test_cub200_official_split(tmp_path):
     torch.testing.assert_close(denormalize(v1[0][0][0], dls), pixels, rtol=0, atol=1e-6)
     sub = cub200(tmp_path, bs=2, subset=3, num_workers=0, download=False)
     assert sub.train_ds.samples == want["1"][:3] and sub.valid_ds.samples == want["0"][:3]
+
+
+def assert_reference_augmentation(dataset, steps):
+    """The first training item under two seeds: the reference's PIL transforms (`steps`, then ToTensor and the ImageNet
+    normalisation) drawn from the same seed give its pixels exactly; the two seeds give two crops."""
+    from PIL import Image
+    reference = T.Compose([*steps, T.ToTensor(), T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
+    path, _ = dataset.samples[0]
+    draws = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        with Image.open(path) as img:
+            want = reference(img.convert("RGB"))
+        torch.manual_seed(seed)
+        draws.append(dataset[0][0])
+        assert torch.equal(draws[-1], want), seed
+    assert not torch.equal(*draws)
 
 
 def test_cub200_missing(tmp_path):
@@ -174,7 +191,7 @@ def test_imagenet_folders_and_class_names(tmp_path):
     x, y = dls.valid.one_batch()
     assert x.shape == (4, 3, 224, 224) and y.dtype == torch.long and y.tolist() == [0, 0, 0, 0]
     assert torch.equal(x, dls.valid.one_batch()[0])
-    assert not torch.equal(dls.train_ds[0][0], dls.train_ds[0][0])
+    assert_reference_augmentation(dls.train_ds, [T.RandomResizedCrop(224), T.RandomHorizontalFlip()])
     assert len(imagenet(tmp_path, subset=5, num_workers=0).train_ds) == 5
     # torchvision's meta.bin, then the folder names
     (tmp_path / "LOC_synset_mapping.txt").unlink()
