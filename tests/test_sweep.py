@@ -10,8 +10,6 @@ import yaml
 from sddlib import sweep
 from sddlib.experiment import load_metrics
 
-pytest.importorskip("papermill")
-
 PARAMETERS = 'dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
 # A stand-in for a dataset notebook that imports nothing heavy (a kernel that imports sddlib takes ~15 s to
 # start here): it writes the metrics.json of a run named as sddlib names runs, with the parameters it was given.
