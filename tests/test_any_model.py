@@ -5,6 +5,7 @@ For each family the region logits are checked against the head written out by ha
 family's head applies after pooling), with regions pooled by the authors' rule (`authors_regions`)."""
 import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
 import pytest
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,7 +20,6 @@ from sddlib.models import create_model
 from sddlib.regions import ScaleDecoupled, model_num_classes
 from test_regions import authors_regions
 
-timm = pytest.importorskip("timm")
 K = 5
 SCALES = (1, 2, 4)
 

@@ -144,7 +144,7 @@ def test_cub200_official_split(tmp_path):
     assert [b[0].shape[0] for b in v1] == [4, 2]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(v1, v2))
     assert torch.cat([b[1] for b in v1]).tolist() == [t for _, t in want["0"]]
-    assert not torch.equal(dls.train_ds[0][0], dls.train_ds[0][0])
+    assert_reference_augmentation(dls.train_ds, [T.Resize((256, 256)), T.RandomCrop(224), T.RandomHorizontalFlip()])
     # un-normalised, the first test image is the reference test pipeline's pixels: Resize + CenterCrop + ToTensor
     from PIL import Image
     with Image.open(want["0"][0][0]) as img:
@@ -152,6 +152,23 @@ def test_cub200_official_split(tmp_path):
     torch.testing.assert_close(denormalize(v1[0][0][0], dls), pixels, rtol=0, atol=1e-6)
     sub = cub200(tmp_path, bs=2, subset=3, num_workers=0, download=False)
     assert sub.train_ds.samples == want["1"][:3] and sub.valid_ds.samples == want["0"][:3]
+
+
+def assert_reference_augmentation(dataset, steps):
+    """The first training item under two seeds: the reference's PIL transforms (`steps`, then ToTensor and the ImageNet
+    normalisation) drawn from the same seed give its pixels exactly; the two seeds give two crops."""
+    from PIL import Image
+    reference = T.Compose([*steps, T.ToTensor(), T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
+    path, _ = dataset.samples[0]
+    draws = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        with Image.open(path) as img:
+            want = reference(img.convert("RGB"))
+        torch.manual_seed(seed)
+        draws.append(dataset[0][0])
+        assert torch.equal(draws[-1], want), seed
+    assert not torch.equal(*draws)
 
 
 def test_cub200_missing(tmp_path):
@@ -174,7 +191,7 @@ def test_imagenet_folders_and_class_names(tmp_path):
     x, y = dls.valid.one_batch()
     assert x.shape == (4, 3, 224, 224) and y.dtype == torch.long and y.tolist() == [0, 0, 0, 0]
     assert torch.equal(x, dls.valid.one_batch()[0])
-    assert not torch.equal(dls.train_ds[0][0], dls.train_ds[0][0])
+    assert_reference_augmentation(dls.train_ds, [T.RandomResizedCrop(224), T.RandomHorizontalFlip()])
     assert len(imagenet(tmp_path, subset=5, num_workers=0).train_ds) == 5
     # torchvision's meta.bin, then the folder names
     (tmp_path / "LOC_synset_mapping.txt").unlink()
@@ -311,19 +328,27 @@ def test_mosaic_dataloaders(tmp_path):
     assert np.array_equal(sub.valid_ds.layout.target_box, lay.target_box[:20])
 
 
-@pytest.mark.trains  # fits a Learner (a step or a few)
-def test_mosaic_trains_with_a_plain_learner(tmp_path):
+@pytest.mark.trains  # fits a Learner (three epochs of 1,200 mosaics, a few seconds)
+def test_mosaic_trains_with_a_plain_learner(mosaic_dir):
+    from fastai.callback import schedule  # noqa: F401  (adds Learner.fit_one_cycle)
+    from fastai.callback.progress import ProgressCallback  # noqa: F401  (adds Learner.no_bar)
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
-    from fastai.callback.progress import ProgressCallback  # noqa: F401  (adds Learner.no_bar)
     from fastai.metrics import accuracy
-    dls = get_dataloaders("digit_mosaic", tmp_path, bs=32, subset=96, n_train=300, n_test=100, num_workers=0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    from torch import nn
+    dls = get_dataloaders("digit_mosaic", mosaic_dir, bs=32, subset=1200, num_workers=0, device="cpu")
+
+    def conv(c_in, c_out):
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+    torch.manual_seed(0)
+    model = nn.Sequential(*conv(3, 16), nn.MaxPool2d(2), *conv(16, 32), nn.MaxPool2d(2), *conv(32, 64),
+                          nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, 10))
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
-        learn.fit(1, 1e-2)
-    assert len(learn.recorder.values) == 1
+        learn.fit_one_cycle(3, 3e-3)
+    # the large digit is learnt from the loader's batches: well above chance (10 %) on the 1,200 test mosaics
+    top1 = learn.validate()[1]
+    assert top1 > 0.25, f"accuracy {top1:.3f} on the test mosaics"
 
 
 def test_digit_mosaic_default_cache_dir_name():

@@ -158,7 +158,7 @@ def test_unreadable_image_stops_naming_it_or_is_skipped_and_counted(tmp_path):
 # --- models: timm and torchvision by name, ImageNet weights from a local file --------------------------------
 def test_timm_teacher_from_a_local_weights_file(tmp_path):
     from safetensors.torch import save_file
-    timm = pytest.importorskip("timm")
+    import timm
     torch.manual_seed(1)
     imagenet = timm.create_model("test_resnet", num_classes=1000)                # stands in for downloaded weights
     path = tmp_path / "model.safetensors"
@@ -180,7 +180,7 @@ def test_your_data_notebook_and_the_cli(tmp_path):
     the test writes; then the same kind of run from `python -m sddlib` on a train/val folder."""
     import papermill as pm
     from safetensors.torch import save_file
-    timm = pytest.importorskip("timm")
+    import timm
     weights = tmp_path / "test_resnet.safetensors"
     save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}, str(weights))
     data, out = write_folder(tmp_path / "my_pets", per_class=4, size=96), tmp_path / "outputs"

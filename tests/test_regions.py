@@ -120,7 +120,7 @@ def test_wrapper_on_torchvision_models(builder):
 
 
 def test_wrapper_on_a_timm_model():
-    timm = pytest.importorskip("timm")
+    import timm
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=5, pretrained=False).eval()
     x = torch.randn(2, 3, 128, 128)                     # 4x4 final map

@@ -131,7 +131,7 @@ def test_write_tables(outputs):
 
 @pytest.mark.slow  # executes a notebook
 def test_results_notebook(outputs, tmp_path):
-    papermill = pytest.importorskip("papermill")
+    import papermill
     papermill.execute_notebook(str(REPO / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),
                                parameters={"output_dir": str(outputs)}, cwd=str(REPO), kernel_name="python3",
                                progress_bar=False)

@@ -12,8 +12,6 @@ from sddlib.preflight import check_environment
 from tests import spine_dataset
 from tests.test_folder import write_folder
 
-pytest.importorskip("papermill")
-
 
 def test_a_registered_dataset_is_known_to_the_configuration_and_the_planner(tmp_path):
     cfg = RunConfig.from_params({"dataset": "stripes", "output_dir": str(tmp_path)})

@@ -10,8 +10,6 @@ import yaml
 from sddlib import sweep
 from sddlib.experiment import load_metrics
 
-pytest.importorskip("papermill")
-
 PARAMETERS = ('dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
               'seed = 0\nepochs = 240\nsubset = 0\nbatch_size = 64\nT = None\ndata_dir = "data"\n'
               'output_dir = "outputs"\n')

@@ -17,6 +17,7 @@ from sddlib.training import build_learner
 
 BATCH = 4
 HANG = 120  # seconds: each case takes a few; a child still running after this is waiting on a collective
+FAVOUR = 20.0  # added to one class's logit: far above the untrained net's other logits
 
 
 class NoStep(Callback):
@@ -27,10 +28,16 @@ class NoStep(Callback):
         raise CancelStepException
 
 
-def tiny_model() -> nn.Module:
+def tiny_model(favoured: int) -> nn.Module:
+    """An untrained net whose head favours class `favoured` (the first test image's): it predicts that class for
+    every image, so top-1 is the share of test images of that class (neither 0 nor 100 % on a mixed test set), which
+    a process that drops or double-counts images changes."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(8, 10))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10))
+    with torch.no_grad():
+        model[-1].bias[favoured] += FAVOUR
+    return model
 
 
 def validate(data_dir, n_test: int, pipeline: str, out=None) -> list[float]:
@@ -40,7 +47,8 @@ def validate(data_dir, n_test: int, pipeline: str, out=None) -> list[float]:
         whole = digit_mosaic(data_dir, bs=BATCH, n_train=8, n_test=n_test, device="cpu", pipeline=pipeline,
                              num_workers=0)
         dls = distributed.shard_dataloaders(whole)
-        learn = build_learner(dls, tiny_model(), dict(dataset="digit_mosaic", batch_size=BATCH, device="cpu",
+        favoured = int(whole.valid.dataset.targets[0])
+        learn = build_learner(dls, tiny_model(favoured), dict(dataset="digit_mosaic", batch_size=BATCH, device="cpu",
                                                       progress=False), cbs=[NoStep()])
         learn.fit(1)
         values = [float(v) for v in learn.recorder.values[-1][1:]]   # valid_loss, accuracy, top5_accuracy
@@ -72,6 +80,10 @@ def free_port() -> int:
 def test_two_processes_validate_as_one(tmp_path, n_test, held, pipeline):
     alone = validate(tmp_path, n_test, pipeline)
     assert all(round(v * n_test, 6) == round(v * n_test) for v in alone[1:])   # counts out of n_test
+    labels = torch.as_tensor(digit_mosaic(tmp_path, bs=BATCH, n_train=8, n_test=n_test, device="cpu",
+                                          num_workers=0).valid.dataset.targets)
+    favoured_share = (labels == labels[0]).float().mean().item()
+    assert alone[1] == pytest.approx(favoured_share) and (n_test == 1 or 0 < favoured_share < 1)
     port = free_port()
     ranks = run_children(validate_as_rank, [(r, port, tmp_path, n_test, pipeline, tmp_path) for r in (0, 1)],
                          timeout=HANG)
