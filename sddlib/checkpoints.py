@@ -22,11 +22,13 @@ import torch.nn as nn
 __all__ = ["CheckpointError", "RunLockedError", "load_checkpoint", "check_checkpoint", "save_checkpoint",
            "write_checkpoint", "read_checkpoint",
            "atomic_write", "write_json", "run_lock", "teacher_cache_path", "shipped_teacher_path",
-           "fetch_cifar100_teachers", "cifar100_teacher_path", "CIFAR100_TEACHERS_URL"]
+           "fetch_cifar100_teachers", "cifar100_teacher_path", "CIFAR100_TEACHERS_URL", "CIFAR100_RELEASE"]
 
 # The CRD/mdistiller release of the CIFAR-100 teachers (`cifar_teachers.tar`), unpacked as
 # `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`, each `{"model": state_dict, ...}`.
 CIFAR100_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+# The teachers that release holds (the CIFAR-100 rows of the paper use these): any other has no published file.
+CIFAR100_RELEASE = ("resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "ResNet50")
 
 _HOW_TO_FIX = {
     "teacher": "give the path of a {what} checkpoint or leave teacher_ckpt empty to train and cache one",
@@ -192,12 +194,20 @@ def cifar100_teacher_path(dest, arch: str) -> Path:
 
 
 def fetch_cifar100_teachers(dest, url: str = CIFAR100_TEACHERS_URL) -> Path:
-    """Download and unpack the published CIFAR-100 teachers under `dest` (skipped when present)."""
+    """Download and unpack the published CIFAR-100 teachers under `dest` (skipped when present): one process
+    downloads, the others wait for it and find them there."""
     dest = Path(dest)
     root = dest / "cifar_teachers"
-    if root.is_dir() and any(root.glob("*_vanilla/ckpt_epoch_240.pth")):
+
+    def present() -> bool:
+        return root.is_dir() and any(root.glob("*_vanilla/ckpt_epoch_240.pth"))
+    if present():  # no lock needed (data_dir may be read-only)
         return root
-    dest.mkdir(parents=True, exist_ok=True)
+    with run_lock(dest, wait=True, name=".cifar_teachers.lock"):
+        return root if present() else _download_cifar100_teachers(dest, url, root)
+
+
+def _download_cifar100_teachers(dest: Path, url: str, root: Path) -> Path:
     archive = dest / "cifar_teachers.tar.part"
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:

@@ -112,6 +112,10 @@ class RunConfig(Mapping):
     teacher_lr: float = _param(None, _POSITIVE, "LR of a teacher trained here (None: the dataset's)")
     teacher_lr_decay_stages: tuple = _param(None, optional(stages), "LR stages of a teacher trained here "
                                             "(None: the dataset's)")
+    allow_teacher_training: bool = _param(False, flag, "CIFAR-100, CUB-200: when the published teacher is neither "
+                                          "given, in teachers_dir, cached nor downloadable, train it here (once, "
+                                          "before its students; the runs then depart from the paper's teacher) "
+                                          "instead of stopping")
     subset: int = _param(0, integer(low=0, what="0 (all data) or a positive integer"), "first n images only")
     device: str = _param("auto", device_name, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     num_workers: int = _param(None, optional(integer(low=0, what="None or an integer >= 0")), "loader processes")
@@ -392,7 +396,8 @@ class RunConfig(Mapping):
         modules imported do not change them beyond fp32 rounding; precision does; the method a module registers
         does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "tracker",
-                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget"}
+                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget",
+                "allow_teacher_training"}
         return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
                 **self._bn(self.batch_size)}
 
