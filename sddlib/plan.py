@@ -51,7 +51,8 @@ ROOT = checkout() or Path.cwd()
 class PlannedRun:
     """One run of a plan. `folder` is its key; `params` what it is given (absolute paths); `teacher_source` one of
     `teacher_source.ORIGINS` ("" for a model trained without a teacher); `after`: the run folders that must be
-    complete before it starts (its teacher trained here)."""
+    complete before it starts (its teacher trained here); `estimate_s`, `peak_bytes`: its cost on this device,
+    when estimated (`sddlib.run_cost`)."""
     run: str
     kind: str
     folder: str
@@ -63,6 +64,7 @@ class PlannedRun:
     resumes: bool = False
     after: tuple = ()
     estimate_s: float | None = None
+    peak_bytes: int | None = None
 
     def asdict(self) -> dict:
         return {**dataclasses.asdict(self), "after": list(self.after)}
@@ -81,7 +83,8 @@ class PlannedRun:
         """One line of a dry run: state, kind, run name, its teacher's source, where it comes from."""
         state = "to run (resumes)" if self.state == "to run" and self.resumes else self.state
         teacher = f"  teacher: {self.teacher_source}" if self.teacher_source else ""
-        cost = "" if self.estimate_s is None else f"  ~{self.estimate_s / 3600:.2f} device-h"
+        cost = "" if self.estimate_s is None else \
+            f"  ~{self.estimate_s / 3600:.2f} device-h, peak {self.peak_bytes / 2**30:.1f} GiB"
         why = f": {self.reason}" if self.reason else ""
         return f"{state:<16} {self.kind:<8} {self.run}{teacher}{cost}  <- {self.file}{why}"
 
@@ -114,6 +117,12 @@ class Plan:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_json())
         return path
+
+    def with_estimates(self, costs: dict) -> Plan:
+        """The plan with each run of `costs` ({run folder: (seconds, peak bytes)}) given its estimate."""
+        runs = tuple(dataclasses.replace(r, estimate_s=costs[r.folder][0], peak_bytes=costs[r.folder][1])
+                     if r.folder in costs else r for r in self.runs)
+        return dataclasses.replace(self, runs=runs)
 
     def downloads(self) -> list[PlannedRun]:
         """Runs whose published teacher is still to be downloaded (the sweep fetches them before anything runs)."""

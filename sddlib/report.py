@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from .data.spec import DATASETS, paper_datasets
-from .departures import describe, teacher_description
+from .departures import YOUR_DATA, describe, teacher_description
 
 __all__ = ["PAPER_DATASETS", "title", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
            "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name", "load_runs", "table_datasets", "results_table",
@@ -444,14 +444,17 @@ def dataset_tables(runs: pd.DataFrame, dataset: str) -> list[Table]:
     """Every table of `dataset`, in the order the notebooks, the results page and the Markdown files show them.
     A paper dataset: our runs as published vs the paper, their SD gain paired by seed, our rows of the methods the
     paper does not report, the runs not as published. Data without paper numbers: our rows first (the SD gain
-    paired by seed), then the mean ± std of every run."""
+    paired by seed), then the mean ± std of every run, then the runs that depart from the dataset's protocol."""
     name = title(dataset)
     if not paper_has_numbers(dataset):
-        ours = results_table(runs, dataset, published_only=False)
+        ours, other = results_table(runs, dataset, published_only=False), departures_table(runs, dataset)
+        other = other[other["departures"] != describe(YOUR_DATA)].reset_index(drop=True)  # not "your data" alone
         found = [Table("ours", f"{name}: our runs (no paper numbers), SD gain paired by seed",
                        *_gain_pair(our_gains(runs, dataset))),
                  Table("results", f"{name}: our runs, mean ± std over seeds", ours,
-                       format_table(ours).drop(columns=_PAPER_ONLY_COLUMNS))]
+                       format_table(ours).drop(columns=_PAPER_ONLY_COLUMNS)),
+                 Table("departures", f"{name}: runs that depart from the dataset's protocol", other,
+                       format_departures(other))]
         return [t for t in found if len(t.numbers)]
     table, other = results_table(runs, dataset), departures_table(runs, dataset)
     found = [Table("results", f"{name}: our runs vs the SDD paper", table, format_table(table)),

@@ -11,9 +11,12 @@ written with `--plan-file`; with `--seeds` it is the whole table (each file's ru
 its student trained alone), each run once. Every teacher is settled before anything runs: published ones are
 downloaded where they can be, and a teacher that has to be trained here is trained first, once, before its students
 (on CIFAR-100 and CUB-200 only with `allow_teacher_training`; without it the sweep stops in one sentence).
+`--estimate` prints what the plan costs on this device (`sddlib.run_cost`) and runs nothing.
+
 Each distillation run executes `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the
 `-p` overrides (values parsed as YAML; text parameters such as M stay text), writing the executed notebook to
-`run_dir(params)/notebook.ipynb`; a model alone or a teacher trains in the job's process. A run's `imports` modules are found from the folder the sweep starts in (every
+`run_dir(params)/notebook.ipynb`; a model alone or a teacher trains in the job's process.
+A run's `imports` modules are found from the folder the sweep starts in (every
 job's notebook kernel has it on its path) and PYTHONPATH. Runs whose metrics.json is complete are skipped unless
 `--force` (which moves the old metrics.json aside to metrics.previous.json); an interrupted run resumes from its last
 completed epoch. A failed run (an error, or a notebook that ends without a complete metrics.json) does not
@@ -166,6 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                     help="the whole table at these seeds: each file's run, its plain baseline and its student alone")
     ap.add_argument("--plan-file", metavar="PATH", help="write the plan as JSON to PATH before anything runs")
+    ap.add_argument("--estimate", action="store_true", help="time a few steps of each distinct configuration on "
+                    "this device and print each run's cost, the device-hours and the wall time at --jobs; runs nothing")
     cluster = ap.add_argument_group("cluster (submitit)")
     cluster.add_argument("--executor", choices=("slurm", "local"),
                          help="submit each run as a job: slurm (a job array) or local processes; default: this process")
@@ -188,11 +193,17 @@ def main(argv=None) -> int:
     except ConfigError as err:  # a teacher nothing can give (CIFAR-100, CUB-200): nothing starts
         print(f"FAILED  nothing ran: {err}", file=sys.stderr)
         return 1
+    if args.estimate:
+        table, estimate = _estimate(table, args)
     for run in table.runs:
         print(run.line())
     print(f"plan: {table.counts()}", flush=True)
+    if args.estimate:
+        print(*estimate, sep="\n")
     if args.plan_file:
         print(f"plan written to {table.write(args.plan_file)}")
+    if args.estimate:
+        return 1 if table.problems else 0
     failures, jobs = list(table.problems), []
     skipped = sum(run.state == "complete" and not args.force for run in table.runs)
     for run in table.runs:
@@ -233,6 +244,18 @@ def main(argv=None) -> int:
     for path, reason in failures:
         print(f"FAILED  {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _estimate(table, args):
+    """The plan with each run still to run given its estimated seconds (`sddlib.run_cost`), and the estimate's
+    totals in words."""
+    from .run_cost import describe_total, device_name, estimate_plan
+    runs = [run for run in table.runs if run.state != "complete" or args.force]
+    if not runs:
+        return table, ["estimate: nothing to run"]
+    costs = estimate_plan(runs)
+    lines = [describe_total(runs, costs, args.jobs or 1, device_name(runs[0].params))]
+    return table.with_estimates({folder: (c.seconds, c.peak_bytes) for folder, c in costs.items()}), lines
 
 
 def _settle_teachers(table, args, overrides):

@@ -27,8 +27,8 @@ from .run_models import teacher_from_source
 from .run_pipeline import train_and_record
 from .training import differences
 
-__all__ = ["TeacherMissingError", "get_teacher", "train_teacher", "teacher_run_dir", "teacher_origin", "missing_teacher",
-           "fetch_published_teacher", "ORIGINS"]
+__all__ = ["TeacherMissingError", "get_teacher", "train_teacher", "teacher_run_dir", "teacher_origin",
+           "missing_teacher", "fetch_published_teacher", "ORIGINS"]
 
 
 

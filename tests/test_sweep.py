@@ -108,7 +108,8 @@ def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
     page = Path(p["output_dir"]) / "report.html"       # the sweep's last step: the results page
     assert f"results page: {page}" in text and "epochs 2 (240), subset 200 (0)" in page.read_text()
     assert calls == [({**yaml.safe_load((tmp / "ok.yaml").read_text()), "output_dir": str(out), "seed": 1,
-                       "M": "[1]", "epochs": 2, "subset": 200, "batch_size": 8, "data_dir": str(tmp / "d")}, str(sweep.ROOT))]
+                       "M": "[1]", "epochs": 2, "subset": 200, "batch_size": 8, "data_dir": str(tmp / "d"),
+                       "teachers_dir": str(tmp / "teachers")}, str(sweep.ROOT))]
     assert load_metrics(run / "metrics.previous.json") == metrics and load_metrics(run / "metrics.json")
     metrics = load_metrics(run / "metrics.json")
     as_published = json.dumps({**metrics, "departures": {}})
