@@ -36,3 +36,25 @@ def test_the_sweep_estimates_every_run_of_a_plan_and_trains_nothing(tmp_path, mo
     total = sum(r["estimate_s"] for r in runs.values()) / 3600
     assert lines[5].startswith(f"estimate: {total:.1f} device-hours on cpu (") and "at --jobs 2" in lines[5]
     assert not out.exists()                                                   # nothing trained, nothing written
+
+
+def test_a_runs_estimate_is_its_fixed_cost_and_its_epochs_of_timed_steps(tmp_path, monkeypatch):
+    """The arithmetic on the measured step times (what `--estimate` prints per run): fixed + epochs x (training
+    steps x step time + evaluation steps x evaluation step time), the steps from the dataset's sizes and subset."""
+    from sddlib import run_cost, run_memory
+    from sddlib.plan import build_plan
+    file = tmp_path / "mosaic-sd_kd.yaml"
+    file.write_text(yaml.safe_dump({"dataset": "digit_mosaic", "teacher": "resnet8", "student": "resnet8",
+                                    "method": "kd", "M": "[1,2]", "epochs": 3, "subset": 100, "batch_size": 10}))
+    plan = build_plan([file], {"output_dir": str(tmp_path / "out")}, seeds=[0])
+    timed = {"train_s": 0.5, "valid_s": 0.25, "build_s": 2.0, "data_s": 1.0, "bytes": 2**30}
+    monkeypatch.setattr(run_memory, "measure_in_fresh_process", lambda probes, names, **kw: [timed] * len(probes))
+    costs = run_cost.estimate_plan(plan.runs)
+    alone = costs[next(r.folder for r in plan.runs if r.kind == "alone")]
+    sd = costs[next(r.folder for r in plan.runs if r.kind == "sd")]
+    teacher = costs[next(r.folder for r in plan.runs if r.kind == "teacher")]
+    epoch = 10 * 0.5 + 10 * 0.25                          # 100 images in batches of 10, training and test
+    assert alone.seconds == pytest.approx(alone.fixed + 3 * epoch) and alone.peak_bytes == 2**30
+    assert sd.fixed == pytest.approx(alone.fixed + 10 * 0.25)     # the teacher evaluated once
+    assert teacher.epochs == 8                                    # the dataset's teacher protocol, batch 64
+    assert teacher.seconds == pytest.approx(teacher.fixed + 8 * (1 * 0.5 + 2 * 0.25))
