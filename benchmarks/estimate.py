@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     total, call = sum(r[3] for r in rows), sum(r[4] for r in rows)
     lines.append(f"| all | {fit:.0f} | {wall:.0f} | {fit / wall:.2f} | {total:.0f} | {call:.0f} | {total / call:.2f} |")
     text = "\n".join(lines)
-    print(totals, f"(the estimate took {estimate_seconds:.0f} s)", text, sep="\n")
+    print(totals, f"(the estimate took {estimate_seconds:.0f} s; load average {min(load):.1f} to {max(load):.1f})",
+          text, sep="\n")
     if args.record:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         epochs = f"--epochs {args.epochs}" if args.epochs else "its 8 epochs"

@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     overrides = parse_overrides(args.parameter)
     try:
         table = build_plan(args.files, overrides, args.seeds)
-        if not args.dry_run:
+        if not (args.dry_run or args.estimate):  # about to run: every published teacher fetched first
             table = _settle_teachers(table, args, overrides)
     except ConfigError as err:  # a teacher nothing can give (CIFAR-100, CUB-200): nothing starts
         print(f"FAILED  nothing ran: {err}", file=sys.stderr)
