@@ -392,9 +392,9 @@ class RunConfig(Mapping):
     @property
     def fingerprint(self) -> dict:
         """Everything that decides the trained weights: equal fingerprints may continue each other's checkpoints.
-        (Paths, device, loader processes, memory budget, figures, progress bars, memory layout, compilation and the
-        modules imported do not change them beyond fp32 rounding; precision does; the method a module registers
-        does.)"""
+        (Paths, device, loader processes, memory budget, figures, progress bars, memory layout, compilation, the
+        modules imported and whether a teacher may be trained here (its source is recorded apart) do not change them
+        beyond fp32 rounding; precision does; the method a module registers does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "tracker",
                 "progress", "run_name", "channels_last", "compile", "imports", "memory_budget",
                 "allow_teacher_training"}
