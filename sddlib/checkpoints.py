@@ -25,12 +25,15 @@ from .locks import run_lock
 __all__ = ["CheckpointError", "DiskFullError", "load_checkpoint", "check_checkpoint", "save_checkpoint",
            "write_checkpoint", "read_checkpoint",
            "atomic_write", "write_json", "teacher_cache_path", "shipped_teacher_path",
-           "fetch_cifar100_teachers", "cifar100_teacher_path", "CIFAR100_TEACHERS_URL", "CIFAR100_COMPLETE"]
+           "fetch_cifar100_teachers", "cifar100_teacher_path", "CIFAR100_TEACHERS_URL", "CIFAR100_COMPLETE",
+           "CIFAR100_RELEASE"]
 
 # The CRD/mdistiller release of the CIFAR-100 teachers (`cifar_teachers.tar`), unpacked as
 # `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`, each `{"model": state_dict, ...}`.
 CIFAR100_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 CIFAR100_COMPLETE = ".complete"  # written last into cifar_teachers/: without it the folder is not present
+# The teachers that release holds (the CIFAR-100 rows of the paper use these): any other has no published file.
+CIFAR100_RELEASE = ("resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "ResNet50")
 
 _HOW_TO_FIX = {
     "teacher": "give the path of a {what} checkpoint or leave teacher_ckpt empty to train and cache one",

@@ -128,6 +128,10 @@ class RunConfig(Mapping):
                                              "epochs (as `lr_warmup_epochs`; 0: none)")
     teacher_weight_decay: float = _param(None, _WEIGHT, "weight decay of a teacher trained here (None: the "
                                          "dataset's)")
+    allow_teacher_training: bool = _param(False, flag, "CIFAR-100, CUB-200: when the published teacher is neither "
+                                          "given, in teachers_dir, cached nor downloadable, train it here (once, "
+                                          "before its students; the runs then depart from the paper's teacher) "
+                                          "instead of stopping")
     subset: int = _param(0, integer(low=0, what="0 (all data) or a positive integer"), "first n images only")
     device: str = _param("auto", device_name, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     num_workers: int = _param(None, optional(integer(low=0, what="None or an integer >= 0")), "loader processes")
@@ -433,11 +437,12 @@ class RunConfig(Mapping):
     @property
     def fingerprint(self) -> dict:
         """Everything that decides the trained weights: equal fingerprints may continue each other's checkpoints.
-        (Paths, device, loader processes, memory budget, figures, progress bars, memory layout, compilation and the
-        modules imported do not change them beyond fp32 rounding; precision does; the method a module registers
-        does.)"""
+        (Paths, device, loader processes, memory budget, figures, progress bars, memory layout, compilation, the
+        modules imported and whether a teacher may be trained here (its source is recorded apart) do not change them
+        beyond fp32 rounding; precision does; the method a module registers does.)"""
         skip = {"data_dir", "output_dir", "device", "num_workers", "figures", "feature_figures", "tracker",
-                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget", "recipe"}
+                "progress", "run_name", "channels_last", "compile", "imports", "memory_budget", "recipe",
+                "allow_teacher_training"}
         return {**_without_unchanged_additions({k: v for k, v in self.to_params().items() if k not in skip}),
                 **self._bn(self.batch_size)}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -24,11 +25,12 @@ import pandas as pd
 import yaml
 
 from .data.spec import DATASETS, paper_datasets
-from .departures import describe, teacher_description
+from .departures import YOUR_DATA, describe, teacher_description
 
 __all__ = ["PAPER_DATASETS", "title", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
            "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name", "load_runs", "table_datasets", "results_table",
-           "departures_table", "sd_gains", "run_summary", "format_table", "format_gains", "format_departures",
+           "departures_table", "sd_gains", "GAIN_COLUMNS", "our_gains", "paper_has_numbers", "Table",
+           "dataset_tables", "run_summary", "format_table", "format_gains", "format_departures",
            "to_markdown", "legend", "write_table", "write_tables"]
 
 PAPER_DATASETS = paper_datasets()  # the paper's table order
@@ -279,33 +281,45 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     return pd.DataFrame(rows, columns=columns).astype({"n_runs": int})
 
 
+GAIN_COLUMNS = ["teacher", "student", "method", "seeds_planned", "n_seeds", "plain_n", "sd_n", "plain_best",
+                "plain_best_std", "sd_best", "sd_best_std", "gain_best", "gain_best_std", "gain_last", "gain_last_std",
+                "sd_ahead", "missing"]
+
+
 def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> pd.DataFrame:
-    """SD-X − X paired by seed, one row per (teacher, student) pair and base method: the mean and (sample) std
-    of the per-seed gains (best and last epoch), in how many of the `n_seeds` seeds (those with both runs) SD
-    was ahead at the best epoch, and the seed-to-seed std of the plain method's best top-1 (the noise a single
-    seed carries). A gain of means (`results_table`) cannot say whether every seed agrees; this can."""
-    columns = ["teacher", "student", "method", "n_seeds", "gain_best", "gain_best_std", "gain_last",
-               "gain_last_std", "sd_ahead", "plain_best_std"]
+    """The table that answers "does SD help here", one row per (teacher, student) pair and base method, computed
+    once for every notebook and the results page: the seeds planned (every seed any distillation run of the
+    dataset was trained at) and `n_seeds`, those with both the plain and the SD run complete; mean and (sample)
+    std of the plain and of the SD runs' best top-1 (`plain_n`, `sd_n` runs each); SD-X − X paired by seed (best
+    and last epoch, mean and std) and in how many of the `n_seeds` SD was ahead at the best epoch; `missing`
+    names the runs a planned seed lacks ("" when none). A gain of means (`results_table`) cannot say whether
+    every seed agrees; this can."""
     if not len(runs):
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=GAIN_COLUMNS)
     runs = runs[(runs["dataset"] == dataset) & (runs["as_published"].astype(bool) | (not published_only))]
     runs = _keep_authors_baselines(runs[~runs["variant"].isin(TRAINED_ALONE)], dataset)
+    planned = sorted(set(runs["seed"]))
     rows = []
     for (teacher, student), pair in runs.groupby(["teacher", "student"], sort=False):
-        for method in sorted({v for v in pair["variant"] if not _sd_partner(v)}, key=_order):
+        bases = {_sd_partner(v) or v for v in pair["variant"]}
+        for method in sorted(bases, key=_order):
             plain = pair[pair["variant"] == method].drop_duplicates("seed", keep="last").set_index("seed")
             sd = pair[pair["variant"] == f"sd_{method}"].drop_duplicates("seed", keep="last").set_index("seed")
             seeds = sorted(set(plain.index) & set(sd.index))
-            if not seeds:
-                continue
             best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
             last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
             (gain_best, gain_best_std), (gain_last, gain_last_std) = _stats(best), _stats(last)
-            rows.append({"teacher": teacher, "student": student, "method": method, "n_seeds": len(seeds),
+            missing = [f"{method_name(v)} seed{'s' if len(lack) > 1 else ''} {', '.join(map(str, lack))}"
+                       for v, have in ((method, plain), (f"sd_{method}", sd))
+                       if (lack := [s for s in planned if s not in have.index])]
+            rows.append({"teacher": teacher, "student": student, "method": method, "seeds_planned": len(planned),
+                         "n_seeds": len(seeds), "plain_n": len(plain), "sd_n": len(sd),
+                         **dict(zip(("plain_best", "plain_best_std"), _stats(plain["best_top1"]))),
+                         **dict(zip(("sd_best", "sd_best_std"), _stats(sd["best_top1"]))),
                          "gain_best": gain_best, "gain_best_std": gain_best_std, "gain_last": gain_last,
                          "gain_last_std": gain_last_std, "sd_ahead": int((best > 0).sum()),
-                         "plain_best_std": _stats(plain.loc[seeds, "best_top1"])[1]})
-    return pd.DataFrame(rows, columns=columns)
+                         "missing": "; ".join(missing)})
+    return pd.DataFrame(rows, columns=GAIN_COLUMNS)
 
 
 DEPARTURE_COLUMNS = ["teacher", "student", "method", "M", "seed", "best_top1", "last_top1", "teacher_top1",
@@ -384,23 +398,84 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_gains(df: pd.DataFrame) -> pd.DataFrame:
-    """`sd_gains` as strings: "+0.83 ± 0.25", "3 of 3 seeds"."""
+    """`sd_gains` as strings: "3 of 3", "76.31 ± 0.20", "+0.83 ± 0.25", "3 of 3 seeds", what a row misses."""
     def signed(mean, std):
         return _num(mean, True) + ("" if pd.isna(std) else f" ± {std:.2f}")
     return pd.DataFrame({
         "Teacher": df["teacher"], "Student": df["student"],
         "Method": [f"{method_name('sd_' + m)} − {method_name(m)}" for m in df["method"]],
+        "Seeds": [f"{n} of {p}" for n, p in zip(df.n_seeds, df.seeds_planned)],
+        "Plain best top-1": [_mean_std(m, s) for m, s in zip(df.plain_best, df.plain_best_std)],
+        "SD best top-1": [_mean_std(m, s) for m, s in zip(df.sd_best, df.sd_best_std)],
         "SD gain, best top-1": [signed(m, s) for m, s in zip(df.gain_best, df.gain_best_std)],
         "SD gain, last top-1": [signed(m, s) for m, s in zip(df.gain_last, df.gain_last_std)],
-        "SD ahead (best)": [f"{k} of {n} seeds" for k, n in zip(df.sd_ahead, df.n_seeds)],
-        "Seed-to-seed std of the plain method": df["plain_best_std"].map(_num)}).reset_index(drop=True)
+        "SD ahead (best)": [f"{k} of {n} seeds" if n else "" for k, n in zip(df.sd_ahead, df.n_seeds)],
+        "Missing": [f"missing: {m}" if m else "" for m in df["missing"]]}).reset_index(drop=True)
+
+
+def paper_has_numbers(dataset: str) -> bool:
+    """The dataset is one of the paper's tables (its rows sit beside the paper's numbers)."""
+    return dataset in PAPER_DATASETS
+
+
+def our_gains(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """`sd_gains` of the runs the paper has no numbers for, as our own rows (every run, as published or not):
+    all of a dataset the paper does not have; on a paper dataset, the methods it does not report."""
+    gains = sd_gains(runs, dataset, published_only=False)
+    if paper_has_numbers(dataset):
+        gains = gains[~gains["method"].isin([m for m in METHODS if not m.startswith("sd_")])]
+    return gains.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of a dataset, as every reader shows it: `key` (results, gains, ours, departures), its heading,
+    the numbers and the strings shown."""
+    key: str
+    title: str
+    numbers: pd.DataFrame
+    shown: pd.DataFrame
+
+
+_PAPER_ONLY_COLUMNS = ["Paper top-1", "Δ best − paper", "SD gain (paper)"]
+
+
+def dataset_tables(runs: pd.DataFrame, dataset: str) -> list[Table]:
+    """Every table of `dataset`, in the order the notebooks, the results page and the Markdown files show them.
+    A paper dataset: our runs as published vs the paper, their SD gain paired by seed, our rows of the methods the
+    paper does not report, the runs not as published. Data without paper numbers: our rows first (the SD gain
+    paired by seed), then the mean ± std of every run, then the runs that depart from the dataset's protocol."""
+    name = title(dataset)
+    if not paper_has_numbers(dataset):
+        ours, other = results_table(runs, dataset, published_only=False), departures_table(runs, dataset)
+        other = other[other["departures"] != describe(YOUR_DATA)].reset_index(drop=True)  # not "your data" alone
+        found = [Table("ours", f"{name}: our runs (no paper numbers), SD gain paired by seed",
+                       *_gain_pair(our_gains(runs, dataset))),
+                 Table("results", f"{name}: our runs, mean ± std over seeds", ours,
+                       format_table(ours).drop(columns=_PAPER_ONLY_COLUMNS)),
+                 Table("departures", f"{name}: runs that depart from the dataset's protocol", other,
+                       format_departures(other))]
+        return [t for t in found if len(t.numbers)]
+    table, other = results_table(runs, dataset), departures_table(runs, dataset)
+    found = [Table("results", f"{name}: our runs vs the SDD paper", table, format_table(table)),
+             Table("gains", f"{name}: SD gain paired by seed (runs as published)",
+                   *_gain_pair(sd_gains(runs, dataset))),
+             Table("ours", f"{name}: our rows, methods the paper does not report (SD gain paired by seed)",
+                   *_gain_pair(our_gains(runs, dataset))),
+             Table("departures", f"{name}: runs not as published (not in the table above)", other,
+                   format_departures(other))]
+    return [t for t in found if t.key == "results" or len(t.numbers)]
+
+
+def _gain_pair(gains: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return gains, format_gains(gains)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub pipe table of a DataFrame of strings (no dependency on `tabulate`)."""
     def cell(x):
         return str(x).replace("|", "\\|").replace("\n", " ")
-    left = {"Teacher", "Student", "Method", "M", "Teacher from", "Departures", "Run"}
+    left = {"Teacher", "Student", "Method", "M", "Teacher from", "Departures", "Run", "Missing"}
     lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
              "|" + "|".join(":---" if c in left else "---:" for c in table.columns) + "|"]
     lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in table.itertuples(index=False)]
@@ -434,30 +509,28 @@ def write_table(table: pd.DataFrame, shown: pd.DataFrame, path, title: str) -> l
 
 
 def write_tables(outputs_dir, out_dir=None) -> list[Path]:
-    """Write `<dataset>.csv` (numbers, 2 decimals) and `<dataset>.md` for the paper's three datasets and
-    any other dataset with runs, `<dataset>-departures.csv` for the runs not as published (also under the
-    Markdown table), plus `runs.csv` (every complete run), under `outputs_dir/tables/`."""
+    """Write every table of `dataset_tables` for the paper's three datasets and any other dataset with runs, under
+    `outputs_dir/tables/`: `<dataset>.md` (all of them), `<dataset>.csv` (the results table's numbers, 2 decimals),
+    `<dataset>-gains.csv`, `-ours.csv`, `-departures.csv` where there are such rows, plus `runs.csv` (every complete
+    run)."""
     runs = load_runs(outputs_dir)
     out = Path(out_dir) if out_dir is not None else Path(outputs_dir) / "tables"
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for dataset in table_datasets(runs):
-        table = results_table(runs, dataset)
-        csv, md = out / f"{dataset}.csv", out / f"{dataset}.md"
-        table.to_csv(csv, index=False, float_format="%.2f")
-        heading = f"## {title(dataset)}: our runs vs the SDD paper\n\n{legend(dataset)}\n\n"
-        other = departures_table(runs, dataset)
-        text = heading + to_markdown(format_table(table))
-        if len(other):
-            other_csv = out / f"{dataset}-departures.csv"
-            other.to_csv(other_csv, index=False, float_format="%.2f")
-            text += (f"\n### {title(dataset)}: runs not as published (not in the table above)\n\n"
-                     + to_markdown(format_departures(other)))
-            paths.append(other_csv)
-        else:  # none now: a list left by an earlier call would contradict the table
-            (out / f"{dataset}-departures.csv").unlink(missing_ok=True)
-        md.write_text(text)
-        paths += [csv, md]
+        tables = dataset_tables(runs, dataset)
+        md, text = out / f"{dataset}.md", ""
+        def csv(key):
+            return out / (f"{dataset}.csv" if key == "results" else f"{dataset}-{key}.csv")
+        for table in tables:
+            table.numbers.to_csv(csv(table.key), index=False, float_format="%.2f")
+            legend_text = f"{legend(dataset)}\n\n" if table.key == "results" and paper_has_numbers(dataset) else ""
+            text += f"{'##' if not text else '###'} {table.title}\n\n{legend_text}{to_markdown(table.shown)}\n"
+            paths.append(csv(table.key))
+        for key in {"results", "gains", "ours", "departures"} - {t.key for t in tables}:
+            csv(key).unlink(missing_ok=True)  # none now: a file left by an earlier call would contradict the tables
+        md.write_text(text.rstrip("\n") + "\n")
+        paths.append(md)
     runs_csv = out / "runs.csv"
     runs.to_csv(runs_csv, index=False, float_format="%.2f")
     return paths + [runs_csv]

@@ -1,6 +1,7 @@
 """One HTML page of every run under an outputs folder, to open in a browser with no server and no network:
-the tables of `sddlib.report` (the paper comparison with runs as published only, the SD gain paired by seed,
-the runs that depart listed apart), each run linked to its folder, its figures as thumbnails.
+the tables of `sddlib.report.dataset_tables` (the paper comparison with runs as published only, the SD gain paired
+by seed, our rows for data and methods the paper has no numbers for, the runs that depart listed apart), each run
+linked to its folder and headed by its method, its figures as thumbnails.
 
     python -m sddlib.report_page outputs            # -> outputs/report.html (also `make report`)
 
@@ -33,7 +34,8 @@ p.legend { font-size: 0.85em; color: #555; max-width: 70em; }
 figure { display: inline-block; margin: 0 0.5em 0.5em 0; font-size: 0.75em; } img { border: 1px solid #ddd; }
 """
 # the columns of a table shown left-aligned (the others hold numbers)
-_TEXT_COLUMNS = {"Teacher", "Student", "Method", "M", "Teacher from", "Departures", "Run", "Runs", "Protocol"}
+_TEXT_COLUMNS = {"Teacher", "Student", "Method", "M", "Teacher from", "Departures", "Run", "Runs", "Protocol",
+                 "Missing"}
 
 
 def _table(frame: pd.DataFrame, table_id: str, links: list[str] | None = None) -> str:
@@ -108,7 +110,7 @@ def _run_section(runs: pd.DataFrame, page: Path) -> str:
     parts = []
     for run in runs.sort_values(["teacher", "student", "variant", "seed"], na_position="first").itertuples():
         folder = Path(run.path).parent
-        method = report.METHOD_NAMES.get(run.variant, "Trained alone")
+        method = report.method_name(run.variant)
         title = f"{run.run_name}: {method}" + (f" M={run.scales}" if run.scales else "") + f", seed {run.seed}"
         numbers = (f"best top-1 {run.best_top1:.2f} (epoch {run.best_epoch}), last {run.last_top1:.2f}"
                    + ("" if pd.isna(run.teacher_top1) else f", teacher {run.teacher_top1:.2f}"))
@@ -127,25 +129,24 @@ def _paper_line(dataset: str, page: Path) -> str:
 
 
 def _dataset_section(runs: pd.DataFrame, dataset: str, page: Path) -> str:
-    title = report.title(dataset)
-    table = report.results_table(runs, dataset)
-    published = runs[(runs["dataset"] == dataset) & runs["as_published"].astype(bool)] if len(runs) else runs
-    links = [_run_links(sel, page) for sel in _rows_runs(table, published)]
-    out = [f'<h2 id="{dataset}">{html.escape(title)}: our runs vs the SDD paper</h2>',
-           f'<p class="legend">{html.escape(report.legend(dataset))}</p>',
-           _table(report.format_table(table), f"{dataset}-results", links)]
-    gains = report.sd_gains(runs, dataset)
-    if len(gains):
-        out += [f"<h3>{html.escape(title)}: SD gain paired by seed (runs as published)</h3>",
-                _table(report.format_gains(gains), f"{dataset}-gains")]
-    other = report.departures_table(runs, dataset)
-    if len(other):
-        other_links = [_run_link(n, p, page) for n, p in zip(other["run_name"], other["path"])]
-        out += [f"<h3>{html.escape(title)}: runs not as published (not in the table above)</h3>",
-                _table(report.format_departures(other), f"{dataset}-departures", other_links)]
+    """The dataset's tables (`report.dataset_tables`: for data without paper numbers our rows lead), each row of
+    runs linked to its folders, then every run with its figures."""
     mine = runs[runs["dataset"] == dataset] if len(runs) else runs
+    out = []
+    for table in report.dataset_tables(runs, dataset):
+        links = None
+        if table.key == "results":
+            shown = mine[mine["as_published"].astype(bool)] if report.paper_has_numbers(dataset) else mine
+            links = [_run_links(sel, page) for sel in _rows_runs(table.numbers, shown)]
+        elif table.key == "departures":
+            links = [_run_link(n, p, page) for n, p in zip(table.numbers["run_name"], table.numbers["path"])]
+        tag, anchor = ("h2", f' id="{dataset}"') if not out else ("h3", "")  # the first table heads the section
+        out.append(f"<{tag}{anchor}>{html.escape(table.title)}</{tag}>")
+        if table.key == "results" and report.paper_has_numbers(dataset):
+            out.append(f'<p class="legend">{html.escape(report.legend(dataset))}</p>')
+        out.append(_table(table.shown, f"{dataset}-{table.key}", links))
     if len(mine):
-        out += [f"<h3>{html.escape(title)}: every run and its figures</h3>", _run_section(mine, page)]
+        out += [f"<h3>{html.escape(report.title(dataset))}: every run and its figures</h3>", _run_section(mine, page)]
     return "".join(out)
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["train_images", "folder_footprint", "run_memory", "check_jobs_fit", "check_per_gpu_fit", "too_many"]
+__all__ = ["train_images", "folder_footprint", "run_memory", "check_jobs_fit", "check_per_gpu_fit", "too_many",
+           "probe_learner", "probe_params", "peak_bytes", "measure_in_fresh_process"]
 
 CUDA_CONTEXT_BYTES = 512 * 2**20  # the CUDA context and cuDNN workspaces the allocator does not see
 HEADROOM = 0.9                    # never plan more than this share of the free memory
@@ -58,33 +59,55 @@ def folder_footprint(params) -> int:
     return plan.footprint_bytes if plan.in_memory else 0
 
 
-def _probe(params: dict) -> int:
-    """Bytes the run needs at its peak (runs in the measuring subprocess)."""
+def probe_learner(cfg, device, arch: str | None = None, train_batches: int = 2, valid_batches: int = 1):
+    """The run's real step (teacher, student, distillation loss, batch size, speed switches) as a Learner over
+    random batches of the dataset's image shape; `arch`: that model trained alone, with no teacher."""
     from fastai.data.core import DataLoaders
 
-    from .config import RunConfig
     from .data.build import TensorImageDataset
     from .data.device import DeviceImageDL
     from .distill import DistillationCallback
-    from .run_pipeline import _device
+    from .models import create_model
     from .run_models import model_for
     from .training import build_learner
 
-    cfg = RunConfig.from_params({**params, "progress": False})
-    device = _device(cfg.device)
     n_train, n_test, side = _sizes(cfg)
     num_classes = cfg.num_classes or 1000
-    images = torch.randint(0, 256, (2 * cfg.batch_size, 3, side, side), dtype=torch.uint8)
-    labels = torch.randint(0, num_classes, (2 * cfg.batch_size,))
+    n = max(train_batches, valid_batches) * cfg.batch_size
+    images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8)
+    labels = torch.randint(0, num_classes, (n,))
     stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device=device)
-    train = DeviceImageDL(TensorImageDataset(images, labels), bs=cfg.batch_size, shuffle=True, drop_last=True,
-                          **stats)
-    valid = DeviceImageDL(TensorImageDataset(images[:cfg.batch_size], labels[:cfg.batch_size]),
-                          bs=cfg.batch_size, **stats)
-    teacher, student = (model_for(cfg, role, num_classes) for role in ("teacher", "student"))
-    distill = DistillationCallback(teacher, cfg.method, cfg.scales, logit_standardization=cfg.logit_standardization,
-                                   **cfg.loss_kwargs)
-    build_learner(DataLoaders(train, valid, device=device), student, cfg, cbs=[distill]).fit(1)
+    train = DeviceImageDL(TensorImageDataset(images[:train_batches * cfg.batch_size],
+                                             labels[:train_batches * cfg.batch_size]),
+                          bs=cfg.batch_size, shuffle=True, drop_last=True, **stats)
+    valid = DeviceImageDL(TensorImageDataset(images[:valid_batches * cfg.batch_size],
+                                             labels[:valid_batches * cfg.batch_size]), bs=cfg.batch_size, **stats)
+    if arch is None or arch in (cfg.student, cfg.teacher):   # the run's own models, with their constructor keywords
+        student = model_for(cfg, "student" if arch in (None, cfg.student) else "teacher", num_classes)
+    else:
+        student = create_model(arch, num_classes=num_classes, stem=cfg.stem)
+    cbs = []
+    if arch is None:
+        cbs = [DistillationCallback(model_for(cfg, "teacher", num_classes), cfg.method, cfg.scales,
+                                    logit_standardization=cfg.logit_standardization, **cfg.loss_kwargs)]
+    return build_learner(DataLoaders(train, valid, device=device), student, cfg, cbs=cbs)
+
+
+def _probe(params: dict) -> int:
+    """Bytes the run needs at its peak (runs in the measuring subprocess)."""
+    from .config import RunConfig
+    from .run_pipeline import _device
+
+    cfg = RunConfig.from_params({**params, "progress": False})
+    device = _device(cfg.device)
+    probe_learner(cfg, device).fit(1)
+    return peak_bytes(cfg, device)
+
+
+def peak_bytes(cfg, device) -> int:
+    """The peak memory of this (probe) process after its steps, plus the data a real run keeps that the probe's
+    random batches do not: the run's peak on its device."""
+    n_train, n_test, side = _sizes(cfg)
     folder = folder_footprint(cfg) if cfg.dataset == "folder" else 0   # the probe's random batches hold none of it
     if device.type != "cuda":
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + folder
@@ -94,15 +117,16 @@ def _probe(params: dict) -> int:
     return torch.cuda.max_memory_reserved(device) + data + CUDA_CONTEXT_BYTES
 
 
-def _probe_in_child(params: dict) -> dict:
-    """`_probe(params)` in a child forked from this process: {"bytes": n} or {"error": its last line}. The
-    measuring process has only imported modules (no thread pool, no CUDA context yet), so forking is safe."""
+def _probe_in_child(params: dict, probe=None) -> dict:
+    """`_probe(params)` (or `probe(params)`, a dict) in a child forked from this process: {"bytes": n} or
+    {"error": its last line}. The measuring process has only imported modules (no thread pool, no CUDA context
+    yet), so forking is safe."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: measure, report through the pipe, and leave without running any cleanup
         os.close(read)
         try:
-            answer = {"bytes": _probe(params)}
+            answer = probe(params) if probe else {"bytes": _probe(params)}
         except BaseException as err:  # noqa: BLE001 - any failure is reported to the parent
             answer = {"error": f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}"}
         os.write(write, json.dumps(answer).encode())
@@ -114,39 +138,51 @@ def _probe_in_child(params: dict) -> dict:
     return json.loads(text) if text else {"error": f"the measuring process died (wait status {status})"}
 
 
-def _probe_each(probes: list[dict], modules: list[str] = ()) -> list[dict]:
+def _probe_each(probes: list[dict], modules: list[str] = (), probe: str = "") -> list[dict]:
     """Runs in the measuring subprocess: import the training code once (and the `modules` that register the
-    datasets sddlib does not define), then measure each probe in a child."""
+    datasets sddlib does not define), then measure each probe in a child (`probe`: "module:function" to call
+    instead of `_probe`)."""
     import importlib
     for module in modules:
         importlib.import_module(module)
     # what every child would otherwise import itself (torch.optim imports torch._dynamo on its first use)
     import torch._dynamo  # noqa: F401
     from . import experiment, training  # noqa: F401
-    return [_probe_in_child(params) for params in probes]
+    function = getattr(importlib.import_module(probe.split(":")[0]), probe.split(":")[1]) if probe else None
+    return [_probe_in_child(params, function) for params in probes]
 
 
-def _measure(configs) -> dict[str, int]:
-    """Peak bytes of each configuration (by name), measured in one fresh subprocess."""
+def probe_params(cfg) -> dict:
+    """What a probe of the configuration needs: the values that decide its step (the dataset's own parameters
+    too: a folder's image size decides its models' stem)."""
+    return {**{k: cfg[k] for k in _PROBE_KEYS}, **cfg.data_options}
+
+
+def measure_in_fresh_process(probes: list[dict], names: list[str], probe: str = "", what: str = "memory") -> list:
+    """Each probe measured in one fresh subprocess (the training code imported once, a forked child per probe):
+    `_probe`'s {"bytes": n}, or `probe` ("module:function")'s dict; RuntimeError naming the run that failed."""
     from .data.spec import registering_modules
-    # the dataset's own parameters too: a folder's image size decides its models' stem
-    probes = [{**{k: cfg[k] for k in _PROBE_KEYS}, **cfg.data_options} for cfg in configs]
     code = ("import json, sys; from sddlib.run_memory import _probe_each; "
-            "print(json.dumps(_probe_each(json.loads(sys.argv[1]), json.loads(sys.argv[2]))))")
+            "print(json.dumps(_probe_each(json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3])))")
     # the runs' `imports` are found from this process's folder, as the runs themselves find them
     path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(probes), json.dumps(registering_modules())],
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(probes), json.dumps(registering_modules()), probe],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                           env={**os.environ, "PYTHONPATH": path})
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"measuring the memory of {', '.join(cfg.name for cfg in configs)} failed: {last}")
-    sizes = {}
-    for cfg, answer in zip(configs, json.loads(done.stdout.strip().splitlines()[-1])):
+        raise RuntimeError(f"measuring the {what} of {', '.join(names)} failed: {last}")
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, answer in zip(names, answers):
         if "error" in answer:
-            raise RuntimeError(f"measuring the memory of {cfg.name} failed: {answer['error']}")
-        sizes[cfg.name] = int(answer["bytes"])
-    return sizes
+            raise RuntimeError(f"measuring the {what} of {name} failed: {answer['error']}")
+    return answers
+
+
+def _measure(configs) -> dict[str, int]:
+    """Peak bytes of each configuration (by name), measured in one fresh subprocess."""
+    answers = measure_in_fresh_process([probe_params(cfg) for cfg in configs], [cfg.name for cfg in configs])
+    return {cfg.name: int(answer["bytes"]) for cfg, answer in zip(configs, answers)}
 
 
 def run_memory(params) -> int:

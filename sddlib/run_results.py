@@ -1,27 +1,35 @@
 """One run's results as a dataset notebook shows them, written once for every notebook: the run at a
-glance beside the paper, the dataset's table with every run as published found, the others with their
-departures, and the per-epoch history."""
+glance beside the paper, the dataset's tables (`report.dataset_tables`: every run as published found, the SD gain
+paired by seed, our rows, the others with their departures), and the per-epoch history."""
 from __future__ import annotations
 
 import pandas as pd
 
 from . import report
 
-__all__ = ["history_frame", "show_run_results"]
+__all__ = ["history_frame", "show_dataset_tables", "show_run_results"]
 
 ACCURACY_TEXT = ("Best and last epoch of this run (top-1 / top-5, %; `protocol`: as published or what it changed), "
                  "and this configuration in the paper's table beside every run of it as published found under "
                  "`output_dir` (mean ± std over seeds). The literature reports the best epoch; the last is what a "
                  "run without test-set model selection gives.")
-DEPARTURES_TEXT = ("Runs of this dataset that are not as published (another schedule, a subset, a teacher trained "
-                   "here...), each with what it changed as 'value used (published value)'; they are not in the "
-                   "table above:")
+DEPARTURES_TEXT = ("Another schedule, a subset, a teacher trained here...: each run with what it changed as 'value "
+                   "used (published value)'.")
 HISTORY_TEXT = "The loss components and the teacher's region-category shares per epoch:"
 
 
 def history_frame(metrics: dict) -> pd.DataFrame:
     """A run's per-epoch rows (losses, top-1/top-5, lr, loss parts, category shares), indexed by epoch."""
     return pd.DataFrame(metrics["history"]).set_index("epoch").round(4)
+
+
+def show_dataset_tables(runs: pd.DataFrame, dataset: str) -> None:
+    """Display every table of the dataset (`report.dataset_tables`: the numbers the results page and the Markdown
+    tables show), each under its heading."""
+    from IPython.display import Markdown, display
+    for table in report.dataset_tables(runs, dataset):
+        display(Markdown(f"**{table.title}**" + (f". {DEPARTURES_TEXT}" if table.key == "departures" else "")))
+        display(table.shown)
 
 
 def show_run_results(metrics: dict, output_dir=None) -> None:
@@ -33,11 +41,6 @@ def show_run_results(metrics: dict, output_dir=None) -> None:
     output_dir = metrics["params"]["output_dir"] if output_dir is None else output_dir
     display(Markdown(ACCURACY_TEXT))
     display(report.run_summary(metrics))
-    runs = report.load_runs(output_dir)
-    display(report.format_table(report.results_table(runs, metrics["dataset"])))
-    others = report.departures_table(runs, metrics["dataset"])
-    if len(others):
-        display(Markdown(DEPARTURES_TEXT))
-        display(report.format_departures(others))
+    show_dataset_tables(report.load_runs(output_dir), metrics["dataset"])
     display(Markdown(HISTORY_TEXT))
     display(history_frame(metrics))

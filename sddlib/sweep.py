@@ -1,23 +1,33 @@
-"""Run many params files through their dataset's notebook with papermill.
+"""Run a plan (`sddlib.plan`): many params files through their dataset's notebook with papermill.
 
-    python -m sddlib.sweep params/cifar100/*.yaml --jobs 2              # the SD runs
-    python -m sddlib.sweep params/cifar100/*.yaml --jobs 2 -p M "[1]"   # their plain baselines (CIFAR-100, CUB-200;
-                                                                       # ImageNet baselines are their own files)
+    python -m sddlib.sweep params/cifar100/*.yaml --seeds 0 1 2 --dry-run   # the whole table: list it, then the counts
+    python -m sddlib.sweep params/cifar100/*.yaml --seeds 0 1 2 --jobs 2    # ... and run it
+    python -m sddlib.sweep params/cifar100/*.yaml --jobs 2                  # the files' runs only (no baselines)
     python -m sddlib.sweep params/cifar100/*.yaml -p seed 1 -p subset 200 -p epochs 2 --dry-run
     python -m sddlib.sweep params/cifar100/*.yaml --executor slurm --partition gpu --gpus-per-job 1  # a cluster
 
-Each file runs `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the `-p`
-overrides (values parsed as YAML; text parameters such as M stay text), writing the executed notebook to
-`run_dir(params)/notebook.ipynb`. A key that the notebook's parameters cell does not set is refused before any run
-(`check_notebook_takes`; papermill would only warn and the notebook would run without it). A run's `imports`
-modules are found from the folder the sweep starts in (every job's notebook kernel has it on its path) and
-PYTHONPATH. Runs whose metrics.json is complete are skipped unless
+The plan is made first, printed one line per run (state, kind, run name, teacher source) with the counts, and
+written with `--plan-file`; with `--seeds` it is the whole table (each file's run at each seed, its plain baseline,
+its student trained alone), each run once. Every teacher is settled before anything runs: published ones are
+downloaded where they can be, and a teacher that has to be trained here is trained first, once, before its students
+(on CIFAR-100 and CUB-200 only with `allow_teacher_training`; without it the sweep stops in one sentence).
+`--estimate` prints what the plan costs on this device (`sddlib.run_cost`) and runs nothing.
+
+Each distillation run executes `notebooks/<dataset>.ipynb` (or `--notebook`) with the file's parameters plus the
+`-p` overrides (values parsed as YAML; text parameters such as M stay text), writing the executed notebook to
+`run_dir(params)/notebook.ipynb`; a model alone or a teacher trains in the job's process. A key that the notebook's
+parameters cell does not set is refused before any run (`check_notebook_takes`; papermill would only warn and the
+notebook would run without it).
+A run's `imports` modules are found from the folder the sweep starts in (every
+job's notebook kernel has it on its path) and PYTHONPATH. Runs whose metrics.json is complete are skipped unless
 `--force` (which moves the old metrics.json aside to metrics.previous.json); an interrupted run resumes from its last
 completed epoch. A failed run (an error, or a notebook that ends without a complete metrics.json) does not
-stop the others; all failures are listed at the end and the exit status is 1. Each finished run says
+stop the others; all failures are listed at the end (and kept in the run folder's failure.txt, which the next
+plan shows) and the exit status is 1. Each finished run says
 "as published" or how it departs from its published experiment (`sddlib.departures`), and the summary
 counts the runs as published. Jobs never share a run
-folder: two files that name the same one are refused, and a run folder is locked while it trains.
+folder: a run two files need is planned once, two that would train one folder differently are refused, and a run
+folder is locked while it trains.
 
 `--jobs N` runs N experiments at once on the same device (small CIFAR models leave most of a large GPU
 idle). Before any starts, each distinct configuration's memory is measured (`sddlib.run_memory`: two real
@@ -44,14 +54,12 @@ from pathlib import Path
 import submitit
 import yaml
 
-from .shipped import checkout, shipped_folder
+from .plan import FAILURE_FILE, PlannedRun, build_plan, read_params, run_state
+from .plan import ROOT  # notebooks run in the repository root (a wheel: where the sweep starts)
+from .shipped import shipped_folder
 from .validators import ConfigError
 
-# Notebooks run in the repository root (relative defaults such as outputs/ and data/ are there); sddlib installed from
-# a wheel has no repository: they run in the folder the sweep starts in.
-ROOT = checkout() or Path.cwd()
 NOTEBOOK_DIR = shipped_folder("notebooks")
-PATH_KEYS = ("output_dir", "data_dir", "teacher_ckpt", "teachers_dir", "teacher_weights_file", "student_weights_file")
 
 
 def parse_overrides(pairs) -> dict:
@@ -69,26 +77,30 @@ def parse_overrides(pairs) -> dict:
 
 def plan(path, overrides: dict, notebook=None) -> dict:
     """What one params file would run: parameters, notebook, output notebook, and whether it is complete."""
-    from .config import DEFAULTS
-    from .experiment import RESUME_FILE, load_metrics, run_dir
-    params = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(params, dict):
-        raise ValueError(f"{path} is not a flat YAML mapping of parameters.")
-    params.update(overrides)
-    given = list(params)
-    params.setdefault("output_dir", str(ROOT / DEFAULTS["output_dir"]))  # what the notebook would use
-    for key in PATH_KEYS:  # relative paths mean "from where the sweep was started"
-        if params.get(key):
-            params[key] = str(Path(params[key]).expanduser().absolute())
-    dataset = params.get("dataset", DEFAULTS["dataset"])
-    nb = Path(notebook) if notebook else _notebook(dataset)
-    if not nb.is_file():
-        raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
-    out = run_dir(params)
-    check_notebook_takes(given, nb, dataset)
-    return {"file": str(path), "params": params, "notebook": str(nb), "out": str(out / "notebook.ipynb"),
-            "complete": load_metrics(out / "metrics.json") is not None,
-            "resumes": (out / RESUME_FILE).is_file(), "import_path": str(Path.cwd())}
+    from .config import RunConfig
+    params = read_params(path, overrides)
+    cfg = RunConfig.from_params(params)
+    state, reason, resumes = run_state(cfg.directory)
+    kind = "sd" if cfg.decoupled else "baseline"
+    return job_of(PlannedRun(cfg.name, kind, str(cfg.directory), str(path), params, "", state, reason, resumes),
+                  notebook)
+
+
+def job_of(run: PlannedRun, notebook=None) -> dict:
+    """A planned run as a job of this sweep: a distillation run executes its dataset's notebook (or `notebook`),
+    which must take every key of its parameters; a model alone or a teacher trains in the job's own process
+    (`_train_alone`)."""
+    job = {"file": run.file, "kind": run.kind, "run": run.run, "params": run.params, "folder": run.folder,
+           "complete": run.state == "complete", "resumes": run.resumes, "after": list(run.after),
+           "import_path": str(Path.cwd())}
+    if run.kind in ("sd", "baseline"):
+        dataset = run.params.get("dataset", "cifar100")
+        nb = Path(notebook) if notebook else _notebook(dataset)
+        if not nb.is_file():
+            raise FileNotFoundError(f"notebook {nb} does not exist; pass --notebook to choose one.")
+        check_notebook_takes(list(run.params), nb, dataset)
+        job.update(notebook=str(nb), out=str(Path(run.folder) / "notebook.ipynb"))
+    return job
 
 
 def notebook_parameters(notebook: Path) -> frozenset | None:
@@ -146,7 +158,10 @@ def _notebook(dataset: str) -> Path:
 
 
 def execute(job: dict, kernel=None) -> str | None:
-    """Run one planned job's notebook; return None when it ran through, or a one-line reason."""
+    """Run one planned job (its notebook, or a model trained alone); return None when it ran through, or a one-line
+    reason."""
+    if "notebook" not in job:
+        return _train_alone(job)
     import papermill
     out = Path(job["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +178,20 @@ def execute(job: dict, kernel=None) -> str | None:
     return None  # `_report` checks the metrics.json, so a job process never imports the training code
 
 
+def _train_alone(job: dict) -> str | None:
+    """A teacher (its dataset's teacher protocol, cached for its students) or a student alone (the row's solver),
+    trained in this process; None, or a one-line reason."""
+    from . import experiment, teacher_source
+    try:
+        if job["kind"] == "teacher":
+            teacher_source.train_teacher(job["params"])
+        else:
+            experiment.run_vanilla(job["params"], force=job["complete"])
+    except Exception as err:  # noqa: BLE001 - any failure is reported, the sweep goes on
+        return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sddlib.sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", help="params/<dataset>/*.yaml files")
@@ -172,7 +201,12 @@ def main(argv=None) -> int:
     ap.add_argument("--notebook", help="run this notebook instead of notebooks/<dataset>.ipynb")
     ap.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     ap.add_argument("--force", action="store_true", help="re-run runs whose metrics.json is complete")
-    ap.add_argument("--dry-run", action="store_true", help="list what would run and exit")
+    ap.add_argument("--dry-run", action="store_true", help="list the plan, one line per run, then the counts, and exit")
+    ap.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                    help="the whole table at these seeds: each file's run, its plain baseline and its student alone")
+    ap.add_argument("--plan-file", metavar="PATH", help="write the plan as JSON to PATH before anything runs")
+    ap.add_argument("--estimate", action="store_true", help="time a few steps of each distinct configuration on "
+                    "this device and print each run's cost, the device-hours and the wall time at --jobs; runs nothing")
     cluster = ap.add_argument_group("cluster (submitit)")
     cluster.add_argument("--executor", choices=("slurm", "local"),
                          help="submit each run as a job: slurm (a job array) or local processes; default: this process")
@@ -185,26 +219,36 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if str(Path.cwd()) not in sys.path:  # a run's `imports` from the folder the sweep starts in, as `python -m` does
         sys.path.insert(0, str(Path.cwd()))
+    from .config import ConfigError
 
-    failures, jobs, seen, skipped = [], [], {}, 0
     overrides = parse_overrides(args.parameter)
-    for path in args.files:
+    try:
+        table = build_plan(args.files, overrides, args.seeds)
+        if not (args.dry_run or args.estimate):  # about to run: every published teacher fetched first
+            table = _settle_teachers(table, args, overrides)
+    except ConfigError as err:  # a teacher nothing can give (CIFAR-100, CUB-200): nothing starts
+        print(f"FAILED  nothing ran: {err}", file=sys.stderr)
+        return 1
+    if args.estimate:
+        table, estimate = _estimate(table, args)
+    for run in table.runs:
+        print(run.line())
+    print(f"plan: {table.counts()}", flush=True)
+    if args.estimate:
+        print(*estimate, sep="\n")
+    if args.plan_file:
+        print(f"plan written to {table.write(args.plan_file)}")
+    if args.estimate:
+        return 1 if table.problems else 0
+    failures, jobs = list(table.problems), []
+    skipped = sum(run.state == "complete" and not args.force for run in table.runs)
+    for run in table.runs:
+        if run.state == "complete" and not args.force:
+            continue
         try:
-            job = plan(path, overrides, args.notebook)
-        except Exception as err:  # noqa: BLE001 - a bad file is a failure of that file only
-            failures.append((path, f"{type(err).__name__}: {err}"))
-            continue
-        if job["out"] in seen:
-            failures.append((path, f"same run directory as {seen[job['out']]}; change its seed or run_name"))
-            continue
-        seen[job["out"]] = path
-        if job["complete"] and not args.force:
-            skipped += 1
-            print(f"skip (complete)  {path} -> {Path(job['out']).parent}")
-        else:
-            verb = ("would " if args.dry_run else "") + ("resume" if job["resumes"] and not args.force else "run")
-            print(f"{verb}  {path} -> {job['out']}  [{job['notebook']}]")
-            jobs.append(job)
+            jobs.append(job_of(run, args.notebook))
+        except (OSError, ValueError) as err:  # no notebook for its dataset: a failure of that run only
+            failures.append((run.file, f"{type(err).__name__}: {err}"))
 
     start, done = time.time(), (0, 0, 0)
     if not args.dry_run and jobs and args.executor != "slurm" and (args.jobs or 1) > 1 and len(jobs) > 1:
@@ -215,15 +259,17 @@ def main(argv=None) -> int:
             print(f"FAILED  nothing ran: {err}", file=sys.stderr)
             return 1
     if not args.dry_run and jobs:
-        if args.executor:
-            done = _report(submit(jobs, args, overrides), failures)
-        elif (args.jobs or 1) > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
-                futures = {pool.submit(execute, job, args.kernel): job for job in jobs}
-                results = ((futures[f], _outcome(f)) for f in as_completed(futures))
-                done = _report(results, failures)
-        else:
-            done = _report(((job, execute(job, args.kernel)) for job in jobs), failures)
+        teachers = [job for job in jobs if job["kind"] == "teacher"]
+        done = _run_jobs(teachers, args, overrides, failures)   # teachers first: their students wait for them
+        failed = {job["folder"] for job in teachers} - _complete_folders(teachers)
+        students = []
+        for job in jobs[len(teachers):]:
+            missing = [Path(folder).name for folder in job["after"] if folder in failed]
+            if missing:
+                failures.append((job["file"], f"{job['run']} not run: its teacher run {missing[0]} failed"))
+            else:
+                students.append(job)
+        done = tuple(a + b for a, b in zip(done, _run_jobs(students, args, overrides, failures)))
         seconds = time.time() - start
         print(f"{done[0]} done, {skipped} skipped, {len(failures)} failed in {seconds:.0f} s; "
               f"{done[1]} of {done[0]} done as published; {done[2] / seconds:.0f} training images/s in all "
@@ -234,6 +280,56 @@ def main(argv=None) -> int:
     for path, reason in failures:
         print(f"FAILED  {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _estimate(table, args):
+    """The plan with each run still to run given its estimated seconds (`sddlib.run_cost`), and the estimate's
+    totals in words."""
+    from .run_cost import describe_total, device_name, estimate_plan
+    runs = [run for run in table.runs if run.state != "complete" or args.force]
+    if not runs:
+        return table, ["estimate: nothing to run"]
+    costs = estimate_plan(runs)
+    lines = [describe_total(runs, costs, args.jobs or 1, device_name(runs[0].params))]
+    return table.with_estimates({folder: (c.seconds, c.peak_bytes) for folder, c in costs.items()}), lines
+
+
+def _settle_teachers(table, args, overrides):
+    """Before anything runs: every published teacher still to be downloaded is fetched (one process downloads, the
+    others wait); the plan made again knows which came and which could not (`build_plan`'s `unreachable`)."""
+    from .checkpoints import CheckpointError
+    from .config import RunConfig
+    from .teacher_source import fetch_published_teacher
+    if not table.downloads():
+        return table
+    unreachable = {}
+    for run in table.downloads():
+        cfg = RunConfig.from_params(run.params)
+        if str(Path(cfg.data_dir)) not in unreachable:
+            try:
+                fetch_published_teacher(cfg)
+            except CheckpointError as err:
+                unreachable[str(Path(cfg.data_dir))] = str(err)
+    return build_plan(args.files, overrides, args.seeds, unreachable)
+
+
+def _run_jobs(jobs: list[dict], args, overrides: dict, failures: list) -> tuple[int, int, int]:
+    """Run `jobs` (this process, `--jobs` local processes, or submitit) and report each: (done, as published,
+    images)."""
+    if not jobs:
+        return 0, 0, 0
+    if args.executor:
+        return _report(submit(jobs, args, overrides), failures)
+    if (args.jobs or 1) > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
+            futures = {pool.submit(execute, job, args.kernel): job for job in jobs}
+            return _report(((futures[f], _outcome(f)) for f in as_completed(futures)), failures)
+    return _report(((job, execute(job, args.kernel)) for job in jobs), failures)
+
+
+def _complete_folders(jobs: list[dict]) -> set:
+    from .runs import load_metrics
+    return {job["folder"] for job in jobs if load_metrics(Path(job["folder"]) / "metrics.json") is not None}
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -288,13 +384,18 @@ def _report(results, failures) -> tuple[int, int, int]:
     from .run_memory import train_images
     done = published = images = 0
     for job, reason in results:
-        metrics = None if reason else load_metrics(Path(job["out"]).parent / "metrics.json")
+        folder = Path(job["folder"])
+        metrics = None if reason else load_metrics(folder / "metrics.json")
+        name = job["file"] if "notebook" in job else f"{job['run']} ({job['kind']})"
         if metrics is None:  # never count a run that did not say "complete"
-            reason = reason or f"the notebook finished without a complete metrics.json (see {job['out']})"
-            print(f"failed  {job['file']}: {reason}", flush=True)
-            failures.append((job["file"], reason))
+            reason = reason or f"the notebook finished without a complete metrics.json (see {job.get('out', folder)})"
+            print(f"failed  {name}: {reason}", flush=True)
+            failures.append((name, reason))
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / FAILURE_FILE).write_text(reason + "\n")  # the plan's "failed before", read from the disk
             continue
-        print(f"done  {job['file']}: {describe(metrics.get('departures'))}", flush=True)
+        (folder / FAILURE_FILE).unlink(missing_ok=True)
+        print(f"done  {name}: {describe(metrics.get('departures'))}", flush=True)
         done += 1
         published += metrics.get("departures") == {}
         if not job["resumes"]:

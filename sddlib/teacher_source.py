@@ -2,6 +2,11 @@
 folder (`teachers_dir`) > the cache (same teacher protocol only) > shipped with sddlib (same protocol only) > the
 published CIFAR-100 release > trained here (`train_teacher`, through the one run pipeline) and cached.
 
+On a dataset whose paper rows use published teachers (CIFAR-100, CUB-200) a teacher is never trained here silently:
+when none of the sources before it can be had, the run stops before any training with one sentence
+(`missing_teacher`), unless `allow_teacher_training` says to train it. `teacher_origin` says the same from what is
+on disk, without loading or downloading anything (what a plan shows before it runs).
+
 (`sddlib/teachers/` is the folder of the shipped weights, `sddlib.shipped` and `checkpoints.shipped_teacher_path`
 find them; this module decides among all the sources.)
 """
@@ -12,17 +17,29 @@ from pathlib import Path
 import torch.nn as nn
 
 from . import console, distributed
-from .checkpoints import (CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers, load_checkpoint,
-                          read_checkpoint, shipped_teacher_path, teacher_cache_path, write_checkpoint)
-from .config import TEACHER_SEED, RunConfig
+from .checkpoints import (CIFAR100_RELEASE, CheckpointError, cifar100_teacher_path, fetch_cifar100_teachers,
+                          load_checkpoint, read_checkpoint, shipped_teacher_path, teacher_cache_path,
+                          write_checkpoint)
+from .config import TEACHER_SEED, ConfigError, RunConfig
 from .locks import run_lock
-from .models import file_name
+from .models import create_model, file_name
 from .preflight import teacher_file_in
 from .run_models import model_for, teacher_for_data, teacher_from_source
 from .run_pipeline import train_and_record
 from .training import differences
 
-__all__ = ["get_teacher", "train_teacher", "teacher_run_dir"]
+__all__ = ["TeacherMissingError", "get_teacher", "train_teacher", "teacher_run_dir", "teacher_origin",
+           "missing_teacher", "fetch_published_teacher", "ORIGINS"]
+
+
+
+class TeacherMissingError(ConfigError):
+    """A published teacher (CIFAR-100, CUB-200) that nothing can give, and no permission to train one here."""
+
+
+# Where a teacher comes from, in the words of a plan (`teacher_origin`).
+ORIGINS = ("torchvision weights", "given checkpoint", "published file", "cache", "shipped", "published download",
+           "trained here")
 
 
 def teacher_run_dir(params) -> Path:
@@ -64,11 +81,14 @@ def _find_teacher(cfg: RunConfig, dls) -> tuple[nn.Module, dict]:
             found = distributed.run_on_main(_shipped_teacher, cfg, teacher)
         if found is not None:
             return found
-        if cfg.dataset == "cifar100" and not cfg.subset:
+        if _published_only(cfg):
             try:
-                return distributed.run_on_main(_published_cifar100_teacher, cfg, teacher)
+                return distributed.run_on_main(_published_teacher, cfg, teacher)
             except CheckpointError as err:
-                print(f"published teacher unavailable ({err}); training one instead", flush=True)
+                if not cfg.allow_teacher_training:
+                    raise TeacherMissingError(missing_teacher(cfg, str(err).rstrip("."))) from None
+                print(f"published teacher {cfg.teacher} unavailable ({err}); training it here "
+                      "(allow_teacher_training)", flush=True)
         train_teacher(cfg)
         return distributed.run_on_main(_cached_teacher, cfg, teacher)
 
@@ -125,7 +145,69 @@ def _shipped_teacher(cfg: RunConfig, model: nn.Module):
                                                             "protocol": saved["protocol"]}
 
 
-def _published_cifar100_teacher(cfg: RunConfig, model: nn.Module):
+def _published_only(cfg: RunConfig) -> bool:
+    """The dataset's paper rows use published teachers (CIFAR-100, CUB-200): none is trained here unasked."""
+    return cfg.data_spec.published_teacher == "published"
+
+
+def fetch_published_teacher(cfg: RunConfig) -> Path:
+    """The published checkpoint of the run's teacher in data_dir, downloaded when it can be (the CIFAR-100 release:
+    one process downloads, the others wait); CheckpointError saying why it cannot be had otherwise."""
+    refusal = _no_download(cfg)
+    if refusal:
+        raise CheckpointError(refusal)
     fetch_cifar100_teachers(cfg.data_dir)
-    path = cifar100_teacher_path(cfg.data_dir, cfg.teacher)
+    return cifar100_teacher_path(cfg.data_dir, cfg.teacher)
+
+
+def _no_download(cfg: RunConfig) -> str | None:
+    """Why the run's published teacher has no download (None: the CIFAR-100 release holds it)."""
+    if cfg.dataset != "cifar100":
+        return f"the published {cfg.data_spec.title} teachers have no download (the authors share them on a " \
+               "file-sharing site)"
+    if cfg.teacher not in CIFAR100_RELEASE:
+        return f"the published CIFAR-100 release has no {cfg.teacher} (it holds {', '.join(CIFAR100_RELEASE)})"
+    return None
+
+
+def _published_teacher(cfg: RunConfig, model: nn.Module):
+    path = fetch_published_teacher(cfg)
     return load_checkpoint(model, path, arch=cfg.teacher), {"source": "published", "path": str(path)}
+
+
+def missing_teacher(cfg: RunConfig, why: str) -> str:
+    """The one sentence of a published teacher that cannot be had (`why`: what the last place said)."""
+    cache = teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher))
+    return (f"teacher {cfg.teacher} for {cfg.data_spec.title} is nowhere to be had (no teacher_ckpt or teachers_dir "
+            f"given, none cached at {cache}, and {why}); point teachers_dir at the authors' release (a folder "
+            f"holding {cfg.teacher}_vanilla/{cfg.teacher}_best.pth) or set allow_teacher_training: true to train it "
+            "here once, first (its runs then depart from the paper's teacher).")
+
+
+def teacher_origin(params, unreachable: str | None = None) -> str:
+    """Where the run's teacher will come from (one of ORIGINS), judged from the disk alone: nothing is loaded or
+    downloaded. `unreachable`: why the published download failed, when it was tried. On CIFAR-100 and CUB-200 a
+    teacher that only training could give, without `allow_teacher_training`, is one sentence (TeacherMissingError)."""
+    cfg = RunConfig.from_params(params)
+    if cfg.teacher_weights:
+        return "torchvision weights"
+    if cfg.teacher_ckpt:
+        return "given checkpoint"
+    if cfg.teachers_dir:
+        teacher_file_in(cfg.teachers_dir, cfg.teacher)  # one sentence now when the folder lacks it
+        return "published file"
+    if teacher_cache_path(cfg.output_dir, cfg.data_name, file_name(cfg.teacher)).is_file():
+        return "cache"
+    shipped = shipped_teacher_path(cfg.dataset, cfg.teacher)
+    if shipped.is_file() and (read_checkpoint(shipped, "teacher") or {}).get("protocol") == cfg.teacher_protocol:
+        return "shipped"
+    if not _published_only(cfg):
+        return "trained here"
+    if cfg.dataset == "cifar100" and cifar100_teacher_path(cfg.data_dir, cfg.teacher).is_file():
+        return "published file"
+    why = unreachable or _no_download(cfg)
+    if why is None:
+        return "published download"
+    if cfg.allow_teacher_training:
+        return "trained here"
+    raise TeacherMissingError(missing_teacher(cfg, why.rstrip(".")))

@@ -118,3 +118,18 @@ def write_tiny_folder(root, n_train=(24, 24), n_val=(3, 2), size=32, seed=0) -> 
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+def write_teacher_release(root, archs, num_classes, stem="cifar", seed=0) -> Path:
+    """A folder of published teachers in the authors' release layout, `<root>/<arch>_vanilla/<arch>_best.pth`
+    (`{"model": state_dict}` of freshly initialised models): what `teachers_dir` points at."""
+    import torch
+
+    from sddlib.models import create_model
+    torch.manual_seed(seed)
+    for arch in archs:
+        folder = Path(root) / f"{arch}_vanilla"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": create_model(arch, num_classes=num_classes, stem=stem).state_dict()},
+                   folder / f"{arch}_best.pth")
+    return Path(root)

@@ -170,16 +170,27 @@ def test_only_runs_as_published_sit_beside_the_paper(tmp_path):
 
 
 @pytest.mark.slow  # trains a teacher and a student for one epoch each on 20 images
-def test_a_smoke_test_run_records_its_departures_and_stays_out_of_the_paper_table(tmp_path, capsys):
+def test_a_smoke_test_run_records_its_departures_and_stays_out_of_the_paper_table(tmp_path, capsys, monkeypatch):
+    """On a node without network (the published release cannot be fetched) and with permission to train the
+    teacher here."""
+    import urllib.error
+
+    from sddlib import checkpoints
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(checkpoints.urllib.request, "urlopen", offline)
     write_tiny_cifar100(tmp_path / "data")
     params = {**yaml.safe_load(SD_KD.read_text()), "epochs": 1, "subset": 20, "batch_size": 10,
               "teacher_epochs": 1, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"),
-              "figures": False, "progress": False, "device": "cpu"}
+              "figures": False, "progress": False, "device": "cpu", "allow_teacher_training": True}
     metrics = experiment.run(params)
+    out = capsys.readouterr().out
+    assert "published teacher resnet32x4 unavailable (could not fetch" in out
     assert metrics["published_params"] == "params/cifar100/resnet32x4-ShuffleV1-sd_kd.yaml"
     assert metrics["departures"] == {"epochs": [1, 240], "batch_size": [10, 64], "subset": [20, 0],
                                      "teacher": ["trained here (epochs 1, subset 20)", "published"]}
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    last = out.strip().splitlines()[-1]
     assert last.endswith("; epochs 1 (240), batch_size 10 (64), subset 20 (0), "
                          "teacher trained here (epochs 1, subset 20) (published)")
     teacher_run = experiment.load_metrics(teacher_source.teacher_run_dir(params) / "metrics.json")

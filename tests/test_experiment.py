@@ -138,7 +138,7 @@ def test_a_teacher_protocol_batch_with_no_step_is_refused(tmp_path):
     write_tiny_cub200(tmp_path / "cub", n_classes=3, per_class=4, size=32)
     params = dict(dataset="cub200", teacher="resnet8x4", student="resnet8x4", method="kd", M="[1]", epochs=1,
                   batch_size=2, subset=12, data_dir=str(tmp_path / "cub"), output_dir=str(tmp_path / "out"),
-                  figures=False, progress=False, device="cpu")
+                  figures=False, progress=False, device="cpu", allow_teacher_training=True)
     with pytest.raises(experiment.ConfigError, match=r"^the teacher trained here takes the cub200 protocol's "
                                                      r"batch_size=64, larger than its training set \(6 images with "
                                                      r"subset=12\), so its epochs would have no batch at all;"):

@@ -108,7 +108,7 @@ def test_results_table_values(outputs):
 def check_tables(tables: Path):
     names = {p.name for p in tables.iterdir()}
     assert names == {f"{d}.{ext}" for d in ("cifar100", "imagenet", "cub200", "digit_mosaic")
-                     for ext in ("csv", "md")} | {"runs.csv"}
+                     for ext in ("csv", "md")} | {"runs.csv", "cifar100-gains.csv", "digit_mosaic-ours.csv"}
     csv = pd.read_csv(tables / "cifar100.csv")
     sd = csv[(csv.teacher == "resnet32x4") & (csv.student == "ShuffleV1") & (csv.method == "sd_dkd")].iloc[0]
     assert (sd.n_runs, sd.ours_best, sd.ours_best_std, sd.paper, sd.delta_vs_paper, sd.sd_gain_ours) == (
@@ -268,17 +268,20 @@ def test_sd_gains_pair_runs_by_seed(tmp_path):
     write(root, metrics(method="nkd", scales=[1, 2, 4], seed=0, best=71.0, departures={"epochs": [8, 240]}))
     runs = report.load_runs(root)
     gains = report.sd_gains(runs, "cifar100")
-    assert list(gains.method) == ["kd"]                         # DKD unpaired; NKD not as published
-    kd = gains.iloc[0]
-    assert kd.n_seeds == 3 and kd.sd_ahead == 2
+    assert list(gains.method) == ["kd", "dkd"]                  # NKD not as published
+    kd, dkd = gains.iloc[0], gains.iloc[1]
+    assert kd.n_seeds == 3 and kd.sd_ahead == 2 and kd.seeds_planned == 3 and kd.missing == ""
+    assert (dkd.n_seeds, dkd.plain_n, dkd.sd_n, dkd.sd_best) == (0, 0, 1, 80.0) and math.isnan(dkd.gain_best)
+    assert dkd.missing == "DKD seeds 0, 1, 2; SD-DKD seeds 1, 2"   # a row short of planned seeds says so
     assert kd.gain_best == pytest.approx((1.05 + 1.1 - 0.1) / 3)
     assert kd.gain_best_std == pytest.approx(pd.Series([1.05, 1.1, -0.1]).std())
     assert kd.gain_last == pytest.approx(kd.gain_best + 0.25)
-    assert kd.plain_best_std == pytest.approx(0.3)
-    assert list(report.sd_gains(runs, "cifar100", published_only=False).method) == ["kd", "nkd"]
+    assert kd.plain_best_std == pytest.approx(0.3) and kd.plain_best == pytest.approx(93.8)
+    assert list(report.sd_gains(runs, "cifar100", published_only=False).method) == ["kd", "dkd", "nkd"]
     text = report.format_gains(gains).iloc[0]
-    assert text["Method"] == "SD-KD − KD" and text["SD ahead (best)"] == "2 of 3 seeds"
-    assert text["SD gain, best top-1"] == "+0.68 ± 0.68"
+    assert text["Method"] == "SD-KD − KD" and text["SD ahead (best)"] == "2 of 3 seeds" and text["Seeds"] == "3 of 3"
+    assert text["SD gain, best top-1"] == "+0.68 ± 0.68" and text["Plain best top-1"] == "93.80 ± 0.30"
+    assert report.format_gains(gains).iloc[1]["Missing"] == "missing: DKD seeds 0, 1, 2; SD-DKD seeds 1, 2"
     assert report.sd_gains(runs.iloc[0:0], "cifar100").empty
 
 

@@ -5,6 +5,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -20,8 +21,8 @@ class Page(HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.tables, self.cell_links, self.images, self.hrefs = {}, {}, [], []
-        self._table = self._row = self._cell = None
+        self.tables, self.cell_links, self.images, self.hrefs, self.headings = {}, {}, [], [], []
+        self._table = self._row = self._cell = self._heading = None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -42,6 +43,8 @@ class Page(HTMLParser):
                 self.cell_links[self._table][-1][-1].append(attrs["href"])
         elif tag == "img":
             self.images.append(attrs["src"])
+        elif tag in ("h2", "h3", "h4"):
+            self._heading = []
 
     def handle_endtag(self, tag):
         if tag == "table":
@@ -51,8 +54,13 @@ class Page(HTMLParser):
             self._cell = None
         elif tag == "tr":
             self._row = None
+        elif tag in ("h2", "h3", "h4"):
+            self.headings.append((tag, "".join(self._heading)))
+            self._heading = None
 
     def handle_data(self, data):
+        if self._heading is not None:
+            self._heading.append(data)
         if self._cell is not None:
             self._cell.append(data)
 
@@ -90,7 +98,7 @@ def test_the_page_holds_the_report_tables_and_links_every_run(outputs):
     assert all((outputs / h).exists() for h in page.hrefs if not h.startswith("#"))
 
     gains = report.format_gains(report.sd_gains(runs, "cifar100")).astype(str).values.tolist()
-    assert page.tables["cifar100-gains"][1:] == gains and gains[0][3] == "+1.10 ± 0.00"
+    assert page.tables["cifar100-gains"][1:] == gains and gains[0][6] == "+1.10 ± 0.00"
     departures = page.tables["cifar100-departures"]
     assert [row[:-1] for row in departures[1:]] == \
         report.format_departures(report.departures_table(runs, "cifar100")).astype(str).values.tolist()
@@ -113,3 +121,36 @@ def test_the_command_line_refuses_a_folder_that_is_not_there(tmp_path, capsys):
     assert main([str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().out.startswith(f"error: outputs_dir='{tmp_path / 'nothing'}' is not a folder;")
     assert main([str(tmp_path), "-o", str(tmp_path / "page.html")]) == 0 and (tmp_path / "page.html").is_file()
+
+
+def test_the_notebook_tables_and_the_page_show_the_same_paired_gains_and_name_every_run(tmp_path):
+    """A paper dataset (CIFAR-100, as published) and an image folder ("digits": no paper numbers), three seeds of
+    KD and SD-KD each: the paired gains of the notebooks' tables (`report.write_tables`, what the dataset notebooks
+    and results.ipynb write and show) are the page's; the folder's section leads with them; every run's heading
+    names its method."""
+    from tests.test_report import metrics, write
+    for seed, (plain, sd) in enumerate([(74.0, 75.0), (74.5, 75.1), (74.2, 74.1)]):
+        for dataset, departures in (("cifar100", {}), ("digits", {"experiment": ["your data", None]})):
+            write(tmp_path, metrics(dataset, method="kd", scales=[1], seed=seed, best=plain, departures=departures))
+            write(tmp_path, metrics(dataset, method="kd", seed=seed, best=sd, departures=departures))
+    for variant in ("alone", "teacher"):
+        run = metrics("digits", student="resnet14", departures={"experiment": ["your data", None]})
+        write(tmp_path, {**run, "variant": variant, "teacher": None, "method": None, "scales": None, "sd": False,
+                         "teacher_top1": None, "run_name": f"resnet14-{variant}-seed0"})
+    tables = report.write_tables(tmp_path)
+    page = Page()
+    page.feed(write_report(tmp_path).read_text())
+    for dataset, key in (("cifar100", "gains"), ("digits", "ours")):
+        shown = page.tables[f"{dataset}-{key}"]
+        assert len(shown) == 2 and shown[1][2:4] == ["SD-KD − KD", "3 of 3"] and shown[1][-2] == "2 of 3 seeds"
+        markdown = (tmp_path / "tables" / f"{dataset}.md").read_text()
+        assert report.to_markdown(pd.DataFrame(shown[1:], columns=shown[0])) in markdown   # the same rows
+    assert tmp_path / "tables" / "digits-ours.csv" in tables
+    digits = [text for tag, text in page.headings if tag != "h4" and text.startswith("digits")]
+    assert digits[0] == "digits: our runs (no paper numbers), SD gain paired by seed"    # the page leads with them
+    assert not [t for t in page.tables if t.startswith("digits-") and t not in ("digits-ours", "digits-results")]
+    runs = {text.split(":")[0]: text.split(": ", 1)[1] for tag, text in page.headings if tag == "h4"}
+    assert runs["resnet32x4-ShuffleV1-kd-M1-seed0"] == "KD M=[1], seed 0"
+    assert runs["resnet32x4-ShuffleV1-sd_kd-M124-seed2"] == "SD-KD M=[1,2,4], seed 2"
+    assert runs["resnet14-teacher-seed0"] == "Teacher, seed 0"
+    assert runs["resnet14-alone-seed0"] == "Trained alone, seed 0"

@@ -37,8 +37,10 @@ def show(m, output_dir, monkeypatch):
 def test_show_run_results_displays_summary_table_and_history(tmp_path, monkeypatch):
     m = metrics(tmp_path)
     texts, frames = show(m, tmp_path, monkeypatch)
-    assert texts == [run_results.ACCURACY_TEXT, run_results.HISTORY_TEXT] and len(frames) == 3
-    summary, table, history = frames
+    assert texts == [run_results.ACCURACY_TEXT, "**CIFAR-100: our runs vs the SDD paper**",
+                     "**CIFAR-100: SD gain paired by seed (runs as published)**", run_results.HISTORY_TEXT]
+    summary, table, gains, history = frames
+    assert gains["Missing"].tolist() == ["missing: DKD seed 0"]              # its baseline has not run
     assert summary.loc[m["run_name"], "best top-1"] == 76.5 and summary.loc[m["run_name"], "paper SD-DKD"] == 77.30
     ours = table[(table.Teacher == "resnet32x4") & (table.Student == "ShuffleV1") & (table.Method == "SD-DKD")]
     assert ours["Ours best top-1"].tolist() == ["76.50 (n=1)"]
@@ -50,7 +52,9 @@ def test_runs_not_as_published_are_shown_apart_with_their_departures(tmp_path, m
     m = {**metrics(tmp_path), "departures": {"epochs": [2, 240]}}
     texts, frames = show(m, tmp_path, monkeypatch)
     summary, table, others, _ = frames
-    assert texts == [run_results.ACCURACY_TEXT, run_results.DEPARTURES_TEXT, run_results.HISTORY_TEXT]
+    assert texts == [run_results.ACCURACY_TEXT, "**CIFAR-100: our runs vs the SDD paper**",
+                     "**CIFAR-100: runs not as published (not in the table above)**. " + run_results.DEPARTURES_TEXT,
+                     run_results.HISTORY_TEXT]
     assert summary.loc[m["run_name"], "protocol"] == "epochs 2 (240)"
     assert summary[["paper SD-DKD", "paper DKD"]].isna().all(axis=None)  # not the paper's experiment
     assert (table["Ours best top-1"] == "").all()                      # nothing beside the paper's numbers

@@ -48,7 +48,11 @@ def setup(tmp_path):
                                       'M: "[1,2,4]"\nepochs: 240\nT: 4.0\n')
     (tmp_path / "fail.yaml").write_text("dataset: cifar100\nteacher: resnet32x4\nstudent: vgg8\nmethod: kd\n")
     out = tmp_path / "out"
+    for arch in ("resnet32x4",):  # the published teachers' folder (the notebook above does not read it)
+        (tmp_path / "teachers" / f"{arch}_vanilla").mkdir(parents=True)
+        (tmp_path / "teachers" / f"{arch}_vanilla" / f"{arch}_best.pth").write_bytes(b"")
     args = ["--notebook", str(tmp_path / "tiny.ipynb"), "-p", "output_dir", str(out), "-p", "seed", "1",
+            "-p", "teachers_dir", str(tmp_path / "teachers"),
             "-p", "M", "[1]", "-p", "epochs", "2", "-p", "subset", "200", "-p", "batch_size", "8",
             "-p", "data_dir", str(tmp_path / "d")]
     return tmp_path, out, args
@@ -57,8 +61,11 @@ def setup(tmp_path):
 def test_dry_run(setup, capsys):
     tmp, out, args = setup
     assert sweep.main([str(tmp / "ok.yaml"), str(tmp / "fail.yaml"), "--dry-run", *args]) == 0
-    text = capsys.readouterr().out
-    assert text.count("would run") == 2 and str(out / "cifar100" / "resnet32x4-ShuffleV1-dkd-M1-seed1") in text
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:4] for line in lines[:2]] == [["to", "run", "baseline", f"resnet32x4-{s}-M1-seed1"]
+                                                         for s in ("ShuffleV1-dkd", "vgg8-kd")]
+    assert all("teacher: published file" in line for line in lines[:2]) and lines[0].endswith(str(tmp / "ok.yaml"))
+    assert lines[2:] == ["plan: 2 runs (0 teacher, 0 alone, 2 baseline, 0 sd): 0 complete, 2 to run, 0 failed before"]
     assert not out.exists()
 
 
@@ -83,7 +90,7 @@ def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
 
     # a complete run is skipped...
     assert sweep.main([str(tmp / "ok.yaml"), *args]) == 0
-    assert "skip (complete)" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"complete         baseline {run.name}")
     assert (run / "metrics.json").read_text() == json.dumps(metrics)
     # ... unless --force, which re-runs it (in the repo root) and keeps the previous result beside the new one
     calls = []
@@ -101,7 +108,8 @@ def test_parallel_failure_overrides_skip_force(setup, capsys, monkeypatch):
     page = Path(p["output_dir"]) / "report.html"       # the sweep's last step: the results page
     assert f"results page: {page}" in text and "epochs 2 (240), subset 200 (0)" in page.read_text()
     assert calls == [({**yaml.safe_load((tmp / "ok.yaml").read_text()), "output_dir": str(out), "seed": 1,
-                       "M": "[1]", "epochs": 2, "subset": 200, "batch_size": 8, "data_dir": str(tmp / "d")}, str(sweep.ROOT))]
+                       "M": "[1]", "epochs": 2, "subset": 200, "batch_size": 8, "data_dir": str(tmp / "d"),
+                       "teachers_dir": str(tmp / "teachers")}, str(sweep.ROOT))]
     assert load_metrics(run / "metrics.previous.json") == metrics and load_metrics(run / "metrics.json")
     metrics = load_metrics(run / "metrics.json")
     as_published = json.dumps({**metrics, "departures": {}})
@@ -154,7 +162,7 @@ def test_an_interrupted_run_is_resumed(setup, capsys):
     run.mkdir(parents=True)
     (run / "checkpoint.pth").write_bytes(b"")
     assert sweep.main([str(tmp / "ok.yaml"), "--dry-run", *args]) == 0
-    assert f"would resume  {tmp / 'ok.yaml'}" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"to run (resumes) baseline {run.name}")
 
 
 def test_parse_overrides():
