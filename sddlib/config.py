@@ -173,6 +173,9 @@ class RunConfig(Mapping):
     imports: tuple = _param((), imports_parameter, "modules to import before the parameters are checked, in every "
                             "process of the run (your own losses or models, registered when imported), e.g. "
                             "['my_losses']; found from the folder a command starts in, PYTHONPATH or installed packages")
+    tune_fraction: float = _param(0.0, real(low=0, high=1, high_open=True, what="a number in [0, 1)"),
+                                  "tuning (python -m sddlib.tune): the share of each class of the training images held "
+                                  "out to score the run on, the test split unread; 0: scored on the test split")
     # Not a parameter: the processes that train the run together (torchrun's world size; `on_processes`). With
     # BatchNorm per process it decides what the statistics are taken over, so it enters `bn_batch`.
     processes: int = field(default=1, metadata={"check": _POSITIVE_INT, "doc": "processes training the run",
@@ -220,6 +223,9 @@ class RunConfig(Mapping):
             check_model_name(role, values[role], stem)
             check_pretrained(role, values[role], values[f"{role}_pretrained"], values[f"{role}_weights_file"])
         spec.check_pipeline(values["pipeline"])
+        if values["tune_fraction"] and not spec.holds_out:
+            raise ConfigError(f"tune_fraction={values['tune_fraction']!r} needs a loader that holds out part of the "
+                              f"training images, which dataset {spec.name!r}'s does not; set tune_fraction=0.")
         longest = max(values["epochs"], protocol["epochs"])
         for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
             if values[key] and values[key][-1] > longest:
@@ -360,7 +366,7 @@ class RunConfig(Mapping):
     def solver(self) -> dict:
         """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
         keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
-                "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs")
+                "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs", "tune_fraction")
         return {**_without_unchanged_additions({k: self.to_params()[k] for k in keys}), **self._bn(self.batch_size)}
 
     @property
@@ -375,6 +381,7 @@ class RunConfig(Mapping):
         data = {**self.data_options, "pretrained": self.teacher_pretrained} if self.data_spec.options else {}
         return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]),
                 "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED, **data,
+                **({"tune_fraction": self.tune_fraction} if self.tune_fraction else {}),  # a tuner's never sees the test
                 **self._bn(protocol["batch_size"])}
 
     def teacher_training_config(self) -> RunConfig:
@@ -403,7 +410,8 @@ _ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_w
                 "image_size": None, "augment": "auto", "normalize": "imagenet", "val_fraction": 0.2,
                 "skip_bad_images": False, "in_memory": "auto",
                 "teacher_pretrained": False, "teacher_weights_file": "", "student_pretrained": False,
-                "student_weights_file": "", "loss_params": {}, "logit_standardization": False}
+                "student_weights_file": "", "loss_params": {}, "logit_standardization": False,
+                "tune_fraction": 0.0}
 
 
 def _without_unchanged_additions(values: dict) -> dict:

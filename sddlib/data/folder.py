@@ -14,6 +14,7 @@ check pass's time) is `dls.folder`, which a run records in its metrics.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass, field
@@ -244,6 +245,13 @@ def plan_folder_memory(data_dir, *, image_size=224, augment="auto", val_fraction
     """What `image_folder` would decide for this folder now (`run_memory` plans a sweep with it): from the file
     names and, for the ImageNet recipe, the headers; no image decoded. Other loader keywords are ignored."""
     scan = scan_folder(data_dir, val_fraction)
+    split_record = None
+    if tune_fraction:
+        keep, held, split_record = hold_out([t for _, t in scan.train], tune_fraction, seed)
+        train, valid = [scan.train[i] for i in keep], [scan.train[i] for i in held]
+        counts = {split: np.bincount([t for _, t in samples], minlength=len(scan.classes)).tolist()
+                  for split, samples in (("train", train), ("valid", valid))}
+        scan = dataclasses.replace(scan, train=train, valid=valid, counts=counts)
     recipe = resolve_augment(augment, image_size)
     footprint, _ = _footprint(scan, image_size, recipe, in_memory, decode_threads())
     return plan_memory(in_memory, memory_budget, footprint, available_memory(device))
@@ -289,14 +297,15 @@ def _in_memory_sets(stores: dict, scan: FolderScan, kept: dict, augment: str, im
 
 def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
                  pipeline="workers", image_size=224, augment="auto", normalize="imagenet", val_fraction=0.2,
-                 skip_bad_images=False, in_memory="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
+                 skip_bad_images=False, in_memory="auto", memory_budget=DEFAULT_MEMORY_BUDGET, tune_fraction=0.0):
     """A folder of class folders as fastai DataLoaders (`dls.info`, and `dls.folder`: what was decided).
 
     `in_memory` 'auto' keeps the decoded images in memory and trains through the device pipeline when they take
     at most `memory_budget` of the memory available (`sddlib.data.memory`), else reads the files through
     `pipeline` ('workers'); True insists on memory (refusing a folder over the budget), False reads the files.
     `subset` keeps the first n images of a SPLIT_SEED shuffle of each split (all classes mixed); `download` is
-    unused (there is nothing to download)."""
+    unused (there is nothing to download). `tune_fraction` > 0: the held-out split is left unopened and that share of
+    the training images (`hold_out`) is scored."""
     from fastai.torch_core import default_device
     from torchvision import transforms as T
 
@@ -322,7 +331,7 @@ def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=
         device_augment, nw = None, default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo(scan.root.name, scan.classes, norm["mean"], norm["std"], image_size=image_size)
     dls = make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                           device=device, pipeline=pipeline, augment=device_augment)
+                           device=device, pipeline=pipeline, augment=device_augment, tune_split=split_record)
     dls.folder = {"data_dir": str(scan.root), "layout": scan.layout, "val_fraction": scan.val_fraction,
                   "split_seed": SPLIT_SEED, "classes": scan.classes, "class_counts": scan.counts,
                   "image_size": image_size, "augment": recipe, **norm,
