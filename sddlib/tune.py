@@ -38,7 +38,7 @@ from fastai.callback.core import Callback, CancelFitException
 
 from . import experiment
 from .__main__ import load_params
-from .checkpoints import CheckpointError, RunLockedError
+from .checkpoints import CheckpointError, RunLockedError, run_lock
 from .config import ConfigError, RunConfig
 from .data import DatasetNotFoundError
 from .training import RunFailedError, RunStopped
@@ -127,7 +127,11 @@ def work(job: dict, seed_offset: int = 0) -> int:
             break
         trial = study.ask()
         trial.set_user_attr("worker", f"{_HOST}:{os.getpid()}")
-        value, state = _run_trial(trial, job, suggest(trial, job["space"], base))
+        try:
+            value, state = _run_trial(trial, job, suggest(trial, job["space"], base))
+        except BaseException:  # an error of sddlib's, Ctrl-C: the trial is failed, not left running
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
         study.tell(trial, value, state=state)
         ran += 1
     return ran
@@ -184,8 +188,9 @@ def run_study(base_params: dict, args) -> dict:
         _submit(job, args)
     else:
         work(job)
-    return {"out": job["out"], **write_outputs(open_study(job), job),
-            "confirmation": confirm(job, args.confirm_seeds) if args.confirm_seeds else None}
+    with run_lock(job["out"], wait=True, name=".outputs.lock"):  # tuners that end together write them in turn
+        return {"out": job["out"], **write_outputs(open_study(job), job),
+                "confirmation": confirm(job, args.confirm_seeds) if args.confirm_seeds else None}
 
 
 def _check_same_study(study: optuna.Study, job: dict) -> None:

@@ -123,19 +123,19 @@ def check_pipeline(pipeline, dataset: str, choices) -> str:
 
 def hold_out(targets, fraction: float, seed: int) -> tuple[list[int], list[int], dict]:
     """A tuner's split of the training images: (indices trained on, indices scored on, its record). Each class's
-    images are shuffled with `seed` and round(n * fraction) of them (at least 1) held out, so a tuned run is scored
-    without reading the test split."""
+    images are shuffled with `seed` and round(n * fraction) of them (at least 1, and never the last) held out, so a
+    tuned run is scored without reading the test split; a class of one image is trained on only."""
     targets = np.asarray(targets)
     rng = np.random.default_rng([int(seed), 39])
     keep, held = [], []
     for label in np.unique(targets):
         rows = rng.permutation(np.flatnonzero(targets == label))
-        n_held = max(1, round(len(rows) * fraction))
-        if n_held >= len(rows):
-            raise ValueError(f"class {label} has {len(rows)} training image(s): too few to hold out tune_fraction="
-                             f"{fraction} and still train on one; use a larger subset or a smaller tune_fraction.")
+        n_held = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
         held += rows[:n_held].tolist()
         keep += rows[n_held:].tolist()
+    if not held:
+        raise ValueError(f"no class has two training images, so none can be held out for tune_fraction={fraction}; "
+                         "use a larger subset.")
     keep, held = sorted(keep), sorted(held)
     return keep, held, {"tune_fraction": fraction, "seed": int(seed), "train_images": len(keep),
                         "held_out_images": len(held)}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .build import ImageListDataset, TensorImageDataset, VariableSizeImages, check_pipeline, default_workers, \
-    make_dataloaders
+    hold_out, make_dataloaders
 from .info import DatasetInfo
 from .memory import (DEFAULT_MEMORY_BUDGET, CanvasStore, MemoryPlan, SquareStore, available_memory, decode_threads,
                      folder_bytes, kept_side, parallel_map, plan_memory)
@@ -245,13 +245,6 @@ def plan_folder_memory(data_dir, *, image_size=224, augment="auto", val_fraction
     """What `image_folder` would decide for this folder now (`run_memory` plans a sweep with it): from the file
     names and, for the ImageNet recipe, the headers; no image decoded. Other loader keywords are ignored."""
     scan = scan_folder(data_dir, val_fraction)
-    split_record = None
-    if tune_fraction:
-        keep, held, split_record = hold_out([t for _, t in scan.train], tune_fraction, seed)
-        train, valid = [scan.train[i] for i in keep], [scan.train[i] for i in held]
-        counts = {split: np.bincount([t for _, t in samples], minlength=len(scan.classes)).tolist()
-                  for split, samples in (("train", train), ("valid", valid))}
-        scan = dataclasses.replace(scan, train=train, valid=valid, counts=counts)
     recipe = resolve_augment(augment, image_size)
     footprint, _ = _footprint(scan, image_size, recipe, in_memory, decode_threads())
     return plan_memory(in_memory, memory_budget, footprint, available_memory(device))
@@ -295,6 +288,17 @@ def _in_memory_sets(stores: dict, scan: FolderScan, kept: dict, augment: str, im
     return train, valid, {"padding": padding, "flip": flip}
 
 
+def _held_out_scan(scan: FolderScan, tune_fraction: float, seed: int) -> tuple[FolderScan, dict | None]:
+    """The scan a tuner's run reads: its training images split by `hold_out` (the held-out split never listed)."""
+    if not tune_fraction:
+        return scan, None
+    keep, held, record = hold_out([t for _, t in scan.train], tune_fraction, seed)
+    train, valid = [scan.train[i] for i in keep], [scan.train[i] for i in held]
+    counts = {split: np.bincount([t for _, t in samples], minlength=len(scan.classes)).tolist()
+              for split, samples in (("train", train), ("valid", valid))}
+    return dataclasses.replace(scan, train=train, valid=valid, counts=counts), record
+
+
 def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
                  pipeline="workers", image_size=224, augment="auto", normalize="imagenet", val_fraction=0.2,
                  skip_bad_images=False, in_memory="auto", memory_budget=DEFAULT_MEMORY_BUDGET, tune_fraction=0.0):
@@ -310,7 +314,7 @@ def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=
     from torchvision import transforms as T
 
     check_pipeline(pipeline, "folder (image files decoded per image)", ("workers",))
-    scan = scan_folder(data_dir, val_fraction)
+    scan, split_record = _held_out_scan(scan_folder(data_dir, val_fraction), tune_fraction, seed)
     recipe = resolve_augment(augment, image_size)
     train_steps, eval_steps = folder_transforms(image_size, augment)
     device = default_device() if device is None else torch.device(device)
