@@ -45,7 +45,7 @@ from .training import RunFailedError, RunStopped
 from .tune_outputs import confirm, write_outputs
 from .tune_space import check_space, default_space, load_space, recipe_trial, suggest
 
-__all__ = ["PruneTrial", "open_study", "run_study", "work", "main", "DEFAULT_TUNE_FRACTION"]
+__all__ = ["PruneTrial", "plan_study", "open_study", "run_study", "work", "main", "DEFAULT_TUNE_FRACTION"]
 
 DEFAULT_TUNE_FRACTION = 0.2  # of each class of the training images, when the run gives no tune_fraction
 _PRUNERS = ("median", "hyperband", "none")
@@ -155,8 +155,10 @@ def _run_trial(trial: optuna.Trial, job: dict, values: dict):
     return metrics["best_top1"], optuna.trial.TrialState.COMPLETE
 
 
-def _job(base_params: dict, args) -> dict:
-    """Everything a tuner process needs, checked (one sentence per problem) before any training."""
+def plan_study(base_params: dict, args) -> dict:
+    """Everything a tuner process needs (`args`: `parse`'s options), checked before any training: the run's
+    parameters, the search space, the bounds of the study (one sentence per problem). The storage is opened by
+    `open_study`."""
     params = dict(base_params)
     if not params.get("tune_fraction"):
         params["tune_fraction"] = DEFAULT_TUNE_FRACTION
@@ -175,7 +177,7 @@ def _job(base_params: dict, args) -> dict:
 def run_study(base_params: dict, args) -> dict:
     """The whole tuning: study (continued if it exists), trials in this process or as `args.workers` jobs, outputs,
     confirmation. Returns {out, best, confirmation}."""
-    job = _job(base_params, args)
+    job = plan_study(base_params, args)
     Path(job["out"]).mkdir(parents=True, exist_ok=True)
     study = open_study(job)
     _check_same_study(study, job)

@@ -10,8 +10,8 @@ to search instead, each as
     T: {low: 1, high: 8, log: true}         # a range (log: sampled on a log scale; int parameters give integers)
 
 Every name is a run parameter and every bound or choice passes that parameter's own check (`sddlib.config`), so a
-space is refused in one sentence before a trial starts. `suggest` turns an Optuna trial into run parameters; the
-temperature is asked only of methods that take one.
+space is refused in one sentence before a trial starts. `suggest` turns an Optuna trial into run parameters; a loss
+hyper-parameter (T, alpha, beta, gamma) is asked only of methods that take it.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .config import DEFAULTS, METHODS, ConfigError, RunConfig
+from .losses import LOSS_FIELDS
 
 __all__ = ["default_space", "load_space", "check_space", "suggest", "recipe_trial", "SCALE_SETS"]
 
@@ -70,11 +71,12 @@ def check_space(space, base: RunConfig) -> dict:
 
 
 def suggest(trial, space: dict, base: RunConfig) -> dict:
-    """The run parameters of one trial: each entry sampled (the temperature only for a method that takes one)."""
+    """The run parameters of one trial: each entry sampled (a loss hyper-parameter such as T only for a method that
+    takes it)."""
     params = {}
     for name, entry in space.items():
-        if name == "T" and "T" not in METHODS[params.get("method", base.method)].hyper:
-            continue
+        if name in LOSS_FIELDS and name not in METHODS[params.get("method", base.method)].hyper:
+            continue  # a loss hyper-parameter the trial's method does not read
         if isinstance(entry, list):
             params[name] = trial.suggest_categorical(name, entry)
         elif _FIELDS[_field(name)].type == "int":
@@ -87,11 +89,8 @@ def suggest(trial, space: dict, base: RunConfig) -> dict:
 
 def recipe_trial(base: RunConfig, space: dict) -> dict:
     """The first trial: the run's own parameters with its method's registered recipe, for the names the space has
-    (the temperature only where the method takes one)."""
-    values = {name: base[name] for name in space}
-    if "T" in values and values["T"] is None:
-        del values["T"]
-    return values
+    (a loss hyper-parameter only where the method takes it)."""
+    return {name: base[name] for name in space if not (name in LOSS_FIELDS and base[name] is None)}
 
 
 # --- checks -------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_tuning_never_reads_the_test_split(tmp_path):
     assert trials[0].user_attrs["tune_split"] == {"tune_fraction": 0.25, "seed": 0, "train_images": 18,
                                                   "held_out_images": 6}
     parsed = tune.parse(args)
-    job = tune._job(load_params(parsed.parameters_file, parsed.parameter), parsed)
+    job = tune.plan_study(load_params(parsed.parameters_file, parsed.parameter), parsed)
     with pytest.raises(ValueError, match=r"val/.*\.png"):
         confirm(job, 1)
 
