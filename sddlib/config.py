@@ -381,7 +381,7 @@ class RunConfig(Mapping):
         data = {**self.data_options, "pretrained": self.teacher_pretrained} if self.data_spec.options else {}
         return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]),
                 "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED, **data,
-                **({"tune_fraction": self.tune_fraction} if self.tune_fraction else {}),  # a tuner's never sees the test
+                **({"tune_fraction": self.tune_fraction} if self.tune_fraction else {}),  # a tuner's: no test split
                 **self._bn(protocol["batch_size"])}
 
     def teacher_training_config(self) -> RunConfig:

@@ -37,7 +37,8 @@ from .config import METHODS, RunConfig
 from .data.spec import DATASETS
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 
-__all__ = ["RESUME_FILE", "RunFailedError", "RunStopped", "RunInterrupted", "CtrlC", "StepLR", "live_notebook", "EpochLogger",
+__all__ = ["RESUME_FILE", "RunFailedError", "RunStopped", "RunInterrupted", "CtrlC", "StepLR", "live_notebook",
+           "EpochLogger",
            "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
 

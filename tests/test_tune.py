@@ -85,12 +85,9 @@ def test_tuning_never_reads_the_test_split(tmp_path):
     for image in (data / "val").rglob("*.png"):
         image.write_bytes(b"not an image")
     out = tmp_path / "out"
-    args = ["-p", "dataset", "folder", "-p", "data_dir", str(data), "-p", "output_dir", str(out),
-            "-p", "teacher", "resnet8", "-p", "student", "resnet8", "-p", "epochs", "1", "-p", "teacher_epochs", "1",
-            "-p", "batch_size", "8", "-p", "lr_decay_stages", "[1]", "-p", "progress", "false", "-p", "image_size", "16",
-            "-p", "figures",
-            "false", "-p", "tune_fraction", "0.25", "--space", space_file(tmp_path, {"lr": {"low": 0.01, "high": 0.1}}),
-            "--trials", "2", "--confirm-seeds", "0"]
+    args = command(data, out, "--space", space_file(tmp_path, {"lr": {"low": 0.01, "high": 0.1}}), "--trials", "2",
+                   "--confirm-seeds", "0", dataset="folder", image_size=16, subset=0, epochs=1, batch_size=8,
+                   tune_fraction=0.25)
     assert tune.main(args) == 0
     trials = study_of(out / "images" / "tune").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]

@@ -267,7 +267,8 @@ def digit_mosaic(data_dir=None, *, bs=64, subset=0, n_train=8000, n_test=2000, n
     split_record = None
     if tune_fraction:
         keep, held, split_record = hold_out(d["y_train"][rows["train"][1]], tune_fraction, seed)
-        rows = {"train": ("train", np.asarray(keep, dtype=np.int64)), "test": ("train", np.asarray(held, dtype=np.int64))}
+        rows = {"train": ("train", np.asarray(keep, dtype=np.int64)),
+                "test": ("train", np.asarray(held, dtype=np.int64))}
     dss = {}
     for split, tfm in (("train", T.RandomCrop(MOSAIC_SIZE, padding=2)), ("test", None)):
         source, take = rows[split]
