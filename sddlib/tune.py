@@ -37,7 +37,7 @@ import yaml
 from fastai.callback.core import Callback, CancelFitException
 
 from . import experiment
-from .__main__ import load_params
+from .__main__ import add_run_parameters, load_params
 from .checkpoints import CheckpointError, RunLockedError, run_lock
 from .config import ConfigError, RunConfig
 from .data import DatasetNotFoundError
@@ -230,10 +230,7 @@ def _submit(job: dict, args) -> None:
 # --- the command line -----------------------------------------------------------------------------------------
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m sddlib.tune", description=__doc__.split("\n\n")[0])
-    ap.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE",
-                    help="a params file of the run to tune (flat YAML); several are merged in order")
-    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                    help="set a run parameter, e.g. -p epochs 20 -p subset 5000 -p tune_fraction 0.2")
+    add_run_parameters(ap)  # the run to tune, e.g. -p epochs 20 -p subset 5000 -p tune_fraction 0.2
     ap.add_argument("--trials", type=int, default=20, help="the study's total number of trials (default 20)")
     ap.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     ap.add_argument("--space", help="a YAML search space (default: method, M, T, weights, lr, warm-up)")
