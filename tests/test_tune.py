@@ -164,14 +164,14 @@ def test_bad_input_is_one_sentence_before_any_training(tmp_path, capsys, extra, 
 
 @pytest.mark.trains
 def test_a_killed_tuners_trial_is_failed_on_rerun_and_the_study_goes_on(mosaic_dir, tmp_path):
-    args = command(mosaic_dir, tmp_path / "out", "--trials", "2", "--confirm-seeds", "0", subset=400, epochs=3)
+    args = command(mosaic_dir, tmp_path / "out", "--trials", "2", "--confirm-seeds", "0", epochs=3)
     tuner = subprocess.Popen([sys.executable, "-m", "sddlib.tune", *args], cwd=REPO, env=subprocess_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     folder = tmp_path / "out" / "digit_mosaic" / "tune"
     deadline = time.time() + 120
     while not (folder / "trials" / "digit_mosaic" / "trial-0000").is_dir():   # trial 0 is training
         assert tuner.poll() is None and time.time() < deadline, tuner.stderr.read()
-        time.sleep(0.2)
+        time.sleep(0.05)
     tuner.send_signal(signal.SIGKILL)
     tuner.wait()
     assert [t.state.name for t in study_of(folder).trials] == ["RUNNING"]
