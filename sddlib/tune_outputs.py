@@ -3,9 +3,9 @@
 `write_outputs`: `best.yaml` (the run's parameters with the best trial's values, ready for `python -m sddlib -f` or
 a sweep), `trials.csv` (every trial: number, state, value, parameters, times) and `figures/` (Optuna's matplotlib
 optimisation history, parameter importances and a slice per parameter, each PNG with the CSV it was drawn from).
-`confirm`: the best settings against the method's default recipe (the same run with the loss weights, warm-up and
-hyper-parameters the method registers), both trained on all the training images and scored on the test split over
-seeds, paired by seed; reported as it comes out, whichever side wins.
+`confirm`: the best settings against the method's default recipe (the run as given, with the best method and the
+loss weights, warm-up and hyper-parameters that method registers), both trained on all the training images and
+scored on the test split over seeds, paired by seed; reported as it comes out, whichever side wins.
 """
 from __future__ import annotations
 
@@ -84,9 +84,11 @@ def _figures(study: optuna.Study, folder: Path, complete: list) -> None:
             plt.close(figure)
 
 
-def _default_recipe(best: dict) -> dict:
-    """The same run with the best method's registered recipe: its loss weights, warm-up and hyper-parameters."""
-    return {k: v for k, v in best.items() if k not in (*RECIPE, *LOSS_FIELDS, "loss_params")}
+def _default_recipe(base: dict, method: str) -> dict:
+    """The run as given (its own lr, M, schedule) with the best trial's method and that method's registered recipe:
+    its loss weights, warm-up and hyper-parameters."""
+    given = {k: v for k, v in base.items() if k not in (*_TUNER_ONLY, *RECIPE, *LOSS_FIELDS, "loss_params")}
+    return {**given, "method": method}
 
 
 def confirm(job: dict, seeds: int) -> pd.DataFrame | None:
@@ -96,7 +98,7 @@ def confirm(job: dict, seeds: int) -> pd.DataFrame | None:
     if not best_yaml.is_file():
         return None
     best = yaml.safe_load(best_yaml.read_text())
-    default, first = _default_recipe(best), int(best.get("seed", 0))
+    default, first = _default_recipe(job["base"], best["method"]), int(best.get("seed", 0))
     rows = []
     for seed in range(first, first + seeds):
         tuned = experiment.run({**best, "seed": seed, "run_name": f"{job['study']}-best-seed{seed}"})

@@ -130,6 +130,18 @@ def test_study_in_its_folder_continues_to_its_total_and_writes_what_it_found(mos
     assert "tune_split" not in tuned and tuned["params"]["tune_fraction"] == 0     # scored on the test split
     assert confirmation["difference_best"][0] == pytest.approx(confirmation["tuned_best_top1"][0] -
                                                                confirmation["default_best_top1"][0])
+    default = load_metrics(out / "digit_mosaic" / confirmation["default_run"][0] / "metrics.json")["params"]
+    recipe = RunConfig.from_params({**load_params([], tune.parse(args).parameter), "method": best["method"]})
+    assert {k: default[k] for k in ("method", "lr", "M", "ce_weight", "kd_weight", "warmup_epochs")} == \
+        {k: recipe[k] for k in ("method", "lr", "M", "ce_weight", "kd_weight", "warmup_epochs")}   # the run as given
+
+
+def test_the_default_recipe_is_the_run_as_given_with_the_best_method_and_its_registered_loss_values():
+    from sddlib.tune_outputs import _default_recipe
+    base = {"dataset": "digit_mosaic", "lr": 0.01, "M": "[1]", "epochs": 3, "ce_weight": 0.3, "T": 2.0,
+            "warmup_epochs": 5, "tune_fraction": 0.2, "run_name": "x"}
+    assert _default_recipe(base, "kd") == {"dataset": "digit_mosaic", "lr": 0.01, "M": "[1]", "epochs": 3,
+                                           "method": "kd"}
 
 
 @pytest.mark.trains
