@@ -18,6 +18,7 @@ import yaml
 
 from . import experiment
 from .checkpoints import write_json
+from .config import DEFAULTS
 from .losses import LOSS_FIELDS, RECIPE
 
 __all__ = ["write_outputs", "confirm", "best_params"]
@@ -98,7 +99,8 @@ def confirm(job: dict, seeds: int) -> pd.DataFrame | None:
     if not best_yaml.is_file():
         return None
     best = yaml.safe_load(best_yaml.read_text())
-    default, first = _default_recipe(job["base"], best["method"]), int(best.get("seed", 0))
+    method = best.get("method", DEFAULTS["method"])  # a space without `method`: the run's own
+    default, first = _default_recipe(job["base"], method), int(best.get("seed", 0))
     rows = []
     for seed in range(first, first + seeds):
         tuned = experiment.run({**best, "seed": seed, "run_name": f"{job['study']}-best-seed{seed}"})
