@@ -24,12 +24,17 @@ from pathlib import Path
 import yaml
 
 
-def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m sddlib", description=__doc__.split("\n\n")[0])
+def add_run_parameters(ap: argparse.ArgumentParser) -> None:
+    """`-f` and `-p`: a run's parameters as papermill's flags give them (`load_params` merges them)."""
     ap.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE",
                     help="a params/ file (flat YAML); several are merged in order")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                     help="set a parameter, e.g. -p epochs 1 -p M \"[1]\"")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m sddlib", description=__doc__.split("\n\n")[0])
+    add_run_parameters(ap)
     ap.add_argument("--alone", nargs="?", const="", metavar="ARCH",
                     help="train ARCH (default: the student) alone with cross-entropy instead of distilling")
     ap.add_argument("--force", action="store_true", help="run again even if metrics.json is complete")

@@ -202,6 +202,9 @@ class RunConfig(Mapping):
     imports: tuple = _param((), imports_parameter, "modules to import before the parameters are checked, in every "
                             "process of the run (your own losses or models, registered when imported), e.g. "
                             "['my_losses']; found from the folder a command starts in, PYTHONPATH or installed packages")
+    tune_fraction: float = _param(0.0, real(low=0, high=1, high_open=True, what="a number in [0, 1)"),
+                                  "tuning (python -m sddlib.tune): the share of each class of the training images held "
+                                  "out to score the run on, the test split unread; 0: scored on the test split")
     # Not a parameter: the processes that train the run together (torchrun's world size; `on_processes`). With
     # BatchNorm per process it decides what the statistics are taken over, so it enters `bn_batch`.
     processes: int = field(default=1, metadata={"check": _POSITIVE_INT, "doc": "processes training the run",
@@ -254,6 +257,9 @@ class RunConfig(Mapping):
         if lr_of_student:
             values["lr"] = spec.lr_for(values["student"])
         spec.check_pipeline(values["pipeline"])
+        if values["tune_fraction"] and not spec.holds_out:
+            raise ConfigError(f"tune_fraction={values['tune_fraction']!r} needs a loader that holds out part of the "
+                              f"training images, which dataset {spec.name!r}'s does not; set tune_fraction=0.")
         longest = max(values["epochs"], protocol["epochs"])
         for key in ("lr_decay_stages", "teacher_lr_decay_stages"):
             if values[key] and values[key][-1] > longest:
@@ -403,7 +409,7 @@ class RunConfig(Mapping):
     def solver(self) -> dict:
         """What decides the numbers of a training run (compared before a checkpoint is resumed)."""
         keys = ("epochs", "batch_size", "lr", "lr_decay_stages", "lr_decay_rate", "weight_decay", "momentum",
-                "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs", "lr_schedule")
+                "clip_grad_norm", "subset", "seed", "optimizer", "lr_warmup_epochs", "lr_schedule", "tune_fraction")
         return {**_without_unchanged_additions({k: self.to_params()[k] for k in keys}), **self._bn(self.batch_size)}
 
     @property
@@ -422,6 +428,7 @@ class RunConfig(Mapping):
         data = {**self.data_options, "pretrained": self.teacher_pretrained} if self.data_spec.options else {}
         return {**protocol, "lr_decay_stages": list(protocol["lr_decay_stages"]), **solver, **model,
                 "clip_grad_norm": self.clip_grad_norm, "subset": self.subset, "seed": TEACHER_SEED, **data,
+                **({"tune_fraction": self.tune_fraction} if self.tune_fraction else {}),  # a tuner's: no test split
                 **self._bn(protocol["batch_size"])}
 
     def teacher_training_config(self) -> RunConfig:
@@ -456,7 +463,7 @@ _ADDED_LATER = {"precision": "fp32", "sync_bn": False, "optimizer": "sgd", "lr_w
                 "student_weights_file": "", "loss_params": {}, "logit_standardization": False,
                 "lr_schedule": "step", "teacher_optimizer": "sgd", "teacher_lr_schedule": "step",
                 "teacher_lr_warmup_epochs": 0.0, "teacher_weight_decay": None, "teacher_kwargs": {},
-                "student_kwargs": {}}
+                "student_kwargs": {}, "tune_fraction": 0.0}
 # The solver keys a teacher trained here takes from its own `teacher_<key>` parameter, never from the student's.
 _TEACHER_SOLVER = ("optimizer", "lr_schedule", "lr_warmup_epochs")
 

@@ -72,16 +72,17 @@ def vanilla_dir(params, arch: str) -> Path:
 
 
 # --- runs ------------------------------------------------------------------------------------------
-def run(params, force: bool = False) -> dict:
+def run(params, force: bool = False, callbacks=()) -> dict:
     """Train one student as `params` say and write outputs/<dataset>/<run>/; return its metrics.
 
     Everything is checked first (`RunConfig`, then the dataset folder, the output folder and a given
     teacher checkpoint). A run whose metrics.json is complete is returned as it is, and an interrupted
-    run continues from its last completed epoch; `force=True` starts it over.
+    run continues from its last completed epoch; `force=True` starts it over. `callbacks`: more fastai callbacks
+    of the fit (e.g. a tuner's pruning, which leaves the run "stopped" when it cancels the fit).
     """
     cfg = RunConfig.from_params(params)
     return train_and_record(cfg, cfg.directory, arch=cfg.student, variant=cfg.variant, force=force,
-                            get_teacher=get_teacher)
+                            get_teacher=get_teacher, callbacks=callbacks)
 
 
 def run_vanilla(params, arch: str | None = None, force: bool = False) -> dict:

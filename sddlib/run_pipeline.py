@@ -42,12 +42,13 @@ _WEIGHTS = {True: ("student.pth", "student_best.pth"), False: ("model.pth", "mod
 
 
 def train_and_record(cfg: RunConfig, out: Path, *, arch: str, variant: str, force: bool = False,
-                     get_teacher: Callable | None = None, whole_batch: bool = True) -> dict:
+                     get_teacher: Callable | None = None, whole_batch: bool = True, callbacks=()) -> dict:
     """Train `arch` under `cfg` into the run folder `out` and return its metrics (those of the folder when it
     already holds this complete run, unless `force`). `get_teacher(cfg, dls) -> (teacher, source)` makes it a
     distillation run (`variant`: cfg.variant) of the student; without it `arch` trains alone with cross-entropy
     (`variant` "alone" or "teacher"). `whole_batch=False`: a batch larger than a small subset is accepted while an
-    epoch still has one (`_dataloaders`)."""
+    epoch still has one (`_dataloaders`). `callbacks`: more fastai callbacks of the fit (a tuner's pruning); one that
+    cancels the fit leaves the run "stopped", never "complete" (`fit_resumable`)."""
     distilling = get_teacher is not None
     check_environment(cfg, teacher_needed=distilling)
     tracking.check(cfg.tracker)
@@ -74,7 +75,7 @@ def train_and_record(cfg: RunConfig, out: Path, *, arch: str, variant: str, forc
             distill = distillation_callback(teacher, cfg)
         weights, best_weights = _WEIGHTS[distilling]
         with tracking.tracked(cfg.tracker, out, cfg.to_params()) as tracker:
-            cbs = [cb for cb in (distill, tracker) if cb]
+            cbs = [cb for cb in (distill, tracker, *callbacks) if cb]
             learn = build_learner(dls, model, cfg, cbs=cbs)
             recorder = fit_resumable(learn, cfg, out, fingerprint, force, best_weights, distill)
             metrics = _summary(cfg, recorder.rows, name=out.name, variant=variant, arch=arch, fingerprint=fingerprint)
@@ -155,7 +156,8 @@ def _dataloaders(cfg: RunConfig, device, whole_batch: bool = True):
     would have no batch at all)."""
     dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
                           num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline,
-                          **loader_options(cfg), **cfg.memory_options)
+                          **loader_options(cfg), **cfg.memory_options,
+                          **({"tune_fraction": cfg.tune_fraction} if cfg.tune_fraction else {}))
     if cfg.batch_size > dls.train.n and (whole_batch or not len(dls.train)):
         images = f"{dls.train.n} images{f' with subset={cfg.subset}' if cfg.subset else ''}"
         if not whole_batch:
@@ -221,7 +223,8 @@ def _new_model(cfg: RunConfig, arch: str, num_classes: int) -> nn.Module:
 def _data_record(dls) -> dict:
     """What a folder's loader decided (split, class counts, normalisation, skipped images), for metrics.json."""
     dls = distributed.whole(dls)  # on several processes: the loaders before sharding
-    return {"data": dls.folder} if hasattr(dls, "folder") else {}
+    record = {"data": dls.folder} if hasattr(dls, "folder") else {}
+    return {**record, "tune_split": dls.tune_split} if hasattr(dls, "tune_split") else record
 
 
 def _record_departures(metrics: dict, published: Path | None, found: dict) -> None:

@@ -38,7 +38,8 @@ from .data.spec import DATASETS
 from .distill import FINITE_CHECK_EVERY, DistillationCallback, LossWatch, NonFiniteLossError
 from .per_image import LastEpochPredictions
 
-__all__ = ["RESUME_FILE", "RunFailedError", "RunInterrupted", "CtrlC", "StepLR", "CosineLR", "live_notebook",
+__all__ = ["RESUME_FILE", "RunFailedError", "RunStopped", "RunInterrupted", "CtrlC", "StepLR", "CosineLR",
+           "live_notebook",
            "EpochLogger",
            "FiniteLoss", "SmoothLossOnDevice", "top5_accuracy", "build_learner", "distillation_callback", "distill_learner",
            "RunRecorder", "fit_resumable", "differences"]
@@ -48,6 +49,11 @@ RESUME_FILE = "checkpoint.pth"  # the last completed epoch; removed when the run
 
 class RunFailedError(RuntimeError):
     """A run that stopped (non-finite loss, out of memory: its metrics.json says "failed" and why; a full disk)."""
+
+
+class RunStopped(RuntimeError):
+    """A fit that a callback cancelled before its last epoch (a tuner's pruner): its metrics.json says "stopped" and
+    after which epoch, never "complete"; its resume checkpoint is kept."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -392,7 +398,8 @@ def _resume_state(out: Path, fingerprint: dict, force: bool) -> dict | None:
 def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, force: bool, best_name: str,
                   distill: DistillationCallback | None = None) -> RunRecorder:
     """Fit for `cfg.epochs`, continuing from the run folder's checkpoint of the same configuration; a
-    non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.json."""
+    non-finite loss or an out-of-memory GPU ends the run as "failed" in metrics.json, a callback that cancels the
+    fit before its last epoch as "stopped" (`RunStopped`)."""
     resume = distributed.run_on_main(_resume_state, out, fingerprint, force)  # rank 0 reads it, every process gets it
     recorder = RunRecorder(out, fingerprint, distill, best_name, resume)
     start_epoch = 0
@@ -409,10 +416,14 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
     if start_epoch >= cfg.epochs:
         return recorder
     ctrl_c = CtrlC()
+    status = "failed"
     try:
         learn.fit(cfg.epochs, cbs=[recorder, ctrl_c, LastEpochPredictions(out)], start_epoch=start_epoch)
         ctrl_c.stop_if_pressed()  # pressed after the last check: the rerun finds every epoch kept and completes
-        return recorder
+        if recorder.kept_epoch >= cfg.epochs:
+            return recorder
+        status, reason = "stopped", (f"stopped after epoch {recorder.kept_epoch}/{cfg.epochs}: a callback cancelled "
+                                     "the fit (a tuner's pruner)")
     except NonFiniteLossError as err:
         reason = err.sentence
     except torch.OutOfMemoryError:
@@ -428,7 +439,7 @@ def fit_resumable(learn: Learner, cfg: RunConfig, out: Path, fingerprint: dict, 
             if isinstance(cb, SpeedSwitches):
                 cb.release()
     if distributed.is_main():
-        write_json(out / "metrics.json", {"status": "failed", "reason": reason, "run_name": out.name,
+        write_json(out / "metrics.json", {"status": status, "reason": reason, "run_name": out.name,
                                           "dataset": cfg.data_name, "params": cfg.to_params(),
                                           "fingerprint": fingerprint, "history": recorder.rows})
-    raise RunFailedError(f"{out.name}: {reason}") from None
+    raise (RunStopped if status == "stopped" else RunFailedError)(f"{out.name}: {reason}") from None

@@ -96,6 +96,12 @@ def _command_line_resolves(argv):
     RunConfig.from_params(load_params(args.parameters_file, args.parameter))
 
 
+def _tune_resolves(argv):
+    from sddlib import tune
+    args = tune.parse(argv)
+    tune.plan_study(load_params(args.parameters_file, args.parameter), args)
+
+
 def _sweep_resolves(argv):
     files = [f for a in argv if not a.startswith("-") and "*" in a for f in sorted(glob.glob(a))]  # the shell's glob
     argv = [a for a in argv if "*" not in a] + files
@@ -115,6 +121,8 @@ def test_documented_command_resolves(command, monkeypatch):
         rest = words[module + 2:]
         if words[module + 1] == "sddlib.report_page":
             report_page.parser().parse_args(rest)
+        elif words[module + 1] == "sddlib.tune":
+            _tune_resolves(rest)
         else:
             _sweep_resolves(rest) if words[module + 1] == "sddlib.sweep" else _command_line_resolves(rest)
 

@@ -15,7 +15,7 @@ from .info import DatasetInfo
 
 __all__ = ["DatasetNotFoundError", "TensorImageDataset", "VariableSizeImages", "ImageListDataset", "PIPELINES", "IN_MEMORY_PIPELINES",
            "FILE_PIPELINES", "check_pipeline",
-           "make_dataloaders"]
+           "make_dataloaders", "hold_out"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -121,8 +121,28 @@ def check_pipeline(pipeline, dataset: str, choices) -> str:
     return pipeline
 
 
+def hold_out(targets, fraction: float, seed: int) -> tuple[list[int], list[int], dict]:
+    """A tuner's split of the training images: (indices trained on, indices scored on, its record). Each class's
+    images are shuffled with `seed` and round(n * fraction) of them (at least 1, and never the last) held out, so a
+    tuned run is scored without reading the test split; a class of one image is trained on only."""
+    targets = np.asarray(targets)
+    rng = np.random.default_rng([int(seed), 39])
+    keep, held = [], []
+    for label in np.unique(targets):
+        rows = rng.permutation(np.flatnonzero(targets == label))
+        n_held = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
+        held += rows[:n_held].tolist()
+        keep += rows[n_held:].tolist()
+    if not held:
+        raise ValueError(f"no class has two training images, so none can be held out for tune_fraction={fraction}; "
+                         "use a larger subset.")
+    keep, held = sorted(keep), sorted(held)
+    return keep, held, {"tune_fraction": fraction, "seed": int(seed), "train_images": len(keep),
+                        "held_out_images": len(held)}
+
+
 def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, drop_last, num_workers, seed,
-                     device, pipeline="workers", augment=None):
+                     device, pipeline="workers", augment=None, tune_split=None):
     """The fastai DataLoaders every loader returns: train shuffles in a `seed`-fixed order, valid keeps
     dataset order; `dls.info` holds the dataset's facts and `dls.c` (fastai's class count) is set.
 
@@ -131,7 +151,8 @@ def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, 
     arguments `padding` and `flip` of `DeviceImageDL`, the same crop/flip the train transform draws) to
     whole batches there; a `VariableSizeImages` train set gets ImageNet's random resized crop there instead
     (`DeviceResizedCropDL`, `augment` its `size` and `flip`). "device_decode" (`ImageListDataset`s whose transforms are tensor-capable) has the
-    workers read file bytes only and decodes and transforms on `device` (`DeviceDecodeDL`)."""
+    workers read file bytes only and decodes and transforms on `device` (`DeviceDecodeDL`). `tune_split` (the record
+    of `hold_out`, when `valid_ds` is held out of the training images) becomes `dls.tune_split`."""
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.torch_core import default_device
@@ -159,6 +180,8 @@ def make_dataloaders(train_ds, valid_ds, info: DatasetInfo, *, bs, val_bs=None, 
     dls = DataLoaders(train, valid, device=device)
     dls.info = info
     dls.c = info.num_classes
+    if tune_split is not None:
+        dls.tune_split = tune_split
     return dls
 
 

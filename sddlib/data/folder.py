@@ -14,6 +14,7 @@ check pass's time) is `dls.folder`, which a run records in its metrics.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .build import ImageListDataset, TensorImageDataset, VariableSizeImages, check_pipeline, default_workers, \
-    make_dataloaders
+    hold_out, make_dataloaders
 from .info import DatasetInfo
 from .memory import (DEFAULT_MEMORY_BUDGET, CanvasStore, MemoryPlan, SquareStore, available_memory, decode_threads,
                      folder_bytes, kept_side, parallel_map, plan_memory)
@@ -288,9 +289,21 @@ def _in_memory_sets(stores: dict, scan: FolderScan, kept: dict, augment: str, im
     return train, valid, {"padding": padding, "flip": flip}
 
 
+def _held_out_scan(scan: FolderScan, tune_fraction: float, seed: int) -> tuple[FolderScan, dict | None]:
+    """The scan a tuner's run reads: its training images split by `hold_out` (the held-out split never listed)."""
+    if not tune_fraction:
+        return scan, None
+    keep, held, record = hold_out([t for _, t in scan.train], tune_fraction, seed)
+    train, valid = [scan.train[i] for i in keep], [scan.train[i] for i in held]
+    counts = {split: np.bincount([t for _, t in samples], minlength=len(scan.classes)).tolist()
+              for split, samples in (("train", train), ("valid", valid))}
+    return dataclasses.replace(scan, train=train, valid=valid, counts=counts), record
+
+
 def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
                  pipeline="workers", image_size=224, augment="auto", normalize="imagenet", val_fraction=0.2,
-                 skip_bad_images=False, in_memory="auto", memory_budget=DEFAULT_MEMORY_BUDGET, model_stats=None):
+                 skip_bad_images=False, in_memory="auto", memory_budget=DEFAULT_MEMORY_BUDGET, model_stats=None,
+                 tune_fraction=0.0):
     """A folder of class folders as fastai DataLoaders (`dls.info`, and `dls.folder`: what was decided).
 
     `in_memory` 'auto' keeps the decoded images in memory and trains through the device pipeline when they take
@@ -298,12 +311,13 @@ def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=
     `pipeline` ('workers'); True insists on memory (refusing a folder over the budget), False reads the files.
     `subset` keeps the first n images of a SPLIT_SEED shuffle of each split (all classes mixed); `download` is
     unused (there is nothing to download). `normalize="model"` normalises with `model_stats` (mean, std), those
-    of the model these loaders train (None: ImageNet's)."""
+    of the model these loaders train (None: ImageNet's). `tune_fraction` > 0: the held-out split is left unopened
+    and that share of the training images (`hold_out`) is scored."""
     from fastai.torch_core import default_device
     from torchvision import transforms as T
 
     check_pipeline(pipeline, "folder (image files decoded per image)", ("workers",))
-    scan = scan_folder(data_dir, val_fraction)
+    scan, split_record = _held_out_scan(scan_folder(data_dir, val_fraction), tune_fraction, seed)
     recipe = resolve_augment(augment, image_size)
     train_steps, eval_steps = folder_transforms(image_size, augment)
     device = default_device() if device is None else torch.device(device)
@@ -327,7 +341,7 @@ def image_folder(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=
         device_augment, nw = None, default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo(scan.root.name, scan.classes, norm["mean"], norm["std"], image_size=image_size)
     dls = make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                           device=device, pipeline=pipeline, augment=device_augment)
+                           device=device, pipeline=pipeline, augment=device_augment, tune_split=split_record)
     dls.folder = {"data_dir": str(scan.root), "layout": scan.layout, "val_fraction": scan.val_fraction,
                   "split_seed": SPLIT_SEED, "classes": scan.classes, "class_counts": scan.counts,
                   "image_size": image_size, "augment": recipe, **norm,

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .build import (IN_MEMORY_PIPELINES, TensorImageDataset, check_pipeline, default_workers, make_dataloaders,
-                    short_error, subset_size)
+from .build import (IN_MEMORY_PIPELINES, TensorImageDataset, check_pipeline, default_workers, hold_out,
+                    make_dataloaders, short_error, subset_size)
 from .info import DatasetInfo
 
 __all__ = ["MosaicLayout", "MosaicDataset", "make_digit_mosaics", "load_digit_mosaics", "mosaic_cache_path",
@@ -247,7 +247,7 @@ class MosaicDataset(TensorImageDataset):
 
 
 def digit_mosaic(data_dir=None, *, bs=64, subset=0, n_train=8000, n_test=2000, num_workers=None, seed=0,
-                 device=None, download=True, pipeline="device"):
+                 device=None, download=True, pipeline="device", tune_fraction=0.0):
     """Digit mosaics: 32 x 32 RGB images, each with one large target digit (14-20 px, the label) and
     1-3 smaller distractor digits of other classes (8-12 px) on a noisy coloured background, built
     from scikit-learn's 1,797 real 8 x 8 scans; train and test mosaics use disjoint scans.
@@ -255,21 +255,29 @@ def digit_mosaic(data_dir=None, *, bs=64, subset=0, n_train=8000, n_test=2000, n
     RandomCrop(32, padding=2) only (no flips: they change digits); normalised with the train set's
     own per-channel mean/std. Both datasets expose `.layout` (a `MosaicLayout`; via fastai's
     attribute delegation also `dls.valid.layout`); `download` is unused (nothing to download).
-    pipeline="device" (default) draws the same crops batched on `device`; "workers" per image, as the reference."""
+    pipeline="device" (default) draws the same crops batched on `device`; "workers" per image, as the reference.
+    `tune_fraction` > 0: the test mosaics are left out and that share of the training ones (`hold_out`) is scored."""
     from torchvision import transforms as T
 
     d = load_digit_mosaics(data_dir, n_train, n_test, seed)
     mean, std = tuple(d["mean"].tolist()), tuple(d["std"].tolist())
     classes = [str(i) for i in range(10)]
+    rows = {split: ("train" if tune_fraction else split, np.arange(subset_size(len(d[f"x_{split}"]), subset)))
+            for split in ("train", "test")}  # (the split an item comes from, its rows there)
+    split_record = None
+    if tune_fraction:
+        keep, held, split_record = hold_out(d["y_train"][rows["train"][1]], tune_fraction, seed)
+        rows = {"train": ("train", np.asarray(keep, dtype=np.int64)),
+                "test": ("train", np.asarray(held, dtype=np.int64))}
     dss = {}
     for split, tfm in (("train", T.RandomCrop(MOSAIC_SIZE, padding=2)), ("test", None)):
-        n = subset_size(len(d[f"x_{split}"]), subset)
-        layout = MosaicLayout(scan_pool=d[f"{split}_scan_pool"], **{k: d[f"{split}_{k}"][:n] for k in _LAYOUT_KEYS})
-        dss[split] = MosaicDataset(torch.from_numpy(d[f"x_{split}"][:n]), d[f"y_{split}"][:n], layout,
+        source, take = rows[split]
+        layout = MosaicLayout(scan_pool=d[f"{source}_scan_pool"], **{k: d[f"{source}_{k}"][take] for k in _LAYOUT_KEYS})
+        dss[split] = MosaicDataset(torch.from_numpy(d[f"x_{source}"][take]), d[f"y_{source}"][take], layout,
                                    transform=tfm, mean=mean, std=std, classes=classes)
     nw = default_workers(True) if num_workers is None else num_workers
     info = DatasetInfo("digit_mosaic", classes, mean, std, image_size=MOSAIC_SIZE)
     return make_dataloaders(dss["train"], dss["test"], info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
                             device=device, pipeline=check_pipeline(pipeline, "digit_mosaic", IN_MEMORY_PIPELINES),
-                            augment=dict(padding=2, flip=False))
+                            augment=dict(padding=2, flip=False), tune_split=split_record)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .build import (FILE_PIPELINES, IN_MEMORY_PIPELINES, DatasetNotFoundError, ImageListDataset, TensorImageDataset,
-                    check_pipeline, default_workers,
+                    check_pipeline, default_workers, hold_out,
                     make_dataloaders, need_dir, short_error, subset_size)
 from .info import DatasetInfo
 
@@ -50,13 +50,14 @@ def _cifar100_reader():
 
 
 def cifar100(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
-             pipeline="device"):
+             pipeline="device", tune_fraction=0.0):
     """CIFAR-100 from torchvision's on-disk format (`data_dir/cifar-100-python/{train,test,meta}`),
     downloaded with torchvision when missing. Augmentation as mdistiller: RandomCrop(32, padding=4),
     RandomHorizontalFlip, ToTensor, Normalize(CIFAR100_MEAN, CIFAR100_STD); test: ToTensor + Normalize.
     Train shuffles and keeps the last incomplete batch (reference: shuffle=True, no drop_last).
     pipeline="device" (default) keeps the uint8 images on `device` and crops, flips and normalises whole
-    batches there (same distribution, `sddlib.data.device`); "workers" transforms per image, as the reference."""
+    batches there (same distribution, `sddlib.data.device`); "workers" transforms per image, as the reference.
+    `tune_fraction` > 0: the test file is not read and that share of the training images (`hold_out`) is scored."""
     from torchvision import transforms as T
 
     root = need_dir(data_dir, "cifar100")
@@ -73,7 +74,7 @@ def cifar100(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None
             raise DatasetNotFoundError(f"{where}; download failed: {short_error(e)}; put the python version "
                                        f"archive (cifar-100-python.tar.gz) there or run with network access.") from e
     try:
-        tr, te = reader(str(root), train=True), reader(str(root), train=False)
+        tr, te = reader(str(root), train=True), None if tune_fraction else reader(str(root), train=False)
     except Exception as e:
         raise DatasetNotFoundError(f"CIFAR-100 under {folder} is incomplete or unreadable ({short_error(e)}); delete "
                                    f"that folder and run with download=True.") from e
@@ -84,15 +85,27 @@ def cifar100(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None
 
     classes = list(tr.classes)
     train_tfm = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
-    train_ds = TensorImageDataset(*tensors(tr), transform=train_tfm, mean=CIFAR100_MEAN, std=CIFAR100_STD,
-                                  classes=classes)
-    valid_ds = TensorImageDataset(*tensors(te), transform=None, mean=CIFAR100_MEAN, std=CIFAR100_STD,
-                                  classes=classes)
+    (x, y), split_record = tensors(tr), None
+    if tune_fraction:
+        keep, held, split_record = hold_out(y, tune_fraction, seed)
+        (x, y), held_out = (x[keep], [y[i] for i in keep]), (x[held], [y[i] for i in held])
+    train_ds = TensorImageDataset(x, y, transform=train_tfm, mean=CIFAR100_MEAN, std=CIFAR100_STD, classes=classes)
+    valid_ds = TensorImageDataset(*(held_out if tune_fraction else tensors(te)), transform=None, mean=CIFAR100_MEAN,
+                                  std=CIFAR100_STD, classes=classes)
     nw = default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo("cifar100", classes, CIFAR100_MEAN, CIFAR100_STD, image_size=32)
     return make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
                             device=device, pipeline=check_pipeline(pipeline, "cifar100", IN_MEMORY_PIPELINES),
-                            augment=dict(padding=4, flip=True))
+                            augment=dict(padding=4, flip=True), tune_split=split_record)
+
+
+def _held_out_samples(train: list, test: list, tune_fraction: float, seed: int):
+    """(train, scored, record) file lists: the test list itself, or with `tune_fraction` a share of the training
+    list (`hold_out`; the test files are never opened)."""
+    if not tune_fraction:
+        return train, test, None
+    keep, held, record = hold_out([t for _, t in train], tune_fraction, seed)
+    return [train[i] for i in keep], [train[i] for i in held], record
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,7 +144,7 @@ def _imagenet_class_names(root: Path, wnids):
 
 
 def imagenet(data_dir, *, bs=256, subset=0, num_workers=None, seed=0, device=None, download=True,
-             pipeline="workers"):
+             pipeline="workers", tune_fraction=0.0):
     """ImageNet (ILSVRC-2012) from `data_dir/train/<wnid>/*` and `data_dir/val/<wnid>/*` (ImageFolder).
     Train: RandomResizedCrop(224) + RandomHorizontalFlip; test: Resize(256) + CenterCrop(224); ImageNet
     mean/std. It cannot be downloaded automatically (`download` is accepted for a uniform API)."""
@@ -160,12 +173,14 @@ def imagenet(data_dir, *, bs=256, subset=0, num_workers=None, seed=0, device=Non
         raise DatasetNotFoundError(f"ImageNet under {root} has different class folders in train/ ({len(tr.classes)}) "
                                    f"and val/ ({len(va.classes)}); both need the same <wnid>/ folders.")
     classes = _imagenet_class_names(root, tr.classes)
-    train_ds = ImageListDataset(tr.samples[:subset_size(len(tr.samples), subset)], train_tfm, classes)
-    valid_ds = ImageListDataset(va.samples[:subset_size(len(va.samples), subset)], test_tfm, classes)
+    train, valid, split_record = _held_out_samples(tr.samples[:subset_size(len(tr.samples), subset)],
+                                                   va.samples[:subset_size(len(va.samples), subset)],
+                                                   tune_fraction, seed)
+    train_ds, valid_ds = ImageListDataset(train, train_tfm, classes), ImageListDataset(valid, test_tfm, classes)
     nw = default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo("imagenet", classes, IMAGENET_MEAN, IMAGENET_STD, image_size=224)
     return make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=False, num_workers=nw, seed=seed,
-                            device=device, pipeline=pipeline)
+                            device=device, pipeline=pipeline, tune_split=split_record)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +202,7 @@ def _read_id_table(path: Path):
 
 
 def cub200(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, download=True,
-           pipeline="workers"):
+           pipeline="workers", tune_fraction=0.0):
     """CUB-200-2011 from the official archive layout `data_dir/CUB_200_2011/` with its official
     train/test split (`train_test_split.txt`); downloaded from CaltechDATA when missing.
     Train: Resize((256, 256)) + RandomCrop(224) + RandomHorizontalFlip; test: Resize((256, 256)) +
@@ -232,10 +247,11 @@ def cub200(data_dir, *, bs=64, subset=0, num_workers=None, seed=0, device=None, 
     train_tfm, test_tfm = _file_transforms(pipeline, [T.Resize((256, 256)), T.RandomCrop(224),
                                                       T.RandomHorizontalFlip()],
                                            [T.Resize((256, 256)), T.CenterCrop(224)])
-    train_ds = ImageListDataset(tr[:subset_size(len(tr), subset)], train_tfm, classes)
-    valid_ds = ImageListDataset(te[:subset_size(len(te), subset)], test_tfm, classes)
+    train, valid, split_record = _held_out_samples(tr[:subset_size(len(tr), subset)], te[:subset_size(len(te), subset)],
+                                                   tune_fraction, seed)
+    train_ds, valid_ds = ImageListDataset(train, train_tfm, classes), ImageListDataset(valid, test_tfm, classes)
     nw = default_workers(False) if num_workers is None else num_workers
     info = DatasetInfo("cub200", classes, IMAGENET_MEAN, IMAGENET_STD, image_size=224)
     return make_dataloaders(train_ds, valid_ds, info, bs=bs, drop_last=True, num_workers=nw, seed=seed,
-                            device=device, pipeline=pipeline)
+                            device=device, pipeline=pipeline, tune_split=split_record)
 

@@ -94,6 +94,12 @@ class DatasetSpec:
         return "device" in self.pipelines
 
     @property
+    def holds_out(self) -> bool:
+        """Its loader takes `tune_fraction` (`sddlib.data.build.hold_out`): a tuner can score runs without the test."""
+        import inspect
+        return "tune_fraction" in inspect.signature(self.loader).parameters
+
+    @property
     def module(self) -> str:
         """The module the dataset's loader is defined in: another process imports it to know the dataset."""
         return self.loader.__module__
