@@ -38,7 +38,8 @@ from fastai.callback.core import Callback, CancelFitException
 
 from . import experiment
 from .__main__ import add_run_parameters, load_params
-from .checkpoints import CheckpointError, RunLockedError, run_lock
+from .checkpoints import CheckpointError
+from .locks import RunLockedError, run_lock
 from .config import ConfigError, RunConfig
 from .data import DatasetNotFoundError
 from .training import RunFailedError, RunStopped
