@@ -15,12 +15,23 @@ ACCURACY_TEXT = ("Best and last epoch of this run (top-1 / top-5, %; `protocol`:
                  "run without test-set model selection gives.")
 DEPARTURES_TEXT = ("Another schedule, a subset, a teacher trained here...: each run with what it changed as 'value "
                    "used (published value)'.")
-HISTORY_TEXT = "The loss components and the teacher's region-category shares per epoch:"
+HISTORY_TEXT = "The loss components and the teacher's region-category shares by epoch{which}:"
+HISTORY_ROWS = 12   # a 240-epoch history is read in metrics.json (or plotted), not scrolled through in a notebook
 
 
-def history_frame(metrics: dict) -> pd.DataFrame:
-    """A run's per-epoch rows (losses, top-1/top-5, lr, loss parts, category shares), indexed by epoch."""
-    return pd.DataFrame(metrics["history"]).set_index("epoch").round(4)
+def _stride(epochs: int, max_rows: int) -> int:
+    return -(-epochs // (max_rows - 1))
+
+
+def history_frame(metrics: dict, max_rows: int | None = None) -> pd.DataFrame:
+    """A run's per-epoch rows (losses, top-1/top-5, lr, loss parts, category shares), indexed by epoch; with
+    `max_rows`, every k-th epoch (the first and the last always) so that at most about that many are shown."""
+    frame = pd.DataFrame(metrics["history"]).set_index("epoch").round(4)
+    if max_rows is None or len(frame) <= max_rows:
+        return frame
+    step = _stride(len(frame), max_rows)
+    keep = sorted({frame.index[0], *frame.index[step - 1::step], frame.index[-1]})
+    return frame.loc[keep]
 
 
 def show_dataset_tables(runs: pd.DataFrame, dataset: str) -> None:
@@ -42,5 +53,10 @@ def show_run_results(metrics: dict, output_dir=None) -> None:
     display(Markdown(ACCURACY_TEXT))
     display(report.run_summary(metrics))
     show_dataset_tables(report.load_runs(output_dir), metrics["dataset"])
-    display(Markdown(HISTORY_TEXT))
-    display(history_frame(metrics))
+    shown = history_frame(metrics, HISTORY_ROWS)
+    epochs = len(metrics["history"])
+    which = "" if len(shown) == epochs else (f" ({len(shown)} of its {epochs} epochs: "
+                                             f"{', '.join(map(str, shown.index[:3]))}, ..., {shown.index[-1]}; all of "
+                                             "them in its metrics.json)")
+    display(Markdown(HISTORY_TEXT.format(which=which)))
+    display(shown)

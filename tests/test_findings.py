@@ -85,10 +85,12 @@ def test_findings_report_the_figures_facts_that_cut_against_sd(tmp_path):
 
 
 def test_next_steps_name_this_runs_paths(tmp_path):
-    text = viz.next_steps(tmp_path / "sd-run", notebook="quickstart", seeds=[0], own_data=True)
+    text = viz.next_steps(tmp_path / "sd-run", seeds=[0], own_data=True)
     assert f"-p run_dir {tmp_path / 'sd-run'}" in text and '-p seeds "[0, 1, 2]"' in text
     assert "python -m sddlib.tune" in text and "your_data.ipynb" in text
-    assert "your_data.ipynb" not in viz.next_steps(tmp_path, notebook="your_data", seeds=[0, 1, 2])
+    assert "your_data.ipynb" not in viz.next_steps(tmp_path, seeds=[0, 1, 2])
+    row = viz.next_steps(tmp_path, seeds=[0], params_file="params/cifar100/vgg13-vgg8-sd_kd.yaml")
+    assert "python -m sddlib.sweep params/cifar100/vgg13-vgg8-sd_kd.yaml --seeds 0 1 2" in row and "-p seeds" not in row
 
 
 def test_region_contents_say_which_digit_a_complementary_region_lies_on():

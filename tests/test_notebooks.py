@@ -104,9 +104,13 @@ def test_cifar100_notebook_headline_run(work, tiny_cifar100):
     assert m["params"]["data_dir"] == str(data)
     assert_figures(work["outputs"] / "cifar100" / m["run_name"])
     text = json.dumps(nb)
-    assert "Figure 1" in text and text.count("image/png") == len(viz.FIGURE_FILES)   # inline, with captions
+    assert "Figure 1" in text and text.count("image/png") == len(viz.FIGURE_FILES) + 1   # with captions; curves
     assert "Best and last epoch" in text and "top-1" in text              # the results section
-    assert m["run_name"] in text and "epoch 2/2" in text                 # one log line per epoch
+    run = work["outputs"] / "cifar100" / m["run_name"]
+    assert f"{m['run_name']}: last top-1" in text and "epoch 2/2" not in text   # one line for the run...
+    assert "epoch 2/2" in (run / "log.txt").read_text()                   # ... its epochs in its log
+    check_readable(nb)
+    assert f"-p run_dir {run}" in text                                     # next: the explorer on this run
 
 
 def test_the_dataset_notebooks_share_their_code_cells():

@@ -292,3 +292,17 @@ def test_write_table_writes_the_numbers_and_the_shown_table(tmp_path):
     assert (csv.name, md.name) == ("quickstart.csv", "quickstart.md")
     assert csv.read_text().splitlines() == ["method,top1", "kd,94.12", "sd_kd,95.50"]
     assert md.read_text() == "## Quickstart\n\n| Method | Top-1 |\n|:---|---:|\n| KD | 94.12 |\n| SD-KD | 95.50 |\n"
+
+
+def test_the_results_notebooks_worked_example_quotes_the_reference_tables():
+    """The worked example in results.ipynb uses real numbers: the paper's SD-DKD value for resnet32x4 -> ShuffleV1
+    and the authors' two logged runs of that config; the rule of thumb's arithmetic is the one it states."""
+    nb = json.loads((REPO / "notebooks" / "results.ipynb").read_text())
+    text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    paper = report.paper_results().query("dataset == 'cifar100' and teacher == 'resnet32x4' and "
+                                         "student == 'ShuffleV1' and method == 'sd_dkd'").top1.item()
+    logged = report.authors_logged_runs().query("config == 'configs/cifar100/sdd_dkd/res32x4_shuv1.yaml'").top1
+    assert f"gives {paper:.2f} for resnet32x4 → ShuffleV1 with SD-DKD" in text
+    assert f"{logged.iloc[0]:.2f} and {logged.iloc[1]:.2f}" in text and len(logged) == 2
+    assert f"differ by {abs(logged.iloc[1] - logged.iloc[0]):.2f}" in text
+    assert f"0.30/√3 ≈ {0.30 / 3 ** 0.5:.2f}" in text and "std/√n" in text

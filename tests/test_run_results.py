@@ -23,6 +23,17 @@ def test_history_frame_is_indexed_by_epoch_and_rounded():
     assert frame.top1.tolist() == [70.1235, 76.5] and frame.train_loss.tolist() == [2.0, 1.0]
 
 
+def test_a_long_history_is_shown_every_kth_epoch_with_the_first_and_the_last(tmp_path, monkeypatch):
+    """240 epochs: 12 rows (1, 22, 44, ..., 220, 240), said in the sentence above them; nothing dropped from the run."""
+    m = metrics(tmp_path)
+    m["history"] = [{**m["history"][0], "epoch": e, "top1": float(e)} for e in range(1, 241)]
+    texts, frames = show(m, tmp_path, monkeypatch)
+    history = frames[-1]
+    assert history.index.tolist() == [1, *range(22, 221, 22), 240] and history.top1.tolist()[-1] == 240.0
+    assert texts[-1] == run_results.HISTORY_TEXT.format(
+        which=" (12 of its 240 epochs: 1, 22, 44, ..., 240; all of them in its metrics.json)")
+
+
 def show(m, output_dir, monkeypatch):
     """Write `m` as the run's metrics.json, show its results; the texts and the frames displayed."""
     (output_dir / "cifar100" / m["run_name"]).mkdir(parents=True)
@@ -38,7 +49,8 @@ def test_show_run_results_displays_summary_table_and_history(tmp_path, monkeypat
     m = metrics(tmp_path)
     texts, frames = show(m, tmp_path, monkeypatch)
     assert texts == [run_results.ACCURACY_TEXT, "**CIFAR-100: our runs vs the SDD paper**",
-                     "**CIFAR-100: SD gain paired by seed (runs as published)**", run_results.HISTORY_TEXT]
+                     "**CIFAR-100: SD gain paired by seed (runs as published)**",
+                     run_results.HISTORY_TEXT.format(which="")]
     summary, table, gains, history = frames
     assert gains["Missing"].tolist() == ["missing: DKD seed 0"]              # its baseline has not run
     assert summary.loc[m["run_name"], "best top-1"] == 76.5 and summary.loc[m["run_name"], "paper SD-DKD"] == 77.30
@@ -54,7 +66,7 @@ def test_runs_not_as_published_are_shown_apart_with_their_departures(tmp_path, m
     summary, table, others, _ = frames
     assert texts == [run_results.ACCURACY_TEXT, "**CIFAR-100: our runs vs the SDD paper**",
                      "**CIFAR-100: runs not as published (not in the table above)**. " + run_results.DEPARTURES_TEXT,
-                     run_results.HISTORY_TEXT]
+                     run_results.HISTORY_TEXT.format(which="")]
     assert summary.loc[m["run_name"], "protocol"] == "epochs 2 (240)"
     assert summary[["paper SD-DKD", "paper DKD"]].isna().all(axis=None)  # not the paper's experiment
     assert (table["Ours best top-1"] == "").all()                      # nothing beside the paper's numbers

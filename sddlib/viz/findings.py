@@ -157,16 +157,24 @@ def run_findings(runs: pd.DataFrame, sd_run_dir=None, *, figures: bool = True) -
     return "\n".join(f"- {line}" for line in lines)
 
 
-def next_steps(sd_run_dir, *, notebook: str, seeds, own_data: bool = False) -> str:
-    """Markdown: what to do next with this notebook's runs, with their paths: the explorer on the SD run, more
-    seeds, the tuner, and (from the quickstart) your own images."""
+def next_steps(sd_run_dir, *, seeds, own_data: bool = False, params_file=None) -> str:
+    """Markdown: what to do next with a notebook's runs, with their paths: the explorer on the SD run, more seeds
+    (rerun with `seeds`, or for a dataset notebook's single run, the sweep's plan of `params_file` over three seeds
+    with its plain twin and student alone), the tuner, and (from the quickstart) your own images."""
     run = Path(sd_run_dir)
     more = sorted(set(seeds) | set(range(max(3, len(seeds) + 2))))[: max(3, len(seeds) + 2)]
+    if params_file is None:
+        seeds_step = (f"More seeds, while the gain is under about {NOISE_FACTOR:g}× the seed spread: rerun this "
+                      f"notebook with `-p seeds \"{list(more)}\"`; the runs already complete are read, not trained "
+                      "again.")
+    else:
+        seeds_step = (f"The whole row over three seeds — this run, its plain twin (M=[1]) and the student alone, each "
+                      f"seed: `python -m sddlib.sweep {params_file} --seeds 0 1 2` (`--dry-run` lists the runs, "
+                      "`--estimate` their cost on this device; docs/reproduce.md).")
     steps = [
         f"Explore this SD run region by region: `.venv/bin/papermill notebooks/explore.ipynb explore.ipynb -p run_dir "
         f"{run}` (or `viz.explore(\"{run}\")` in JupyterLab).",
-        f"More seeds, while the gain is under about {NOISE_FACTOR:g}× the seed spread: rerun this notebook with "
-        f"`-p seeds \"{list(more)}\"`; the runs already complete are read, not trained again.",
+        seeds_step,
         "Settings for your data, tuned on a validation split of the training images (never the test split): "
         "`python -m sddlib.tune` (docs/tune.md).",
     ]
