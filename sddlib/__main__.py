@@ -8,7 +8,8 @@ process or, under torchrun, on many (`sddlib.distributed`).
 `-f` reads a params file, each `-p KEY VALUE` sets one parameter (VALUE parsed as YAML, text parameters
 such as M stay text), later ones win. The run is `experiment.run` (a distillation), or with `--alone` the
 student (or `--alone ARCH`) trained alone with cross-entropy (`experiment.run_vanilla`). A bad parameter,
-dataset or checkpoint ends with one sentence and exit status 2; a run that fails (non-finite loss, out of
+dataset or checkpoint, or a published CIFAR-100/CUB-200 teacher nothing can give (`allow_teacher_training` trains
+it here instead), ends with one sentence and exit status 2; a run that fails (non-finite loss, out of
 memory) with exit status 1; Ctrl-C with one line naming the epoch whose checkpoint is kept (the same command
 resumes from it) and exit status 130.
 `python -m sddlib --params` lists every parameter: type, accepted values, default, meaning.

@@ -421,10 +421,9 @@ def paper_has_numbers(dataset: str) -> bool:
 def our_gains(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """`sd_gains` of the runs the paper has no numbers for, as our own rows (every run, as published or not):
     all of a dataset the paper does not have; on a paper dataset, the methods it does not report."""
-    gains = sd_gains(runs, dataset, published_only=False)
-    if paper_has_numbers(dataset):
-        gains = gains[~gains["method"].isin([m for m in METHODS if not m.startswith("sd_")])]
-    return gains.reset_index(drop=True)
+    if paper_has_numbers(dataset) and len(runs):  # its own methods' runs are in its tables (or departures) already
+        runs = runs[~runs["variant"].map(lambda v: v.removeprefix("sd_")).isin(METHODS)]
+    return sd_gains(runs, dataset, published_only=False)
 
 
 @dataclass(frozen=True)

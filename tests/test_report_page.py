@@ -133,6 +133,8 @@ def test_the_notebook_tables_and_the_page_show_the_same_paired_gains_and_name_ev
         for dataset, departures in (("cifar100", {}), ("digits", {"experiment": ["your data", None]})):
             write(tmp_path, metrics(dataset, method="kd", scales=[1], seed=seed, best=plain, departures=departures))
             write(tmp_path, metrics(dataset, method="kd", seed=seed, best=sd, departures=departures))
+    for scales, best in (([1], 70.0), ([1, 2, 4], 71.5)):   # a method the paper does not report, on its dataset
+        write(tmp_path, metrics(method="ttm", scales=scales, best=best, departures={"experiment": ["ttm", None]}))
     for variant in ("alone", "teacher"):
         run = metrics("digits", student="resnet14", departures={"experiment": ["your data", None]})
         write(tmp_path, {**run, "variant": variant, "teacher": None, "method": None, "scales": None, "sd": False,
@@ -146,6 +148,9 @@ def test_the_notebook_tables_and_the_page_show_the_same_paired_gains_and_name_ev
         markdown = (tmp_path / "tables" / f"{dataset}.md").read_text()
         assert report.to_markdown(pd.DataFrame(shown[1:], columns=shown[0])) in markdown   # the same rows
     assert tmp_path / "tables" / "digits-ours.csv" in tables
+    ours = page.tables["cifar100-ours"]                          # our rows beside (not inside) the paper's
+    assert [row[2:4] + row[6:7] for row in ours[1:]] == [["SD-TTM − TTM", "1 of 1", "+1.50"]]
+    assert "SD-TTM − TTM" not in str(page.tables["cifar100-gains"])
     digits = [text for tag, text in page.headings if tag != "h4" and text.startswith("digits")]
     assert digits[0] == "digits: our runs (no paper numbers), SD gain paired by seed"    # the page leads with them
     assert not [t for t in page.tables if t.startswith("digits-") and t not in ("digits-ours", "digits-results")]
