@@ -65,11 +65,17 @@ def run_params(method: str | None, scales: str, seed: int, args, standardized: b
     return params
 
 
-def variant_params(variant: str, seed: int, args) -> dict:
-    """The parameters of a variant such as `sd_dkd+ls` for one seed."""
+def variant_params(variant: str, seed: int, args, scales: str = SD_SCALES) -> dict:
+    """The parameters of a variant such as `sd_dkd+ls` for one seed; `scales`: M of an SD variant."""
     plain = variant.removeprefix("sd_")
-    return run_params(plain.removesuffix("+ls"), SD_SCALES if plain != variant else "[1]", seed, args,
+    return run_params(plain.removesuffix("+ls"), scales if plain != variant else "[1]", seed, args,
                       standardized=plain.endswith("+ls"))
+
+
+def variant_jobs(variant: str, seed: int, args) -> list[dict]:
+    """The runs of one variant and seed: one per M of `--scales` for an SD variant, one for a plain one."""
+    scales = args.scales if variant.startswith("sd_") else [SD_SCALES]
+    return [variant_params(variant, seed, args, m) for m in scales]
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -112,7 +118,7 @@ def train_all(args) -> None:
     fillers = alone[:args.jobs - 1] if not cached.is_file() else []
     alone_later = {p["seed"]: p for p in alone[len(fillers):]}
     later = [job for seed in args.seeds
-             for job in ([("distill", variant_params(v, seed, args)) for v in args.methods if v != "alone"]
+             for job in ([("distill", p) for v in args.methods if v != "alone" for p in variant_jobs(v, seed, args)]
                          + ([("alone", alone_later[seed])] if seed in alone_later else []))]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_init_worker,
@@ -219,6 +225,9 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", type=parse_methods, default=DEFAULT_METHODS,
                         help="comma-separated variants, e.g. kd,kd+ls,sd_kd,sd_kd+ls (+ls: logit standardization; "
                              "alone: the student alone; default alone,kd,sd_kd,dkd,sd_dkd,nkd,sd_nkd)")
+    parser.add_argument("--scales", nargs="+", default=[SD_SCALES],
+                        help="M of the SD variants, one run per M and seed, e.g. --scales [1,2] [1,2,4] "
+                             "(default [1,2,4]; the plain variants are M=[1])")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output-dir", default=str(REPO / "outputs" / "sd_gain"))
