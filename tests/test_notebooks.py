@@ -199,7 +199,7 @@ def notebook_defaults(name):
 
 
 BAD_INPUT = [
-    (dict(M="[1,3]"), r"scales '\[1,3\]' is not supported"),
+    (dict(M="[1,3,2]"), r"scales '\[1,3,2\]' is not supported"),
     (dict(method="fitnet"), "method 'fitnet' is unknown"),
     (dict(data_dir="EMPTY"), "CIFAR-100"),
     (dict(teacher_ckpt="WRONG"), "is not a resnet8"),
