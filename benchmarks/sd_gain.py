@@ -171,9 +171,11 @@ def per_seed(runs: pd.DataFrame, seeds) -> str:
 
 
 def _run_times(runs: pd.DataFrame) -> str:
-    medians = runs.groupby("variant", sort=False)["wall_time_s"].median()
-    return ", ".join(f"{report.method_name(v).replace('Trained alone', 'student alone')} {t / 60:.1f} min"
-                     for v, t in medians.items())
+    """Median wall time per variant, and per M where an SD variant ran at several."""
+    medians = runs.groupby(["variant", "scales"], sort=False)["wall_time_s"].median()
+    several = runs[runs["sd"]].groupby("variant")["scales"].nunique().gt(1)
+    return ", ".join(f"{report.method_name(v).replace('Trained alone', 'student alone')}"
+                     f"{f' {m}' if several.get(v, False) else ''} {t / 60:.1f} min" for (v, m), t in medians.items())
 
 
 def missing_runs(runs: pd.DataFrame, seeds, methods=DEFAULT_METHODS, scales=(SD_SCALES,)) -> str:
