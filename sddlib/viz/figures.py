@@ -95,8 +95,8 @@ def draw_region_map(frame: pd.DataFrame, images, layouts=None):
                                        edgecolor="white", linewidth=1.0))
                 ax.text((cell.cell_col + 0.5) * cw - 0.5, (cell.cell_row + 0.5) * ch - 0.5,
                         f"{short_name(cell.top1_name, width.get(s, 6))}\n{cell.prob:.0%}", ha="center",
-                        va="center", fontsize=font.get(s, min(6.0, 26 / s)), color="white", linespacing=1.1, fontweight="bold",
-                        path_effects=_OUTLINE if s < 4 else _THIN_OUTLINE)
+                        va="center", fontsize=font.get(s, min(6.0, 26 / s)), color="white", linespacing=1.1,
+                        fontweight="bold", path_effects=_OUTLINE if s < 4 else _THIN_OUTLINE)
             ax.set_xlim(-0.5, W - 0.5)
             ax.set_ylim(H - 0.5, -0.5)
     handles = category_handles()
