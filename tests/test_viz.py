@@ -207,6 +207,7 @@ def test_agreement_frame(tmp_path):
     assert set(single.student) == {"sd"} and len(single) == 1 + 16
 
 
+@pytest.mark.slow  # draws every region figure
 def test_every_figure_of_an_m_outside_the_papers_three(tmp_path):
     g = torch.Generator().manual_seed(0)
     targets = torch.arange(8) % K
