@@ -230,7 +230,7 @@ class ScaleDecoupled(nn.Module):
     """Wrap a classifier so one forward pass returns `(logits, region_logits)`.
 
     `logits` is the model's own output. `region_logits` is B x num_classes x N: every region,
-    pooled by the authors' rule (`pool_regions`), is scored by the model's whole head: pooled to a
+    pooled by `pool_regions` (the authors' rule for the paper's M), is scored by the model's whole head: pooled to a
     1x1 map (or a one-token sequence) and passed through the model's own `forward_head`, all B*N
     regions as one batch, so norms, 1x1 convs, activations, pre-logits and dropout (in the model's
     current mode) act on a region exactly as on the globally pooled features. SD distillation thus
