@@ -322,6 +322,7 @@ def feature_grid(model: nn.Module, image_size: int) -> tuple[int, int]:
     """H x W of the grid SD pools from `model` on image_size x image_size inputs: one forward pass of zeros,
     in eval mode and without gradients, so that M can be checked against it before any training."""
     wrapped, x = ScaleDecoupled(model, (1,)), torch.zeros(1, 3, image_size, image_size)
+    _check_input_size(model, x)
     training = model.training
     model.eval()
     try:
