@@ -7,6 +7,10 @@ of the family (TTM, WTTM, RLD, ABKD: sddlib/loss_family.py).
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --seeds 0 1 2 --jobs 2 --record
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --methods kd,kd+ls,sd_kd,sd_kd+ls --record
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --methods ttm,sd_ttm,wttm,sd_wttm,rld,sd_rld,abkd,sd_abkd
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sd_gain.py --methods kd,sd_kd --scales [1,2] [1,2,4] [1,2,4,8]
+
+`--scales` runs every SD variant once per M (docs/choosing-m.md): the table has a row per M, and the gains are
+paired by seed against the plain method (M=[1]), one row per M.
 
 The settings are the quickstart notebook's defaults: the dataset's protocol (8 epochs, batch 64, SGD lr 0.05
 x0.1 after epochs 5 and 7, weight decay 5e-4), the teacher trained here under that protocol (seed 0, one
@@ -42,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout: this sddlib, not another one on the path
 from sddlib import experiment, report, teacher_source  # noqa: E402
 from sddlib.checkpoints import shipped_teacher_path  # noqa: E402
+from sddlib.regions import parse_scales  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results.md"
 SECTION = "### sd_gain.py"
@@ -65,11 +70,17 @@ def run_params(method: str | None, scales: str, seed: int, args, standardized: b
     return params
 
 
-def variant_params(variant: str, seed: int, args) -> dict:
-    """The parameters of a variant such as `sd_dkd+ls` for one seed."""
+def variant_params(variant: str, seed: int, args, scales: str = SD_SCALES) -> dict:
+    """The parameters of a variant such as `sd_dkd+ls` for one seed; `scales`: M of an SD variant."""
     plain = variant.removeprefix("sd_")
-    return run_params(plain.removesuffix("+ls"), SD_SCALES if plain != variant else "[1]", seed, args,
+    return run_params(plain.removesuffix("+ls"), scales if plain != variant else "[1]", seed, args,
                       standardized=plain.endswith("+ls"))
+
+
+def variant_jobs(variant: str, seed: int, args) -> list[dict]:
+    """The runs of one variant and seed: one per M of `--scales` for an SD variant, one for a plain one."""
+    scales = args.scales if variant.startswith("sd_") else [SD_SCALES]
+    return [variant_params(variant, seed, args, m) for m in scales]
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -112,7 +123,7 @@ def train_all(args) -> None:
     fillers = alone[:args.jobs - 1] if not cached.is_file() else []
     alone_later = {p["seed"]: p for p in alone[len(fillers):]}
     later = [job for seed in args.seeds
-             for job in ([("distill", variant_params(v, seed, args)) for v in args.methods if v != "alone"]
+             for job in ([("distill", p) for v in args.methods if v != "alone" for p in variant_jobs(v, seed, args)]
                          + ([("alone", alone_later[seed])] if seed in alone_later else []))]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_init_worker,
@@ -127,37 +138,67 @@ def train_all(args) -> None:
     print(f"all runs complete after {time.perf_counter() - started:.0f} s in this call", flush=True)
 
 
+def m_text(scales) -> str:
+    """M as the runs record it: `[1,2,4]`."""
+    return "[" + ",".join(map(str, parse_scales(scales))) + "]"
+
+
 def summary(args) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """This benchmark's runs (the seeds asked for), the per-method table and the paired SD gains."""
+    """This benchmark's runs (the seeds and M asked for), the per-method table (a row per M of an SD variant) and
+    the SD gains paired by seed (a row per M, each against the plain method: M=[1])."""
     runs = report.load_runs(Path(args.output_dir) / "digit_mosaic")
+    wanted = {"", "[1]", *map(m_text, args.scales)}
     runs = runs[(runs["seed"].isin(args.seeds)) & (runs["student"] == STUDENT) & runs["variant"].isin(args.methods)
-                & ((runs["variant"] == "alone") | (runs["teacher"] == TEACHER))]
-    table = report.results_table(runs, "digit_mosaic", published_only=False)
-    table = table[(table.teacher == TEACHER) & (table.student == STUDENT)]
-    return runs, table, report.sd_gains(runs, "digit_mosaic", published_only=False)
+                & ((runs["variant"] == "alone") | (runs["teacher"] == TEACHER)) & runs["scales"].isin(wanted)]
+    tables, gains = [], []
+    for m in map(m_text, args.scales):
+        at_m = runs[runs["scales"].isin(["", "[1]", m])]
+        table = report.results_table(at_m, "digit_mosaic", published_only=False)
+        tables.append(table[(table.teacher == TEACHER) & (table.student == STUDENT)])
+        gains.append(report.sd_gains(at_m, "digit_mosaic", published_only=False).assign(M=m))
+    return runs, pd.concat(tables).drop_duplicates(["method", "M"]), pd.concat(gains, ignore_index=True)
+
+
+def per_seed(runs: pd.DataFrame, seeds) -> str:
+    """Best and last top-1 of every run, e.g. "KD [1]: 94.10 / 94.10, 93.95 / 93.95, ...", seeds in order."""
+    out = []
+    for (variant, m), group in runs[runs["variant"] != "alone"].groupby(["variant", "scales"], sort=False):
+        by_seed = group.drop_duplicates("seed", keep="last").set_index("seed")
+        values = ", ".join(f"{by_seed.loc[s, 'best_top1']:.2f} / {by_seed.loc[s, 'last_top1']:.2f}"
+                           if s in by_seed.index else "not run" for s in seeds)
+        out.append(f"{report.method_name(variant)} {m}: {values}")
+    return "; ".join(out)
 
 
 def _run_times(runs: pd.DataFrame) -> str:
-    medians = runs.groupby("variant", sort=False)["wall_time_s"].median()
-    return ", ".join(f"{report.method_name(v).replace('Trained alone', 'student alone')} {t / 60:.1f} min"
-                     for v, t in medians.items())
+    """Median wall time per variant, and per M where an SD variant ran at several."""
+    medians = runs.groupby(["variant", "scales"], sort=False)["wall_time_s"].median()
+    several = runs[runs["sd"]].groupby("variant")["scales"].nunique().gt(1)
+    return ", ".join(f"{report.method_name(v).replace('Trained alone', 'student alone')}"
+                     f"{f' {m}' if several.get(v, False) else ''} {t / 60:.1f} min" for (v, m), t in medians.items())
 
 
-def missing_runs(runs: pd.DataFrame, seeds, methods=DEFAULT_METHODS) -> str:
-    """The runs of this benchmark not complete (yet), e.g. "DKD seeds 1, 2; SD-DKD seed 2"; empty when none."""
-    done = set(zip(runs["variant"], runs["seed"]))
+def missing_runs(runs: pd.DataFrame, seeds, methods=DEFAULT_METHODS, scales=(SD_SCALES,)) -> str:
+    """The runs of this benchmark not complete (yet), e.g. "DKD seeds 1, 2; SD-DKD [1,2,4] seed 2"; empty when
+    none."""
+    done = set(zip(runs["variant"], runs["scales"], runs["seed"]))
     missing = []
     for variant in methods:
-        left = [s for s in seeds if (variant, s) not in done]
-        if left:
-            name = "student alone" if variant == "alone" else report.method_name(variant)
-            missing.append(f"{name} seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}")
+        for m in map(m_text, scales) if variant.startswith("sd_") else ["" if variant == "alone" else "[1]"]:
+            left = [s for s in seeds if (variant, m, s) not in done]
+            if left:
+                name = "student alone" if variant == "alone" else report.method_name(variant)
+                name += f" {m}" if variant.startswith("sd_") and len(scales) > 1 else ""
+                missing.append(f"{name} seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}")
     return "; ".join(missing)
 
 
 def section(args, runs, table, gains) -> str:
     command = "benchmarks/sd_gain.py " + " ".join(shlex.quote(a) for a in args.argv)
-    missing = missing_runs(runs, args.seeds, args.methods)
+    missing = missing_runs(runs, args.seeds, args.methods, args.scales)
+    gain_table = report.format_gains(gains).drop(columns=["Teacher", "Student"])
+    if len(args.scales) > 1:
+        gain_table.insert(1, "M", gains["M"].to_numpy())
     machine = (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
     lines = [f"{section_title(args)}, {datetime.date.today()}, {machine}", "",
@@ -172,8 +213,10 @@ def section(args, runs, table, gains) -> str:
              "under the same protocol (seed 0); its row is its accuracy on each seed's test mosaics. Top-1 (%) on "
              "the test set, mean ± std over seeds (n runs); best = best epoch, last = final epoch.", "",
              report.to_markdown(report.format_table(table)[["Method", "M", "Ours best top-1", "Ours last top-1"]]),
+             *([f"Per run (best / last top-1, seeds {' / '.join(map(str, args.seeds))}): "
+                f"{per_seed(runs, args.seeds)}.", ""] if len(args.scales) > 1 else []),
              *(["SD gain per base method, paired by seed (SD-X − X of the same seed: mean ± std over seeds):", "",
-                report.to_markdown(report.format_gains(gains).drop(columns=["Teacher", "Student"]))]
+                report.to_markdown(gain_table)]
                if len(gains) else ["No SD run has its plain counterpart of the same seed here: no SD gain.", ""]),
              *([f"**Not complete when this was recorded: {missing}** (the table's n says what each row rests on; the "
                 "same command without --summary-only trains them: complete runs are skipped, the rest resume).", ""]
@@ -195,8 +238,9 @@ def warmup_text(methods) -> str:
 
 
 def section_title(args) -> str:
-    """The default variants' section is "### sd_gain.py"; another choice of --methods has its own."""
-    return SECTION if tuple(args.methods) == DEFAULT_METHODS else f"{SECTION} --methods {','.join(args.methods)}"
+    """The default variants' section is "### sd_gain.py"; another choice of --methods or --scales has its own."""
+    title = SECTION if tuple(args.methods) == DEFAULT_METHODS else f"{SECTION} --methods {','.join(args.methods)}"
+    return title + (f" --scales {' '.join(map(m_text, args.scales))}" if list(args.scales) != [SD_SCALES] else "")
 
 
 def record(text: str, title: str = SECTION) -> None:
@@ -219,6 +263,9 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", type=parse_methods, default=DEFAULT_METHODS,
                         help="comma-separated variants, e.g. kd,kd+ls,sd_kd,sd_kd+ls (+ls: logit standardization; "
                              "alone: the student alone; default alone,kd,sd_kd,dkd,sd_dkd,nkd,sd_nkd)")
+    parser.add_argument("--scales", nargs="+", type=m_text, default=[SD_SCALES],
+                        help="M of the SD variants, one run per M and seed, e.g. --scales [1,2] [1,2,4] "
+                             "(default [1,2,4]; the plain variants are M=[1])")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output-dir", default=str(REPO / "outputs" / "sd_gain"))

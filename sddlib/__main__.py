@@ -69,7 +69,7 @@ def parameter_table() -> list[dict]:
         if not f.metadata.get("parameter", True):
             continue
         check = f.metadata["check"]
-        accepted = ("[1], [1,2] or [1,2,4]" if check is None else  # M: parsed by regions.parse_scales
+        accepted = ("an increasing list of ints from 1, e.g. [1,2,4] or [1,2,4,7]" if check is None else  # M
                     "one of " + ", ".join(map(repr, check.options)) if hasattr(check, "options") else check.accepted)
         if hasattr(check, "options") and f.default is None:
             accepted = "None or " + accepted

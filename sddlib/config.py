@@ -24,7 +24,7 @@ from .data.folder import AUGMENTS, NORMALIZE
 from .data.memory import DEFAULT_MEMORY_BUDGET
 from .data.spec import DATASETS, DatasetSpec
 from .losses import LOSS_FIELDS, LOSSES, LogitLoss
-from .regions import COMPLEMENTARY_WEIGHT, parse_scales
+from .regions import COMPLEMENTARY_WEIGHT, parse_scales, scales_tag
 from .custom_imports import imports_parameter
 from .validators import (ConfigError, auto_or_flag, choice, device_name, flag, folder_name, integer, keywords,
                          mapping, names_or_none, optional, parse_list, real, stages, text)
@@ -76,7 +76,9 @@ class RunConfig(Mapping):
     student: str = _param(None, optional(text), "student architecture (sddlib.models.list_models)")
     method: str = _param("dkd", choice(METHODS), "base distillation loss: kd, dkd, nkd or a registered one "
                          "(sddlib.losses.register_loss)")
-    scales: tuple = _param((1, 2, 4), None, "M: region scales, [1] (plain method), [1,2] or [1,2,4]")
+    scales: tuple = _param((1, 2, 4), None, "M: region scales, [1] (plain method), [1,2] or [1,2,4] (the paper's), "
+                           "or any other increasing list from 1, e.g. [1,2,4,7] (each scale pooled from the feature "
+                           "map, none larger than it; a departure); docs/choosing-m.md")
     epochs: int = _param(None, optional(_POSITIVE_INT), "training epochs")
     batch_size: int = _param(None, optional(_POSITIVE_INT), "images per step")
     lr: float = _param(None, _POSITIVE, "initial LR (None: the dataset's; on CIFAR-100 and CUB-200 0.01 for "
@@ -336,7 +338,7 @@ class RunConfig(Mapping):
         from .models import file_name
         if self.run_name:
             return self.run_name
-        return (f"{file_name(self.teacher)}-{file_name(self.student)}-{self.variant}-M{''.join(map(str, self.scales))}"
+        return (f"{file_name(self.teacher)}-{file_name(self.student)}-{self.variant}-M{scales_tag(self.scales)}"
                 f"-seed{self.seed}")
 
     @property

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .config import DEFAULTS, TEACHER_SEED, RunConfig
 from .data.spec import DATASETS
+from .regions import PAPER_SCALES
 from .shipped import shipped_folder
 
 __all__ = ["PARAMS_DIR", "published_file", "published_config", "teacher_description", "departures",
@@ -42,6 +43,8 @@ _NOT_COMPARED = {"seed", "teacher_ckpt", "teachers_dir", "teacher_epochs", "teac
                  "teacher_optimizer", "teacher_lr_schedule", "teacher_lr_warmup_epochs", "teacher_weight_decay",
                  "sync_bn"}
 _LABELS = {"bn_batch": "BatchNorm batch"}
+# What the paper ran as M: any other list departs from it, on every dataset.
+_PAPER_M = "[1], [1,2] or [1,2,4]"
 
 
 def published_file(cfg: RunConfig) -> Path | None:
@@ -101,6 +104,8 @@ def departures(cfg: RunConfig, teacher_source: dict | None) -> tuple[Path | None
     if path is None and spec.in_paper:
         out["experiment"] = [f"{cfg.teacher}-{cfg.student}-{cfg.variant}", None]
     out.update(_compared(cfg, cfg.fingerprint, published, published.fingerprint))
+    if cfg.scales not in PAPER_SCALES and "M" not in out:   # a dataset without a paper compares M with itself
+        out["M"] = [cfg["M"], _PAPER_M]
     used = teacher_description(teacher_source, cfg.dataset)
     expected = spec.published_teacher
     if expected == "torchvision weights":

@@ -27,7 +27,8 @@ from fastai.callback.core import Callback
 
 from .config import METHODS
 from .losses import RegionMasks, logit_loss, region_masks, sdd_loss
-from .regions import CATEGORIES, COMPLEMENTARY_WEIGHT, ScaleDecoupled, model_num_classes, parse_scales
+from .regions import (CATEGORIES, COMPLEMENTARY_WEIGHT, PAPER_SCALES, ScaleDecoupled, model_num_classes,
+                      parse_scales)
 
 __all__ = ["CATEGORIES", "FINITE_CHECK_EVERY", "DistillationCallback", "LossWatch", "NonFiniteLossError",
            "category_counts", "category_shares", "distillation_term", "resolve_recipe", "warmup_factor"]
@@ -136,7 +137,8 @@ class LossWatch:
 class DistillationCallback(Callback):
     """Distil `teacher` into the Learner's model with `method` ("kd", "dkd", "nkd" or a registered loss) at `scales`.
 
-    scales=(1,) is the plain method; (1, 2) and (1, 2, 4) the scale-decoupled ones. Loss weights,
+    scales=(1,) is the plain method; (1, 2) and (1, 2, 4) the paper's scale-decoupled ones, and any other
+    increasing list from 1 decouples at those grids (`sddlib.regions.pool_regions`). Loss weights,
     warm-up and loss hyper-parameters default to the authors' values for `method` (with
     `logit_standardization`, the logit-standardization authors' recipe); pass any of `ce_weight`, `kd_weight`,
     `warmup_epochs`, `complementary_weight` or the base loss's keyword arguments (`T`, `alpha`, `beta`,
@@ -236,11 +238,12 @@ class DistillationCallback(Callback):
             self._note_pool_of_pool()
 
     def _note_pool_of_pool(self):
-        """Say once per fit when a final map is not a multiple of 4 (a 28x28 input to a CIFAR net gives 7x7)."""
+        """Say once per fit when the paper's M meets a final map that is not a multiple of 4 (a 28x28 input to a
+        CIFAR net gives 7x7)."""
         odd = [f"the {role} is {h}x{w}" for role, (h, w) in (("teacher", self._sd_teacher.grid_size),
                                                              ("student", self._sd_student.grid_size))
                if h % 4 or w % 4]
-        if self.decoupled and odd:
+        if self.scales in PAPER_SCALES[1:] and odd:   # any other M pools each scale from the map itself
             print(f"note: the final map of {' and '.join(odd)}, not a multiple of 4: as in the authors' code, a "
                   "4x4 grid is pooled from the map and every SD region, the global one included, from that grid "
                   "(pool of pool), so the global region is not the plain mean of the map.", flush=True)

@@ -18,10 +18,10 @@ from .checkpoints import check_checkpoint
 from .config import ConfigError, RunConfig
 from .data.folder import ImageFolderError, scan_folder
 from .data.spec import DatasetLayoutError
-from .regions import _model_parts
+from .regions import PAPER_SCALES, _model_parts, feature_grid
 from .run_models import model_for
 
-__all__ = ["check_environment", "check_folder", "teacher_file_in", "run_warnings"]
+__all__ = ["check_environment", "check_folder", "check_scales_fit", "teacher_file_in", "run_warnings"]
 
 
 def check_environment(cfg: RunConfig, teacher_needed: bool = True) -> None:
@@ -38,6 +38,7 @@ def check_environment(cfg: RunConfig, teacher_needed: bool = True) -> None:
     _check_writable("output_dir", cfg.output_dir)
     if not teacher_needed:
         return
+    check_scales_fit(cfg)
     for source, path in (("teacher_ckpt", cfg.teacher_ckpt), ("teachers_dir", cfg.teachers_dir)):
         if not path or cfg.teacher_weights:
             continue
@@ -51,6 +52,27 @@ def check_environment(cfg: RunConfig, teacher_needed: bool = True) -> None:
         model = model_for(cfg, "teacher", num_classes or 1000)
         check_checkpoint(model, path, arch=cfg.teacher, role="teacher", shapes=num_classes is not None)
         break
+
+
+def check_scales_fit(cfg: RunConfig) -> None:
+    """An M outside the paper's three against the teacher's and the student's feature maps at the run's image
+    size (one forward pass of zeros each): a scale larger than a map is refused before any work. The paper's
+    three keep the authors' rule, which pools a 4x4 grid from any map (`sddlib.regions.pool_regions`)."""
+    if cfg.scales in PAPER_SCALES:
+        return
+    size = cfg.image_size or cfg.data_spec.image_sizes(cfg.data_dir)[2]
+    for role in ("teacher", "student"):
+        model = model_for(cfg, role, 2)   # its constructor keywords (img_size...) decide the map; the classes do not
+        try:
+            height, width = feature_grid(model, size)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"M={cfg['M']} cannot be checked against {role} {cfg[role]} on {size}x{size} images: "
+                              f"{err}") from None
+        if cfg.scales[-1] > min(height, width):
+            raise ConfigError(
+                f"M={cfg['M']} is finer than the {height}x{width} feature map of {role} {cfg[role]} on {size}x{size} "
+                f"images: use scales no larger than {min(height, width)}"
+                + (" or a larger image_size." if cfg.data_spec.named_by_folder else "."))
 
 
 def run_warnings(cfg: RunConfig) -> list[str]:
@@ -134,7 +156,8 @@ def check_folder(cfg: RunConfig) -> None:
         if path and not Path(path).expanduser().is_file():
             raise ConfigError(f"{role}_weights_file={path!r} is not a file; give the path of the {cfg[role]} "
                               "ImageNet weights (.safetensors or .pth).")
-    need = 4 if cfg.decoupled else 1  # SD pools a 4x4 grid from the map whatever M is (the authors' rule)
+    # the paper's SD pools a 4x4 grid from the map (the authors' rule); any other M is checked by check_scales_fit
+    need = 4 if cfg.decoupled and cfg.scales in PAPER_SCALES else 1
     for role in ("teacher", "student"):
         model = model_for(cfg, role, classes).eval()
         try:

@@ -2,9 +2,11 @@
 region with the model's own head, exactly as the model scores its globally pooled features.
 
 Region order is fixed across the library: scales ascending, row-major within a scale, so region 0
-is the global (1x1) one. As in the authors' SPP, the 4x4 grid is always pooled from the feature map
-and every coarser grid (2x2, 1x1) from that 4x4 grid, whatever M is (pool of pool); this matters
-when the map size is not a multiple of 4 (7x7 maps on 224px inputs, 14x14, ...).
+is the global (1x1) one. M is any increasing list of grid sizes from 1. For the paper's three ([1],
+[1,2], [1,2,4]), as in the authors' SPP, the 4x4 grid is pooled from the feature map and every
+coarser grid (2x2, 1x1) from that 4x4 grid (pool of pool); this matters when the map size is not a
+multiple of 4 (7x7 maps on 224px inputs, 14x14, ...). Any other M ([1,3], [1,2,4,7], ...) pools each
+scale straight from the map, and refuses a scale larger than the map's side.
 
 Which models can be decoupled (see `ScaleDecoupled`): any model with timm's interface whose
 `forward_features` returns a spatial map (B x C x H x W, or B x H x W x C as in Swin) or a token
@@ -23,7 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SUPPORTED_SCALES", "parse_scales", "num_regions", "region_scales", "pool_regions",
+__all__ = ["PAPER_SCALES", "parse_scales", "num_regions", "region_scales", "pool_regions", "check_grid",
+           "feature_grid", "scales_tag",
            "model_num_classes", "ScaleDecoupled", "CATEGORIES", "CATEGORY", "COMPLEMENTARY", "COMPLEMENTARY_WEIGHT",
            "complementary"]
 
@@ -41,9 +44,11 @@ def complementary(categories):
     return (categories == CATEGORY[COMPLEMENTARY[0]]) | (categories == CATEGORY[COMPLEMENTARY[1]])
 
 
-# The scale sets of the paper (M in its notation); [1] is the plain, non-decoupled method.
-SUPPORTED_SCALES = ((1,), (1, 2), (1, 2, 4))
-_ACCEPTED = "one of [1], [1,2], [1,2,4] (a list or tuple of ints, or that text)"
+# The scale sets of the paper (M in its notation); [1] is the plain, non-decoupled method. Any other increasing
+# list from 1 is accepted too, pooled otherwise (`pool_regions`) and recorded as a departure.
+PAPER_SCALES = ((1,), (1, 2), (1, 2, 4))
+_ACCEPTED = ("an increasing list of grid sizes starting at 1, e.g. [1], [1,2,4] or [1,2,4,7] (a list or tuple "
+             "of ints, or that text)")
 # The grid the authors pool from the feature map; every coarser scale is pooled from it.
 _FINEST = 4
 # Head pooling types that are a mean over the map (timm names), and the class-token read-out.
@@ -64,9 +69,29 @@ def parse_scales(scales) -> tuple[int, ...]:
         value = tuple(scales)
     else:
         raise ValueError(f"scales {scales!r} is not understood; use {_ACCEPTED}.")
-    if value not in SUPPORTED_SCALES:
+    if not value or value[0] != 1 or any(b <= a for a, b in zip(value, value[1:])):
         raise ValueError(f"scales {scales!r} is not supported; use {_ACCEPTED}.")
     return value
+
+
+def check_grid(scales, grid_size) -> None:
+    """Refuse an M outside the paper's three with a scale larger than the H x W grid it is pooled from: its
+    cells would repeat the map's positions rather than part them."""
+    scales, side = parse_scales(scales), min(grid_size)
+    if scales not in PAPER_SCALES and scales[-1] > side:
+        raise ValueError(f"M={_text(scales)} asks for a {scales[-1]}x{scales[-1]} grid, but the feature map is "
+                         f"{grid_size[0]}x{grid_size[1]}; use scales no larger than {side}, or larger images.")
+
+
+def _text(scales) -> str:
+    return "[" + ",".join(map(str, scales)) + "]"
+
+
+def scales_tag(scales) -> str:
+    """M as a run folder names it: the digits run together while every scale is one digit (`124`, `1247`, as
+    the folders of earlier runs are named), joined by `_` once one has two (`1_2_12`, never read as 1, 21, 2)."""
+    scales = parse_scales(scales)
+    return ("" if scales[-1] < 10 else "_").join(map(str, scales))
 
 
 def num_regions(scales) -> int:
@@ -82,10 +107,16 @@ def region_scales(scales) -> list[int]:
 def pool_regions(feature_map: torch.Tensor, scales) -> torch.Tensor:
     """Pool a B x C x H x W map into B x C x N region vectors in the library's region order.
 
-    The authors' rule for every M: the 4x4 grid is pooled from the map and each requested scale
+    The authors' rule for the paper's M: the 4x4 grid is pooled from the map and each requested scale
     from that 4x4 grid. So M=[1] gives the mean of the 4x4 pool (the global mean when H and W are
     multiples of 4) and M=[1,2] gives 2x2 cells of the 4x4 pool (not a direct 2x2 pooling, whose
-    bins overlap differently on a 7x7 map).
+    bins overlap differently on a 7x7 map). On a map smaller than 4x4 (MobileNetV2 on CIFAR: 2x2) the
+    4x4 grid repeats the map's cells, as in the authors' runs.
+
+    Any other M pools every scale s straight from the map by adaptive average pooling: cell (i, j) is the
+    mean of rows floor(i*H/s) .. ceil((i+1)*H/s)-1 and the same for columns, so a scale that divides the
+    map gives disjoint equal cells, and one that does not (3 on 8x8) gives cells that share their border
+    row or column. A scale larger than the map is refused (`check_grid`).
 
     The plain method (M=[1]) of `sddlib.distill` distils the models' own logits, not region 0, so
     its training numbers do not depend on this rule; with M=[1] region 0 only feeds the teacher's
@@ -94,8 +125,12 @@ def pool_regions(feature_map: torch.Tensor, scales) -> torch.Tensor:
     scales = parse_scales(scales)
     if feature_map.dim() != 4:
         raise ValueError(f"expected a B x C x H x W feature map, got shape {tuple(feature_map.shape)}.")
-    grid = F.adaptive_avg_pool2d(feature_map, _FINEST)
-    pooled = [grid if s == _FINEST else F.adaptive_avg_pool2d(grid, s) for s in scales]
+    if scales in PAPER_SCALES:
+        grid = F.adaptive_avg_pool2d(feature_map, _FINEST)
+        pooled = [grid if s == _FINEST else F.adaptive_avg_pool2d(grid, s) for s in scales]
+    else:
+        check_grid(scales, feature_map.shape[-2:])
+        pooled = [F.adaptive_avg_pool2d(feature_map, s) for s in scales]
     return torch.cat([p.flatten(2) for p in pooled], dim=2)
 
 
@@ -195,7 +230,7 @@ class ScaleDecoupled(nn.Module):
     """Wrap a classifier so one forward pass returns `(logits, region_logits)`.
 
     `logits` is the model's own output. `region_logits` is B x num_classes x N: every region,
-    pooled by the authors' rule (`pool_regions`), is scored by the model's whole head: pooled to a
+    pooled by `pool_regions` (the authors' rule for the paper's M), is scored by the model's whole head: pooled to a
     1x1 map (or a one-token sequence) and passed through the model's own `forward_head`, all B*N
     regions as one batch, so norms, 1x1 convs, activations, pre-logits and dropout (in the model's
     current mode) act on a region exactly as on the globally pooled features. SD distillation thus
@@ -281,3 +316,18 @@ class ScaleDecoupled(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scales={list(self.scales)}"
+
+
+def feature_grid(model: nn.Module, image_size: int) -> tuple[int, int]:
+    """H x W of the grid SD pools from `model` on image_size x image_size inputs: one forward pass of zeros,
+    in eval mode and without gradients, so that M can be checked against it before any training."""
+    wrapped, x = ScaleDecoupled(model, (1,)), torch.zeros(1, 3, image_size, image_size)
+    _check_input_size(model, x)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            grid, _ = wrapped._grid(wrapped._features(x), x)
+    finally:
+        model.train(training)
+    return tuple(grid.shape[-2:])

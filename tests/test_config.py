@@ -196,7 +196,7 @@ def test_lr_warmup_rises_step_by_step_then_follows_the_stages():
     ({"method": "dkdd"}, r"did you mean 'dkd'"),
     ({"dataset": "cifar10"}, r"^dataset 'cifar10' is unknown \(did you mean 'cifar100'"),
     ({"dataset": "imagenet", "teacher": "resnet32x4"}, r"teacher='resnet32x4' is not a model for this dataset"),
-    ({"M": "[1,3]"}, r"scales '\[1,3\]' is not supported"),
+    ({"M": "[1,3,2]"}, r"scales '\[1,3,2\]' is not supported"),
     ({"device": "tpu"}, r"device='tpu' is not accepted; device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ({"run_name": "../elsewhere"}, "run_name='../elsewhere' is not accepted"),
     ({"optimizer": "adam"}, r"^optimizer 'adam' is unknown \(did you mean 'adamw'\?\); use one of adamw, sgd\.$"),

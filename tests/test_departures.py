@@ -200,3 +200,14 @@ def test_a_smoke_test_run_records_its_departures_and_stays_out_of_the_paper_tabl
     table = report.results_table(runs, "cifar100")
     assert table.n_runs.sum() == 0 and set(table.teacher_from) == {""}
     assert set(report.departures_table(runs, "cifar100").run_name) == {metrics["run_name"], "resnet32x4-teacher-seed0"}
+
+
+def test_an_m_outside_the_papers_three_is_a_departure_on_every_dataset():
+    assert departures(config(M="[1,2,4,8]"), PUBLISHED_TEACHER)[1] == {"M": ["[1,2,4,8]", "[1,2,4]"]}
+    demo = RunConfig.from_params({"dataset": "digit_mosaic", "method": "kd", "M": "[1,2,4,8]"})
+    found = departures(demo, {"source": "trained here", "protocol": demo.teacher_protocol})[1]
+    assert found == {"M": ["[1,2,4,8]", "[1], [1,2] or [1,2,4]"]}       # no paper here: compared with the paper's M
+    assert describe(found) == "M [1,2,4,8] ([1], [1,2] or [1,2,4])"
+    for paper_m in ("[1]", "[1,2]", "[1,2,4]"):
+        assert departures(demo.replace(M=paper_m), {"source": "trained here", "protocol": demo.teacher_protocol}) \
+            == (None, {})

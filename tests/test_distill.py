@@ -154,8 +154,8 @@ def test_defaults_follow_the_authors_code():
 def test_rejected_inputs():
     with pytest.raises(ValueError, match="method 'fitnet' is unknown"):
         DistillationCallback(SmallNet(), "fitnet")
-    with pytest.raises(ValueError, match="scales '\\[1,3\\]' is not supported"):
-        DistillationCallback(SmallNet(), "kd", "[1,3]")
+    with pytest.raises(ValueError, match="scales '\\[1,3,2\\]' is not supported"):
+        DistillationCallback(SmallNet(), "kd", "[1,3,2]")
     teacher = SmallNet(num_classes=5)
     learn = Learner(make_dls(), SmallNet(4), loss_func=nn.CrossEntropyLoss(),
                     cbs=DistillationCallback(teacher, "kd"))

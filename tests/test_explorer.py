@@ -16,17 +16,17 @@ SCALES = (1, 2, 4)
 NAMES = [f"class{i}" for i in range(6)]
 
 
-def predictions(n=24, seed=0):
+def predictions(n=24, seed=0, scales=SCALES):
     g = torch.Generator().manual_seed(seed)
-    targets = torch.arange(n) % len(NAMES)
+    targets, N = torch.arange(n) % len(NAMES), sum(s * s for s in scales)
     def regions():
-        logits = torch.randn(n, len(NAMES), 21, generator=g)
-        logits[torch.arange(n), targets, :] += 1.5 * torch.rand(n, 21, generator=g)   # often right, not always
+        logits = torch.randn(n, len(NAMES), N, generator=g)
+        logits[torch.arange(n), targets, :] += 1.5 * torch.rand(n, N, generator=g)   # often right, not always
         return logits
     images = torch.rand(n, 3, 32, 32, generator=g)
     teacher = regions()
-    sd = RegionPredictions(images, targets, teacher, regions(), SCALES, NAMES)
-    plain = RegionPredictions(images, targets, teacher, regions(), SCALES, NAMES)
+    sd = RegionPredictions(images, targets, teacher, regions(), scales, NAMES)
+    plain = RegionPredictions(images, targets, teacher, regions(), scales, NAMES)
     return sd, plain
 
 
@@ -50,6 +50,19 @@ def test_the_saved_file_holds_top_k_per_region(run):
     assert (data.categories == sd.categories().numpy()).all()
     assert set(np.unique(data.weights)) <= {1.0, 2.0} and (data.weights[data.categories >= 2] == 2).all()
     assert data.images.dtype == np.uint8 and data.images.shape == (24, 32, 32, 3)
+
+
+def test_an_m_outside_the_papers_three_is_explored_at_each_of_its_scales(tmp_path):
+    sd, plain = predictions(scales=(1, 2, 3))
+    viz.save_region_file(sd, tmp_path / "figures" / viz.REGION_FILE, baseline=plain, complementary_weight=2.0)
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "complete", "variant": "sd_kd"}))
+    data = viz.load_region_file(tmp_path / "figures" / viz.REGION_FILE)
+    app = viz.explore(tmp_path)
+    assert [value for _, value in app.scale.options] == [1, 2, 3] and app.scale.value == 3
+    app.position.value = 5
+    assert app.cell_colors == [viz.CATEGORY_COLORS[CATEGORIES[c]] for c in data.categories[5, 5:14]]
+    np.testing.assert_allclose(app.heatmap_values["teacher"], data.target_logit["teacher"][5, 5:14].reshape(3, 3))
+    assert set(app.summary_frame["scale"]) == {"1×1", "2×2", "3×3"}
 
 
 def test_every_control_updates_the_views_from_the_file(run):

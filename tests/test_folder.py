@@ -117,6 +117,12 @@ def test_refusals_of_the_folder(tmp_path):
     message = refusal(folder_params(root, image_size=8))                         # resnet8 strides 4: a 2x2 map
     assert "image_size=8 is too small for teacher resnet8" in message and "4x4" in message
     check_environment(RunConfig.from_params(folder_params(root, image_size=8, M="[1]")), teacher_needed=False)
+    # an M outside the paper's three needs its finest scale, not the authors' 4x4 grid: [1,3] on a 3x3 map runs,
+    # [1,2,5] on a 4x4 map (resnet8 at 16 px) is refused, in words that name image_size
+    check_environment(RunConfig.from_params(folder_params(root, image_size=12, M="[1,3]")))          # 3x3 map
+    with pytest.raises(ConfigError, match=r"^M=\[1,2,5\] is finer than the 4x4 feature map of teacher resnet8 on "
+                                          r"16x16 images: use scales no larger than 4 or a larger image_size\.$"):
+        check_environment(RunConfig.from_params(folder_params(root, image_size=16, M="[1,2,5]")))
     message = refusal(folder_params(root, image_size=128, teacher="torchvision:mobilenet_v3_small",
                                     student="timm:test_resnet"))
     assert "cannot be scale-decoupled" in message and "mobilenet_v3_small" in message

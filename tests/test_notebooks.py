@@ -218,7 +218,8 @@ def notebook_defaults(name):
 
 
 BAD_INPUT = [
-    (dict(M="[1,3]"), ConfigError, r"^scales '\[1,3\]' is not supported; use one of \[1\], \[1,2\], \[1,2,4\]"),
+    (dict(M="[1,3,2]"), ConfigError, r"^scales '\[1,3,2\]' is not supported; use an increasing list of grid sizes "
+                                     r"starting at 1"),
     (dict(method="fitnet"), ConfigError, r"^method 'fitnet' is unknown; use one of .*\bdkd\b"),
     (dict(data_dir="EMPTY"), DatasetNotFoundError, r"^CIFAR-100 not found under .*empty \(expected .*; download "
                                                    r"failed: URLError: .*; put .*cifar-100-python.tar.gz\) there"),

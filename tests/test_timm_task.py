@@ -210,8 +210,8 @@ def test_bad_arguments_are_refused_in_one_sentence():
         ScaleDecoupledDistillationTask(Net(), Net(), "kdd", verbose=False)
     with pytest.raises(ValueError, match=r"^kd takes no 'temperature'; its loss takes T\.$"):
         ScaleDecoupledDistillationTask(Net(), Net(), "kd", temperature=4.0, verbose=False)
-    with pytest.raises(ValueError, match=r"^scales '\[1,3\]' is not supported"):
-        ScaleDecoupledDistillationTask(Net(), Net(), "kd", "[1,3]", verbose=False)
+    with pytest.raises(ValueError, match=r"^scales '\[1,3,2\]' is not supported"):
+        ScaleDecoupledDistillationTask(Net(), Net(), "kd", "[1,3,2]", verbose=False)
     with pytest.raises(ValueError, match=r"^the teacher predicts 7 classes but the student 5;"):
         ScaleDecoupledDistillationTask(Net(), Net(num_classes=7), verbose=False)
 

@@ -207,6 +207,23 @@ def test_agreement_frame(tmp_path):
     assert set(single.student) == {"sd"} and len(single) == 1 + 16
 
 
+@pytest.mark.slow  # draws every region figure
+def test_every_figure_of_an_m_outside_the_papers_three(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    targets = torch.arange(8) % K
+    preds = RegionPredictions(torch.rand(8, 3, 24, 24, generator=g), targets, torch.randn(8, K, 14, generator=g),
+                              torch.randn(8, K, 14, generator=g), (1, 2, 3), ["a", "b", "c", "d"])
+    shown = region_map_frame(preds, n=2)
+    assert sorted(set(shown.scale)) == [1, 2, 3] and len(shown[shown.scale == 3]) == 2 * 9
+    for name, plot in (("map", plot_region_map), ("logits", plot_region_logits), ("shares", plot_category_shares),
+                       ("per_class", plot_per_class)):
+        plot(preds, path=tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").is_file()
+    fig = plot_agreement(None, preds, path=tmp_path / "agree.png")
+    assert set(agreement_frame(None, preds).scale) == {1, 3}
+    assert fig.axes[0].get_title().startswith("SD student (M=[1,2,3])")
+
+
 def test_agreement_uses_finest_available_scale():
     t, targets = known_top1()
     preds = RegionPredictions(torch.rand(4, 3, 8, 8), targets, logits_from_top1(t[:, :5]),
@@ -264,6 +281,8 @@ def test_rejected_inputs():
     with pytest.raises(ValueError, match="must include the global 1x1 region"):
         save_run_figures(nn.Linear(2, 2), nn.Linear(2, 2), None, [2], None, "out")
     with pytest.raises(ValueError, match="not supported"):
+        RegionPredictions(images, targets, regions, None, (1, 3, 2), names)
+    with pytest.raises(ValueError, match=r"teacher_regions must be B x classes x 10 \(regions of scales \[1, 3\]"):
         RegionPredictions(images, targets, regions, None, (1, 3), names)
     with pytest.raises(ValueError, match="teacher_regions must be B x classes x 21"):
         RegionPredictions(images, targets, regions[:, :, :20], None, SCALES, names)

@@ -95,8 +95,8 @@ def draw_region_map(frame: pd.DataFrame, images, layouts=None):
                     ax.add_patch(patch)
                 ax.text((cell.cell_col + 0.5) * cw - 0.5, (cell.cell_row + 0.5) * ch - 0.5,
                         f"{short_name(cell.top1_name, width.get(s, 6))}\n{cell.prob:.0%}", ha="center",
-                        va="center", fontsize=font.get(s, 6), color="white", linespacing=1.1, fontweight="bold",
-                        path_effects=_OUTLINE if s < 4 else _THIN_OUTLINE)
+                        va="center", fontsize=font.get(s, min(6.0, 26 / s)), color="white", linespacing=1.1,
+                        fontweight="bold", path_effects=_OUTLINE if s < 4 else _THIN_OUTLINE)
             ax.set_xlim(-0.5, W - 0.5)
             ax.set_ylim(H - 0.5, -0.5)
     handles = category_handles()
@@ -323,8 +323,7 @@ def draw_agreement(frame: pd.DataFrame):
                                                                          values="agreement").to_numpy()
             for st in students}
     glob = {st: float(frame[(frame.student == st) & (frame.scale == 1)].agreement.iloc[0]) for st in students}
-    sd_scales = ",".join(str(m) for m in (1, 2, 4) if m <= s)     # the supported sets end at their finest
-    title = {"plain": "plain KD student (M=[1])", "sd": f"SD student (M=[{sd_scales}])"}
+    title = {"plain": "plain KD student (M=[1])", "sd": f"SD student (M={frame.M.iloc[0]})"}
     n_axes = len(students) + (1 if "plain" in students else 0)
     fig = new_figure(max(0.6 + 3.3 * n_axes, 7.5), 3.9)
     axes = fig.subplots(1, n_axes, squeeze=False)[0]

@@ -207,7 +207,7 @@ def agreement_frame(preds_plain, preds_sd) -> pd.DataFrame:
     """How often the student's top-1 equals the teacher's, per region of the global (1x1) and the
     finest grid: one row per (student, scale, row, col) with agreement (a fraction of the images);
     student is "sd" and, when `preds_plain` is given (a plain M=[1] student on the same images and
-    scales), "plain"; images is how many images the fractions are over."""
+    scales), "plain"; images is how many images the fractions are over; M the scales the regions were pooled at."""
     preds_sd = check_preds(preds_sd, "preds_sd", need_student=True)
     students = {}
     if preds_plain is not None:
@@ -218,14 +218,14 @@ def agreement_frame(preds_plain, preds_sd) -> pd.DataFrame:
                              f"{list(preds_sd.scales)} differ; collect both on the same images and scales.")
         students["plain"] = preds_plain
     students["sd"] = preds_sd
-    finest = max(preds_sd.scales)
+    finest, scales = max(preds_sd.scales), "[" + ",".join(map(str, preds_sd.scales)) + "]"
     rows = []
     for name, preds in students.items():
         same = (preds.student_regions.argmax(1) == preds.teacher_regions.argmax(1)).float().mean(0)   # N
         for s, sl in scale_slices(preds.scales).items():
             if s in (1, finest):
                 rows += [dict(student=name, scale=s, row=r, col=c, agreement=float(same[sl][r * s + c]),
-                              images=len(preds))
+                              images=len(preds), M=scales)
                          for r in range(s) for c in range(s)]
     return pd.DataFrame(rows)
 

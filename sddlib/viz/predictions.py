@@ -26,7 +26,7 @@ __all__ = ["RegionPredictions", "check_scales", "collect_region_predictions", "c
 FIGURE_SAMPLE_SIZE = 512
 FIGURE_SAMPLE_SEED = 0
 
-_ACCEPTED = "use (1,), (1, 2) or (1, 2, 4)"
+_ACCEPTED = "use an increasing tuple of grid sizes starting at 1, e.g. (1,), (1, 2, 4) or (1, 2, 4, 7)"
 
 
 def check_scales(scales, what="scales") -> tuple[int, ...]:
