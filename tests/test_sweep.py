@@ -12,7 +12,7 @@ from sddlib.experiment import load_metrics
 
 PARAMETERS = ('dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
               'seed = 0\nepochs = 240\nsubset = 0\nbatch_size = 64\nT = None\ndata_dir = "data"\n'
-              'output_dir = "outputs"\n')
+              'output_dir = "outputs"\nteachers_dir = ""\ndevice = "auto"\n')
 # A stand-in for a dataset notebook that imports nothing heavy (a kernel that imports sddlib takes ~15 s to
 # start here): it writes the metrics.json of a run named as sddlib names runs, with the parameters it was given.
 WORK = """\
@@ -21,7 +21,8 @@ if student == "vgg8":
 silent = student == "ShuffleV2"   # ends without writing a complete metrics.json
 import json, pathlib
 p = {k: v for k, v in dict(globals()).items() if k in ("dataset", "teacher", "student", "method", "M", "seed", "epochs",
-                                                        "subset", "batch_size", "T", "data_dir", "output_dir")}
+                                                        "subset", "batch_size", "T", "data_dir", "output_dir",
+                                                        "device")}
 scales = [int(s) for s in p["M"].strip("[]").split(",")]
 variant = p["method"] if scales == [1] else "sd_" + p["method"]
 name = f"{p['teacher']}-{p['student']}-{variant}-M{''.join(map(str, scales))}-seed{p['seed']}"
@@ -131,7 +132,8 @@ def test_a_key_the_notebook_does_not_take_is_refused_before_any_run(setup, capsy
     """Papermill would pass it with a warning only and the notebook would run another experiment (issue 38: a folder
     params file's seed ran seed 0): one sentence naming the key and the notebook, and nothing runs."""
     tmp, out, args = setup
-    (tmp / "wd.yaml").write_text((tmp / "ok.yaml").read_text() + "weight_decay: 0.1\n")   # a run parameter, untaken
+    (tmp / "wd.yaml").write_text((tmp / "ok.yaml").read_text().replace("ShuffleV1", "resnet8x4")  # a run folder
+                                 + "weight_decay: 0.1\n")   # of its own; weight_decay: a run parameter, untaken
     monkeypatch.setattr("papermill.execute_notebook", lambda *a, **k: pytest.fail("a run started"))
     assert sweep.main([str(tmp / "wd.yaml"), str(tmp / "ok.yaml"), *args, "-p", "lr", "0.1"]) == 1   # and -p lr
     failed = capsys.readouterr().err.splitlines()
