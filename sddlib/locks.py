@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .validators import ConfigError
 
-__all__ = ["RunLockedError", "run_lock", "lock_kind", "LOCKS_ENV", "LEASE_S"]
+__all__ = ["RunLockedError", "run_lock", "lock_kind", "holder", "LOCKS_ENV", "LEASE_S"]
 
 LOCKS_ENV = "SDDLIB_LOCKS"
 LEASE_S = 120.0    # a lease whose heartbeat is older than this is taken over
@@ -64,6 +64,27 @@ def run_lock(folder, wait: bool = False, name: str = ".lock"):
         if lock_kind() == "lease" or not held.enter_context(_flock(folder / name, wait)):
             held.enter_context(_lease(folder / f"{name}.lease", wait))
         yield
+
+
+def holder(folder, name: str = ".lock") -> str | None:
+    """Who holds `<folder>/<name>` now ("process N on HOST"), or None: a lease whose holder lives, or a flock that a
+    shared, non-blocking probe cannot take (the probe holds it for an instant only; `sweep --status` asks this)."""
+    path = Path(folder) / name
+    owner = _read(Path(f"{path}.lease"))
+    if owner is not None and _stale(owner) is None:
+        return _describe(owner)
+    try:
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "another process"
+            except OSError:
+                return None  # no flock here: the lease above is the lock
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        pass
+    return None
 
 
 def _holder() -> str:

@@ -39,6 +39,18 @@ run at once, `--timeout-min` per attempt); a job that is preempted or reaches it
 and its run resumes from its last completed epoch. `--gpus-per-job N` > 1 gives each job N GPUs and runs
 its notebook with `nproc=N` (torchrun on that node). `--executor local` takes the same path with local
 processes (`--jobs` at a time). Failed jobs are listed with their log files (`--log-dir`).
+
+`--per-gpu K` keeps every GPU busy: without an executor, runs start on the visible GPUs (`--devices` to name
+them), each on one, the least loaded first, at most K at once on each (`sddlib.placement`); K runs of the largest
+configuration that would not fit a GPU's free memory are refused in one sentence before any starts. Each run is
+given its device as its `device` parameter (metrics.json records it). On a machine without a GPU it is `--jobs K`.
+With an executor, each job holds K runs on its GPU (a job array of ceil(N / K) jobs, `per_job_groups`).
+
+`--detach` (with an executor) submits the plan and returns: the plan and its job ids go to
+`<output_dir>/sweeps/<UTC time>/` (`sddlib.sweep_status`), and `--status OUTPUT_DIR` says, run by run, what is
+complete, running, failed and waiting. The same command again submits only what is neither complete nor running
+(nor queued). A student whose teacher is trained here waits for it in its own job (on Slurm its job also starts only
+after the teachers' jobs have ended, `afterany`), and is not run when the teacher failed.
 """
 from __future__ import annotations
 
@@ -46,6 +58,7 @@ import argparse
 import ast
 import contextlib
 import os
+import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -54,9 +67,12 @@ from pathlib import Path
 import submitit
 import yaml
 
+from .locks import holder
 from .plan import FAILURE_FILE, PlannedRun, build_plan, read_params, run_state
+from .placement import run_placed, visible_devices
 from .plan import ROOT  # notebooks run in the repository root (a wheel: where the sweep starts)
 from .shipped import shipped_folder
+from .sweep_status import job_alive, record_sweep, recorded_runs, status_lines
 from .validators import ConfigError
 
 NOTEBOOK_DIR = shipped_folder("notebooks")
@@ -194,7 +210,7 @@ def _train_alone(job: dict) -> str | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sddlib.sweep", description=__doc__.split("\n\n")[0])
-    ap.add_argument("files", nargs="+", help="params/<dataset>/*.yaml files")
+    ap.add_argument("files", nargs="*", help="params/<dataset>/*.yaml files")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
                     help="override a parameter in every file, e.g. -p M \"[1]\" -p seed 1")
     ap.add_argument("--jobs", type=int, help="runs at once (default: 1; with --executor slurm: no limit)")
@@ -207,6 +223,12 @@ def main(argv=None) -> int:
     ap.add_argument("--plan-file", metavar="PATH", help="write the plan as JSON to PATH before anything runs")
     ap.add_argument("--estimate", action="store_true", help="time a few steps of each distinct configuration on "
                     "this device and print each run's cost, the device-hours and the wall time at --jobs; runs nothing")
+    ap.add_argument("--per-gpu", type=int, metavar="K", help="up to K runs at once on each GPU, every GPU used "
+                    "(with --executor: K runs per job, on its GPU)")
+    ap.add_argument("--devices", nargs="+", metavar="DEVICE", help="the devices --per-gpu places runs on "
+                    "(default: every visible GPU, or cpu)")
+    ap.add_argument("--status", metavar="OUTPUT_DIR", help="list every run the detached sweeps of OUTPUT_DIR "
+                    "planned: complete, running (epoch, host), failed (why), waiting; then the totals")
     cluster = ap.add_argument_group("cluster (submitit)")
     cluster.add_argument("--executor", choices=("slurm", "local"),
                          help="submit each run as a job: slurm (a job array) or local processes; default: this process")
@@ -216,7 +238,14 @@ def main(argv=None) -> int:
     cluster.add_argument("--timeout-min", type=int, default=24 * 60,
                          help="time limit of one attempt in minutes; a run that reaches it is requeued and resumes")
     cluster.add_argument("--log-dir", help="where the jobs' logs go (default: <output_dir>/submitit)")
+    cluster.add_argument("--detach", action="store_true", help="submit and return; the plan and job ids go to "
+                         "<output_dir>/sweeps/ (see --status); again: submits what is neither complete nor running")
     args = ap.parse_args(argv)
+    if args.status:
+        return _print_status(args.status)
+    refusal = _refused(args)
+    if refusal:
+        ap.error(refusal)
     if str(Path.cwd()) not in sys.path:  # a run's `imports` from the folder the sweep starts in, as `python -m` does
         sys.path.insert(0, str(Path.cwd()))
     from .config import ConfigError
@@ -251,7 +280,18 @@ def main(argv=None) -> int:
             failures.append((run.file, f"{type(err).__name__}: {err}"))
 
     start, done = time.time(), (0, 0, 0)
-    if not args.dry_run and jobs and args.executor != "slurm" and (args.jobs or 1) > 1 and len(jobs) > 1:
+    if args.detach and not args.dry_run:
+        return _detach(table, jobs, args, overrides, failures)
+    if not args.dry_run and jobs and not args.executor and args.per_gpu:
+        from .run_memory import check_per_gpu_fit  # each device holds up to --per-gpu runs
+        devices = _devices(args)
+        try:
+            print(check_per_gpu_fit([job["params"] for job in jobs], min(args.per_gpu, -(-len(jobs) // len(devices))),
+                                    devices), flush=True)
+        except ValueError as err:
+            print(f"FAILED  nothing ran: {err}", file=sys.stderr)
+            return 1
+    elif not args.dry_run and jobs and args.executor != "slurm" and (args.jobs or 1) > 1 and len(jobs) > 1:
         from .run_memory import check_jobs_fit  # the runs share this machine's device
         try:
             print(check_jobs_fit([job["params"] for job in jobs], min(args.jobs, len(jobs))), flush=True)
@@ -280,6 +320,36 @@ def main(argv=None) -> int:
     for path, reason in failures:
         print(f"FAILED  {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _refused(args) -> str | None:
+    """The one sentence for options that cannot go together, or None."""
+    if not args.files:
+        return "give params files to sweep, or --status OUTPUT_DIR to see where a detached sweep stands."
+    if args.detach and not args.executor:
+        return "--detach submits jobs and returns, so it needs --executor slurm or --executor local."
+    if args.per_gpu is not None and args.per_gpu < 1:
+        return f"--per-gpu {args.per_gpu} would run nothing; give 1 or more runs per GPU."
+    if args.per_gpu and args.gpus_per_job > 1:
+        return (f"--per-gpu {args.per_gpu} shares one GPU between runs and --gpus-per-job {args.gpus_per_job} "
+                "gives each run several: choose one of them.")
+    return None
+
+
+def _devices(args) -> list[str]:
+    return args.devices or visible_devices()
+
+
+def _print_status(output_dir) -> int:
+    """`--status`: every recorded run's line, then the totals."""
+    lines, counts = status_lines(output_dir)
+    if not lines:
+        print(f"no detached sweep recorded in {output_dir}/sweeps (run a sweep with --detach first)", file=sys.stderr)
+        return 1
+    print(*lines, sep="\n")
+    print(f"status: {sum(counts.values())} runs: " + ", ".join(f"{counts[s]} {s}" for s in
+                                                                 ("complete", "running", "failed", "waiting")))
+    return 0
 
 
 def _estimate(table, args):
@@ -320,6 +390,11 @@ def _run_jobs(jobs: list[dict], args, overrides: dict, failures: list) -> tuple[
         return 0, 0, 0
     if args.executor:
         return _report(submit(jobs, args, overrides), failures)
+    if args.per_gpu:
+        with ProcessPoolExecutor(args.per_gpu * len(_devices(args))) as pool:
+            placed = run_placed(jobs, _devices(args), args.per_gpu, lambda job, device: pool.submit(
+                execute, on_device(job, device), args.kernel))
+            return _report(((job, _outcome(future)) for job, _, future in placed), failures)
     if (args.jobs or 1) > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
             futures = {pool.submit(execute, job, args.kernel): job for job in jobs}
@@ -332,41 +407,159 @@ def _complete_folders(jobs: list[dict]) -> set:
     return {job["folder"] for job in jobs if load_metrics(Path(job["folder"]) / "metrics.json") is not None}
 
 
+def on_device(job: dict, device: str) -> dict:
+    """The job given `device` as its run's `device` parameter (outside the fingerprint; metrics.json records it);
+    as it is on a machine with no GPU ("cpu": what its "auto" is there)."""
+    if device == "cpu":
+        return job
+    return {**job, "params": {**job["params"], "device": device}}
+
+
+def per_job_groups(jobs: list, per_job: int) -> list[list]:
+    """`jobs` in plan order, `per_job` to a group (the last may hold fewer): the runs of one job on one GPU."""
+    return [jobs[first:first + per_job] for first in range(0, len(jobs), max(per_job, 1))]
+
+
 class RunJob(submitit.helpers.Checkpointable):
-    """One params file's run as a submitit job. Preempted or out of time, it is requeued (submitit calls
-    `checkpoint`) and the notebook resumes the run from its last completed epoch."""
+    """One run (or a group of runs sharing the job's GPU, `--per-gpu`) as a submitit job. Preempted or out of time,
+    it is requeued (submitit calls `checkpoint`) and the notebook resumes the run from its last completed epoch."""
 
-    def __call__(self, job: dict, kernel=None) -> str | None:
-        return execute(job, kernel)
+    def __call__(self, job, kernel=None):
+        if isinstance(job, list):  # --per-gpu: the group's runs at once, on the job's GPU(s)
+            devices = visible_devices()
+            with ProcessPoolExecutor(len(job)) as pool:
+                placed = run_placed(job, devices, -(-len(job) // len(devices)), lambda one, device: pool.submit(
+                    run_in_job, on_device(one, device), kernel))
+                reasons = {one["folder"]: _outcome(future) for one, _, future in placed}
+            return [reasons[one["folder"]] for one in job]
+        return run_in_job(job, kernel)
 
-    def checkpoint(self, job: dict, kernel=None):
+    def checkpoint(self, job, kernel=None):
         # the first attempt already set a --force run's old metrics aside; the next one continues the run
-        return submitit.helpers.DelayedSubmission(self, {**job, "complete": False}, kernel)
+        again = [{**one, "complete": False} for one in job] if isinstance(job, list) else {**job, "complete": False}
+        return submitit.helpers.DelayedSubmission(self, again, kernel)
+
+
+def run_in_job(job: dict, kernel=None, poll_s: float = 5.0) -> str | None:
+    """A job's run: after its teachers trained here (it waits while one trains or its job is held), then the run;
+    its failure's sentence is kept in the run folder (a detached sweep has no one else to write it)."""
+    reason = _teachers_ready(job, poll_s)
+    reason = reason or execute(job, kernel)
+    _record_outcome(Path(job["folder"]), reason, job.get("out"))
+    return reason
+
+
+def _teachers_ready(job: dict, poll_s: float) -> str | None:
+    """None once every teacher run the job waits for is complete; else why it is not run."""
+    for folder in job.get("after", ()):
+        while (state := run_state(folder)[0]) == "to run" and \
+                (holder(folder) or job_alive(job.get("teacher_jobs", {}).get(folder))):
+            time.sleep(poll_s)
+        if state != "complete":
+            why = "failed" if state == "failed before" else "ended without a result"
+            return f"{job['run']} not run: its teacher run {Path(folder).name} {why}"
+    return None
+
+
+def _record_outcome(folder: Path, reason: str | None, out=None) -> str | None:
+    """Keep a failed run's sentence in its folder's failure.txt (the plan's "failed before"); forget it once the
+    run is complete. Returns the reason, or None for a complete run."""
+    from .runs import load_metrics
+    if not reason and load_metrics(folder / "metrics.json") is not None:
+        (folder / FAILURE_FILE).unlink(missing_ok=True)
+        return None
+    reason = reason or f"the notebook finished without a complete metrics.json (see {out or folder})"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FAILURE_FILE).write_text(reason + "\n")
+    return reason
+
+
+def _log_dir(args, overrides: dict) -> Path:
+    from .config import DEFAULTS
+    return Path(args.log_dir or Path(overrides.get("output_dir") or ROOT / DEFAULTS["output_dir"]) / "submitit")
+
+
+def _executor(args, log_dir: Path, after: list[str] = ()):
+    """submitit's executor for these jobs (`after`: job ids whose end they wait for, on Slurm)."""
+    executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster=args.executor)
+    executor.update_parameters(name="sddlib-sweep", timeout_min=args.timeout_min, gpus_per_node=args.gpus_per_job,
+                               cpus_per_task=args.cpus_per_job, tasks_per_node=1, nodes=1,
+                               slurm_partition=args.partition, slurm_array_parallelism=args.jobs)
+    if after and args.executor == "slurm":
+        executor.update_parameters(slurm_additional_parameters={
+            "dependency": "afterany:" + ":".join(sorted({job_id.split("_")[0] for job_id in after}))})
+    return executor
+
+
+def _units(jobs: list[dict], args) -> list:
+    """What each submitted job holds: one run, or `--per-gpu` runs (`per_job_groups`)."""
+    for job in jobs:
+        job["nproc"] = args.gpus_per_job
+    return per_job_groups(jobs, args.per_gpu) if args.per_gpu else jobs
 
 
 def submit(jobs: list[dict], args, overrides: dict):
     """Submit the runs through submitit (one job array on Slurm, `--jobs` local processes at a time) and yield
     (job, None or a reason naming its log) as they finish."""
-    from .config import DEFAULTS
-    log_dir = Path(args.log_dir or Path(overrides.get("output_dir") or ROOT / DEFAULTS["output_dir"]) / "submitit")
-    executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster=args.executor)
-    executor.update_parameters(name="sddlib-sweep", timeout_min=args.timeout_min, gpus_per_node=args.gpus_per_job,
-                               cpus_per_task=args.cpus_per_job, tasks_per_node=1, nodes=1,
-                               slurm_partition=args.partition, slurm_array_parallelism=args.jobs)
-    for job in jobs:
-        job["nproc"] = args.gpus_per_job
-    wave = max(args.jobs or 1, 1) if args.executor == "local" else len(jobs)  # Slurm limits the array itself
-    for first in range(0, len(jobs), wave):
-        batch = jobs[first:first + wave]
+    log_dir = _log_dir(args, overrides)
+    executor, units = _executor(args, log_dir), _units(jobs, args)
+    wave = max(args.jobs or 1, 1) if args.executor == "local" else len(units)  # Slurm limits the array itself
+    for first in range(0, len(units), wave):
+        batch = units[first:first + wave]
         submitted = executor.map_array(RunJob(), batch, [args.kernel] * len(batch))
         print(f"submitted {len(batch)} job(s) to {args.executor} (first: {submitted[0].job_id}); logs in {log_dir}",
               flush=True)
-        for job, handle in zip(batch, submitted):
+        for unit, handle in zip(batch, submitted):
             try:
-                reason = handle.result()
+                reasons = handle.result()
             except Exception as err:  # noqa: BLE001 - a job that died (killed, out of memory, ...): its last words
-                reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1][:300]}"
-            yield job, reason and f"{reason} (log: {handle.paths.stderr})"
+                reasons = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1][:300]}"
+            group = unit if isinstance(unit, list) else [unit]
+            reasons = reasons if isinstance(reasons, list) else [reasons] * len(group)
+            for job, reason in zip(group, reasons):
+                yield job, reason and f"{reason} (log: {handle.paths.stderr})"
+
+
+def _detach(table, jobs: list[dict], args, overrides: dict, failures: list) -> int:
+    """Submit what is neither complete nor running nor queued, teachers first, record the plan and the job ids in
+    each output folder's sweeps/, and return without waiting."""
+    last = {run.folder: job for run, job in recorded_runs(_output_dir(jobs, overrides))}
+    todo = []
+    for job in jobs:
+        busy = holder(job["folder"]) or (job_alive(last.get(job["folder"])) and
+                                         f"job {last[job['folder']]['job_id']} holds it")
+        if busy:
+            print(f"running  {job['run']}: {busy}; not submitted again")
+        else:
+            todo.append(job)
+    log_dir, records = _log_dir(args, overrides), []
+    teachers = [job for job in todo if job["kind"] == "teacher"]
+    for wave in (teachers, todo[len(teachers):]):
+        after = [r["job_id"] for r in records]
+        for job in wave:
+            job["teacher_jobs"] = {folder: next((dict(r, executor=args.executor, log_dir=str(log_dir),
+                                                       host=socket.gethostname()) for r in records
+                                                  if folder in r["runs"]), None) for folder in job["after"]}
+        units = _units(wave, args)
+        if not units:
+            continue
+        for unit, handle in zip(units, _executor(args, log_dir, after).map_array(RunJob(), units,
+                                                                                  [args.kernel] * len(units))):
+            records.append({"job_id": str(handle.job_id), "runs": [j["folder"] for j in
+                                                                   (unit if isinstance(unit, list) else [unit])]})
+    for output_dir in sorted({Path(job["params"]["output_dir"]) for job in jobs} or {_output_dir(jobs, overrides)}):
+        folder = record_sweep(output_dir, table, records, args.executor, log_dir)
+        print(f"detached: {len(records)} job(s) submitted to {args.executor} for {len(todo)} run(s); plan and job "
+              f"ids in {folder}; see: python -m sddlib.sweep --status {output_dir}", flush=True)
+    for path, reason in failures:
+        print(f"FAILED  {path}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _output_dir(jobs: list[dict], overrides: dict) -> Path:
+    from .config import DEFAULTS
+    return Path(jobs[0]["params"]["output_dir"] if jobs else overrides.get("output_dir")
+                or ROOT / DEFAULTS["output_dir"])
 
 
 def _outcome(future) -> str | None:
@@ -390,11 +583,9 @@ def _report(results, failures) -> tuple[int, int, int]:
         if metrics is None:  # never count a run that did not say "complete"
             reason = reason or f"the notebook finished without a complete metrics.json (see {job.get('out', folder)})"
             print(f"failed  {name}: {reason}", flush=True)
-            failures.append((name, reason))
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / FAILURE_FILE).write_text(reason + "\n")  # the plan's "failed before", read from the disk
+            failures.append((name, _record_outcome(folder, reason)))  # the plan's "failed before", on the disk
             continue
-        (folder / FAILURE_FILE).unlink(missing_ok=True)
+        _record_outcome(folder, None)
         print(f"done  {name}: {describe(metrics.get('departures'))}", flush=True)
         done += 1
         published += metrics.get("departures") == {}

@@ -12,8 +12,8 @@ from sddlib import experiment, sweep
 from sddlib.__main__ import main as cli
 from sddlib.plan import Plan, PlannedRun, build_plan
 
-FAST = {"epochs": 1, "subset": 16, "batch_size": 8, "lr_decay_stages": [1], "progress": False, "figures": False,
-        "device": "cpu", "num_workers": 0}
+FAST = {"epochs": 1, "subset": 16, "batch_size": 8, "lr_decay_stages": [1], "progress": False,
+        "feature_figures": False, "device": "cpu", "num_workers": 0}
 
 
 def sd_files(folder, dataset, teacher, student, methods, lr=0.05) -> list[str]:

@@ -1,18 +1,24 @@
 """sddlib.sweep on a tiny throwaway notebook (not the dataset notebooks): skip, failures, --jobs, -p, --dry-run."""
 import json
+import os
 import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from sddlib import sweep
+from sddlib import sweep, sweep_status
 from sddlib.experiment import load_metrics
+from sddlib.locks import run_lock
+from sddlib.plan import build_plan
 
 PARAMETERS = ('dataset = "cifar100"\nteacher = "resnet32x4"\nstudent = "ShuffleV1"\nmethod = "dkd"\nM = "[1,2,4]"\n'
               'seed = 0\nepochs = 240\nsubset = 0\nbatch_size = 64\nT = None\ndata_dir = "data"\n'
-              'output_dir = "outputs"\n')
+              'output_dir = "outputs"\nteachers_dir = ""\ndevice = "auto"\n')
 # A stand-in for a dataset notebook that imports nothing heavy (a kernel that imports sddlib takes ~15 s to
 # start here): it writes the metrics.json of a run named as sddlib names runs, with the parameters it was given.
 WORK = """\
@@ -21,12 +27,24 @@ if student == "vgg8":
 silent = student == "ShuffleV2"   # ends without writing a complete metrics.json
 import json, pathlib
 p = {k: v for k, v in dict(globals()).items() if k in ("dataset", "teacher", "student", "method", "M", "seed", "epochs",
-                                                        "subset", "batch_size", "T", "data_dir", "output_dir")}
+                                                        "subset", "batch_size", "T", "data_dir", "output_dir",
+                                                        "device")}
 scales = [int(s) for s in p["M"].strip("[]").split(",")]
 variant = p["method"] if scales == [1] else "sd_" + p["method"]
 name = f"{p['teacher']}-{p['student']}-{variant}-M{''.join(map(str, scales))}-seed{p['seed']}"
 out = pathlib.Path(p["output_dir"]) / p["dataset"] / name
 out.mkdir(parents=True, exist_ok=True)
+if p["student"] == "resnet8x4":   # a run still training: holds its run lock until data_dir/go exists
+    import time
+    from sddlib.locks import run_lock
+    with run_lock(out):
+        (out / "log.txt").write_text("epoch 1/2 train_loss=1.0 valid_loss=1.0 top1=10.0 lr=0.05\\n")
+        for _ in range(1200):
+            if (pathlib.Path(p["data_dir"]) / "go").exists():
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the gate never opened")
 if not silent: (out / "metrics.json").write_text(json.dumps({
     "status": "complete", "run_name": name, "dataset": p["dataset"], "teacher": p["teacher"],
     "student": p["student"], "method": p["method"], "scales": scales, "sd": scales != [1],
@@ -131,7 +149,8 @@ def test_a_key_the_notebook_does_not_take_is_refused_before_any_run(setup, capsy
     """Papermill would pass it with a warning only and the notebook would run another experiment (issue 38: a folder
     params file's seed ran seed 0): one sentence naming the key and the notebook, and nothing runs."""
     tmp, out, args = setup
-    (tmp / "wd.yaml").write_text((tmp / "ok.yaml").read_text() + "weight_decay: 0.1\n")   # a run parameter, untaken
+    (tmp / "wd.yaml").write_text((tmp / "ok.yaml").read_text().replace("ShuffleV1", "resnet8x4")  # a run folder
+                                 + "weight_decay: 0.1\n")   # of its own; weight_decay: a run parameter, untaken
     monkeypatch.setattr("papermill.execute_notebook", lambda *a, **k: pytest.fail("a run started"))
     assert sweep.main([str(tmp / "wd.yaml"), str(tmp / "ok.yaml"), *args, "-p", "lr", "0.1"]) == 1   # and -p lr
     failed = capsys.readouterr().err.splitlines()
@@ -206,3 +225,147 @@ def test_every_shipped_params_file_is_taken_by_its_notebook(monkeypatch):
     files = sorted((repo / "params").rglob("*.yaml")) + [repo / "examples" / "l2.yaml"]
     notebooks = {Path(sweep.plan(path, {"data_dir": "data"})["notebook"]).name for path in files}
     assert len(files) > 40 and notebooks == {"cifar100.ipynb", "cub200.ipynb", "imagenet.ipynb", "your_data.ipynb"}
+
+
+def test_per_gpu_puts_k_runs_in_each_job_in_plan_order():
+    """--per-gpu K with an executor: a job array of ceil(N / K) jobs, each holding K runs (the last fewer)."""
+    assert sweep.per_job_groups(list("abcdefg"), 3) == [list("abc"), list("def"), ["g"]]
+    assert sweep.per_job_groups(list("ab"), 4) == [["a", "b"]]
+    assert [len(group) for group in sweep.per_job_groups(list(range(120)), 8)] == [8] * 15
+
+
+def _more_files(tmp):
+    """Two more runs of the stand-in notebook (other students of the same teacher), as params files."""
+    for student in ("MobileNetV2", "resnet8x4"):
+        (tmp / f"{student}.yaml").write_text(f"dataset: cifar100\nteacher: resnet32x4\nstudent: {student}\n"
+                                             "method: kd\n")
+    return [str(tmp / name) for name in ("ok.yaml", "MobileNetV2.yaml", "resnet8x4.yaml")]
+
+
+@pytest.mark.slow  # executes notebooks
+def test_per_gpu_places_runs_over_the_devices_and_refuses_what_does_not_fit(setup, capsys, monkeypatch):
+    """Runs placed over a given list of GPUs, each recording its device; K runs that do not fit one GPU's free
+    memory are refused in one sentence before any starts. The measurement is the one part stood in for (this
+    machine has no GPU): every run takes 3 GiB, cuda:0 has 10 GiB free and cuda:1 4 GiB."""
+    tmp, out, args = setup
+    files = _more_files(tmp)
+    (tmp / "d").mkdir()
+    (tmp / "d" / "go").touch()   # resnet8x4's stand-in run does not wait
+    free = {"cuda:0": 10 * 2**30, "cuda:1": 4 * 2**30}
+    monkeypatch.setattr("sddlib.run_memory._measure", lambda configs: {c.name: 3 * 2**30 for c in configs})
+    monkeypatch.setattr("sddlib.run_memory._free_bytes", lambda device: free[str(device)])
+    devices = ["--devices", "cuda:0", "cuda:1"]
+    assert sweep.main([*files, "--per-gpu", "2", *devices, *args]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["FAILED  nothing ran: --per-gpu 2 needs about 2 x 3.0 GiB = 6.0 GiB (resnet32x4-ShuffleV1-dkd-M1-"
+                   "seed1, measured) but cuda:1 has 4.0 GiB free; use --per-gpu 1 or fewer."] and not out.exists()
+    assert sweep.main([*files, "--per-gpu", "1", *devices, *args]) == 0
+    text = capsys.readouterr().out
+    assert "memory: 1 runs x 3.0 GiB (largest run, resnet32x4-ShuffleV1-dkd-M1-seed1, measured) on each of 2 " \
+           "devices, the least free 4.0 GiB" in text and "3 done, 0 skipped, 0 failed" in text
+    used = [load_metrics(folder / "metrics.json")["params"]["device"] for folder in (out / "cifar100").iterdir()]
+    assert len(used) == 3 and set(used) == {"cuda:0", "cuda:1"}   # each on one GPU, both GPUs busy
+
+
+def _complete(folder, **values):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({"status": "complete", **values}))
+
+
+def test_status_reads_each_run_from_its_folder(setup, capsys):
+    """--status: complete (metrics.json), failed (its sentence), running (its lock's holder, the log's last epoch),
+    waiting (nothing there yet; or its job queued), a job that ended without a word failed, and the totals."""
+    tmp, out, args = setup
+    files = _more_files(tmp)
+    plan = build_plan([*files, str(tmp / "fail.yaml")], sweep.parse_overrides(zip(args[3::3], args[4::3])))
+    ok, mobile, r8, vgg = (Path(run.folder) for run in plan.runs)
+    _complete(ok)
+    vgg.mkdir(parents=True)
+    (vgg / "failure.txt").write_text("RuntimeError: asked to fail (see notebook.ipynb)\n")
+    r8.mkdir(parents=True)
+    (r8 / "log.txt").write_text("starting\nepoch 2/240 train_loss=2.1 valid_loss=2.0 top1=30.1 lr=0.05\n"
+                                "epoch 3/240 train_loss=1.9 valid_loss=1.8 top1=35.2 lr=0.05\n")
+    sweep_status.record_sweep(out, plan, [], "local", tmp / "logs")
+    with run_lock(r8):
+        assert sweep.main(["--status", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"complete  baseline {ok.name}",
+                     f"waiting   baseline {mobile.name}",
+                     f"running   baseline {r8.name}: epoch 3/240, process {os.getpid()} on {socket.gethostname()}",
+                     f"failed    baseline {vgg.name}: RuntimeError: asked to fail (see notebook.ipynb)",
+                     "status: 4 runs: 1 complete, 1 running, 1 failed, 1 waiting"]
+    # a later sweep's record of the same run: its job ended (no such process) and left nothing: failed
+    sweep_status.record_sweep(out, plan, [{"job_id": "999999999", "runs": [str(mobile)]}], "local", tmp / "logs")
+    assert sweep.main(["--status", str(out)]) == 0
+    assert f"failed    baseline {mobile.name}: its job 999999999 ended without a result" in capsys.readouterr().out
+
+
+def test_a_student_waits_for_its_teacher_run_in_its_job(tmp_path):
+    """Detached, a student's job may start before its teacher's ends: it waits while the teacher trains, runs
+    once it is complete, and is not run when it failed."""
+    teacher = tmp_path / "teacher"
+    job = {"run": "student", "after": [str(teacher)], "folder": str(tmp_path / "student")}
+    held, done = threading.Event(), threading.Event()
+
+    def train():
+        with run_lock(teacher):
+            held.set()
+            time.sleep(0.5)
+            _complete(teacher)
+        done.set()
+
+    threading.Thread(target=train).start()
+    held.wait()
+    assert sweep._teachers_ready(job, poll_s=0.05) is None and done.is_set()
+    (teacher / "metrics.json").unlink()
+    (teacher / "failure.txt").write_text("RuntimeError: out of memory\n")
+    assert sweep._teachers_ready(job, poll_s=0.05) == "student not run: its teacher run teacher failed"
+
+
+def _wait_for(check, seconds=300):
+    end = time.time() + seconds
+    while not check():
+        assert time.time() < end, "timed out"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow  # starts job processes that execute notebooks
+def test_detach_returns_at_once_and_again_submits_what_is_neither_complete_nor_running(setup, capsys):
+    """--detach with submitit's local executor and --per-gpu 2 (two runs in one job): the plan and its job ids
+    recorded, the sweep returned while a job still trains; --status from the run folders; the same command again
+    submits the failed run only."""
+    tmp, out, args = setup
+    (tmp / "d").mkdir()
+    files = [str(tmp / "ok.yaml"), str(tmp / "fail.yaml"), _more_files(tmp)[2]]
+    command = [*files, "--executor", "local", "--detach", "--per-gpu", "2", "--gpus-per-job", "0",
+               "--log-dir", str(tmp / "logs"), *args]
+    assert sweep.main(command) == 0
+    r8 = out / "cifar100" / "resnet32x4-resnet8x4-kd-M1-seed1"
+    assert not (r8 / "metrics.json").exists()          # returned while that run's job waits for its gate
+    assert "detached: 2 job(s) submitted to local for 3 run(s)" in capsys.readouterr().out
+    record, = (out / "sweeps").iterdir()
+    planned = json.loads((record / "plan.json").read_text())["runs"]
+    jobs = json.loads((record / "jobs.json").read_text())
+    folders = [run["folder"] for run in planned]       # --per-gpu 2: two runs in the first job, one in the second
+    assert [job["runs"] for job in jobs["jobs"]] == [folders[:2], folders[2:]] and len(planned) == 3
+    assert all(job["job_id"].isdigit() for job in jobs["jobs"]) and jobs["executor"] == "local"
+    ok, vgg = (out / "cifar100" / f"resnet32x4-{s}-M1-seed1" for s in ("ShuffleV1-dkd", "vgg8-kd"))
+    _wait_for(lambda: load_metrics(ok / "metrics.json") and (vgg / "failure.txt").is_file() and
+              (r8 / "log.txt").is_file())
+    _wait_for(lambda: not sweep_status.job_alive({**jobs, **jobs["jobs"][0]}))   # the first job has ended
+    assert sweep.main(["--status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"failed    baseline {vgg.name}: RuntimeError: asked to fail" in text
+    assert f"running   baseline {r8.name}: epoch 1/2, process " in text
+    assert "status: 3 runs: 1 complete, 1 running, 1 failed, 0 waiting" in text
+
+    assert sweep.main(command) == 0                     # again: only the failed run is submitted
+    text = capsys.readouterr().out
+    assert f"running  {r8.name}: process " in text and "detached: 1 job(s) submitted to local for 1 run(s)" in text
+    again = sorted((out / "sweeps").iterdir())[-1]
+    assert [job["runs"] for job in json.loads((again / "jobs.json").read_text())["jobs"]] == [[str(vgg)]]
+    (tmp / "d" / "go").touch()
+    _wait_for(lambda: load_metrics(r8 / "metrics.json") is not None)
+    _wait_for(lambda: not sweep_status.job_alive({**jobs, **json.loads((again / "jobs.json").read_text())["jobs"][0]}))
+    assert sweep.main(["--status", str(out)]) == 0
+    assert "status: 3 runs: 2 complete, 0 running, 1 failed, 0 waiting" in capsys.readouterr().out
