@@ -191,8 +191,8 @@ def test_a_smoke_test_run_records_its_departures_and_stays_out_of_the_paper_tabl
     assert metrics["departures"] == {"epochs": [1, 240], "batch_size": [10, 64], "subset": [20, 0],
                                      "teacher": ["trained here (epochs 1, subset 20)", "published"]}
     last = out.strip().splitlines()[-1]
-    assert last.endswith("; epochs 1 (240), batch_size 10 (64), subset 20 (0), "
-                         "teacher trained here (epochs 1, subset 20) (published)")
+    assert "; departs from the published settings: epochs 1 (240), batch_size 10 (64), subset 20 (0), " \
+           "teacher trained here (epochs 1, subset 20) (published); log " in last and last.endswith("log.txt")
     teacher_run = experiment.load_metrics(teacher_source.teacher_run_dir(params) / "metrics.json")
     assert teacher_run["departures"] == {"epochs": [1, 240], "subset": [20, 0]}
     runs = report.load_runs(tmp_path / "out")
