@@ -198,7 +198,7 @@ def test_your_data_notebook_and_the_cli(tmp_path):
                                         teacher_pretrained=True, teacher_weights_file=str(weights),
                                         student="timm:test_efficientnet", output_dir=str(out), **fast))
     executed = json.loads(output.read_text())
-    shown = json.dumps([c.get("outputs", []) for c in executed["cells"]])  # outputs only
+    shown = json.dumps([c.get("outputs", []) for c in executed["cells"]], ensure_ascii=False)  # outputs only
     check_readable(executed)          # the sample grid (the reader's data check) and every figure as PNG, short text
     runs = {m["variant"]: m for m in map(lambda p: json.loads(p.read_text()), out.glob("my_pets/*/metrics.json"))}
     assert set(runs) == {"teacher", "alone", "kd", "sd_kd"}          # the teacher fine-tuned here, student alone, KD, SD-KD
