@@ -17,12 +17,15 @@ def live_notebook() -> bool:
     """True in the kernel of a Jupyter server (JupyterLab, Notebook: they name the session in JPY_SESSION_NAME),
     where fastai's progress bar is watched live; False headless (papermill, scripts, torchrun), whose logs read
     better as one plain line per epoch."""
-    return bool(os.environ.get("JPY_SESSION_NAME")) and "ipykernel" in sys.modules
+    return bool(os.environ.get("JPY_SESSION_NAME")) and notebook_kernel()
 
 
 def notebook_kernel() -> bool:
-    """True in any notebook kernel, watched live or run headless by papermill."""
-    return "ipykernel" in sys.modules
+    """True in a notebook kernel, watched live or run headless by papermill (a process that merely imported
+    ipykernel, a test runner say, is not one)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
 
 
 def progress_bars_wanted() -> bool:
