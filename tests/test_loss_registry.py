@@ -212,8 +212,10 @@ def test_tables_pair_ls_and_registered_variants_by_seed(tmp_path):
     assert list(table.index) == ["teacher", "kd", "kd+ls", "sd_kd+ls"]
     assert table.loc["sd_kd+ls", "sd_gain_ours"] == pytest.approx((94.5 + 94.1 - 94.0 - 94.2) / 2)
     gains = report.sd_gains(runs, "digit_mosaic", published_only=False)
-    assert list(gains.method) == ["kd+ls"] and gains.iloc[0].sd_ahead == 1
-    assert report.format_gains(gains).iloc[0]["Method"] == "SD-KD+LS − KD+LS"
+    assert list(gains.method) == ["kd", "kd+ls"]          # KD's row says it has no SD-KD run to pair with
+    assert gains.iloc[0].n_seeds == 0 and gains.iloc[0].missing == "SD-KD seeds 0, 1"
+    assert gains.iloc[1].sd_ahead == 1 and gains.iloc[1].n_seeds == 2 and gains.iloc[1].missing == ""
+    assert report.format_gains(gains).iloc[1]["Method"] == "SD-KD+LS − KD+LS"
     assert report.format_table(table.reset_index()).Method.tolist()[1:] == ["KD", "KD+LS", "SD-KD+LS"]
 
 

@@ -59,11 +59,11 @@ def test_two_processes_on_one_run_without_flock_one_trains_the_other_says_who(tm
     trained, refused = sorted(children, key=lambda c: c.returncode)
     for child in children:
         assert f"locks: the filesystem of {run} refuses flock (No locks available)" in child.stdout
-    assert trained.stdout.strip().splitlines()[-1].startswith(f"{run.name}: best top-1")
+    assert trained.stdout.strip().splitlines()[-1].startswith(f"{run.name}: last top-1")
     said = refused.stdout.strip().splitlines()[-1]
     assert re.fullmatch(rf"error: {re.escape(str(run))} is being trained by process \d+ on {re.escape(HOST)}; wait "
                         r"for it to finish or give this run another run_name or seed\.", said), said
-    assert "Traceback" not in refused.stdout and "best top-1" not in refused.stdout
+    assert "Traceback" not in refused.stdout and "last top-1" not in refused.stdout
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
     assert not (run / ".lock.lease").exists()                       # released

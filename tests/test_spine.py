@@ -57,7 +57,7 @@ def test_a_sweep_of_two_folder_params_files_with_two_jobs_runs_each_seed_and_end
                            num_workers=0, figures=False, output_dir=str(out)) for seed in (0, 1)]
     assert sweep.main([*files, "--jobs", "2"]) == 0, capsys.readouterr().err
     text = capsys.readouterr().out
-    assert "memory: 2 jobs x" in text and "2 done, 0 skipped, 0 failed" in text
+    assert "memory: 2 jobs x" in text and "3 done, 0 skipped, 0 failed" in text, text   # the teacher first, once
     assert "results page:" in text and (out / "report.html").is_file()
     complete = {path.parent.name for path in out.glob("pets/*/metrics.json") if experiment.load_metrics(path)}
     assert complete == {"resnet14-teacher-seed0", *(f"{run}-seed{seed}" for seed in (0, 1) for run in (
