@@ -114,7 +114,8 @@ def test_the_progress_bar_in_jupyterlab_the_plain_line_headless(grey_folder, mon
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     assert shown() == (False, True)                               # papermill, scripts: the plain line only
     monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/quickstart.ipynb")  # what a Jupyter server gives its kernels
-    monkeypatch.setitem(sys.modules, "ipykernel", sys.modules.get("ipykernel") or types.ModuleType("ipykernel"))
+    import IPython                                                 # ... and the shell it runs is a kernel's
+    monkeypatch.setattr(IPython, "get_ipython", lambda: types.SimpleNamespace(kernel=object()))
     assert shown() == (True, False)                               # JupyterLab: fastai's bar only
     assert sddlib.distill_learner(dls, student, teacher, epochs=1, progress=False).cbs.filter(
         lambda cb: isinstance(cb, ProgressCallback)) == []        # progress=False: never a bar
