@@ -1,7 +1,6 @@
 """`sddlib.distill_learner` on a user's own fastai DataLoaders (a folder of grey 28x28 digits-like PNGs): the
 authors' SGD, schedule, clipping and distillation in a real Learner, figures without a hand-built DatasetInfo."""
 import json
-import sys
 import types
 
 import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
