@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .validators import ConfigError
 
-__all__ = ["RunLockedError", "run_lock", "lock_kind", "holder", "LOCKS_ENV", "LEASE_S"]
+__all__ = ["RunLockedError", "run_lock", "lock_kind", "holder", "process_alive", "LOCKS_ENV", "LEASE_S"]
 
 LOCKS_ENV = "SDDLIB_LOCKS"
 LEASE_S = 120.0    # a lease whose heartbeat is older than this is taken over
@@ -193,7 +193,7 @@ def _describe(owner: dict) -> str:
 def _stale(owner: dict) -> str | None:
     """Why the lease of `owner` may be taken over, or None while its holder lives."""
     here = owner["host"] == socket.gethostname() and owner.get("pid_namespace") == _pid_namespace()
-    if here and owner["pid"] and _pid_namespace() is not None and not _alive(owner["pid"]):
+    if here and owner["pid"] and _pid_namespace() is not None and not process_alive(owner["pid"]):
         return "that process no longer exists"
     age = time.time() - owner["heartbeat"]
     if age > LEASE_S:
@@ -209,7 +209,8 @@ def _pid_namespace() -> str | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """A process of this id exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

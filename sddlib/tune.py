@@ -39,7 +39,7 @@ from fastai.callback.core import Callback, CancelFitException
 from . import experiment
 from .__main__ import add_run_parameters, load_params
 from .checkpoints import CheckpointError
-from .locks import RunLockedError, run_lock
+from .locks import RunLockedError, process_alive, run_lock
 from .config import ConfigError, RunConfig
 from .data import DatasetNotFoundError
 from .training import RunFailedError, RunStopped
@@ -99,20 +99,10 @@ def fail_abandoned(study: optuna.Study) -> list[int]:
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if host == _HOST and pid.isdigit() and not _alive(int(pid)):
+        if host == _HOST and pid.isdigit() and not process_alive(int(pid)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             failed.append(trial.number)
     return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def work(job: dict, seed_offset: int = 0) -> int:
