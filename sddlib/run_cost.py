@@ -1,19 +1,19 @@
 """What a plan costs before it starts (`python -m sddlib.sweep ... --estimate`), measured on this machine's device.
 
 Each distinct configuration of the plan (dataset, teacher, student or the model alone, batch, pipeline, precision,
-speed switches, device; an SD run stands for its plain baseline) is timed once: a few real training steps and
-evaluation steps of its Learner on random batches of the dataset's image shape, in a forked child of one fresh
-process (the memory planning's probe, `sddlib.run_memory`, which gives each its peak memory the same way). A run's
-estimate is then
+speed switches, device; an SD run stands for its plain baseline) is timed once, in a forked child of one fresh
+process (the memory planning's probe, `sddlib.run_memory`, which gives each its peak memory the same way): its
+data loaded as the run loads it (where it is on disk) and a few batches drawn from its loaders, then a few real
+training and evaluation steps of its Learner on random batches of the dataset's image shape. A run's estimate is
 
-    fixed + epochs x (training steps x step time + evaluation steps x evaluation step time)
+    fixed + epochs x (training steps x (step + draw) + evaluation steps x (evaluation step + draw))
 
-where the steps per epoch follow from the dataset's sizes (and the run's subset), and `fixed` is what a run does
-besides its epochs: starting the process and building the models (measured), loading the data (measured where
-it is on disk) and evaluating the teacher once (a distillation run). The figures after
-training are not counted. The wall time at `--jobs N` schedules the runs on N workers (teachers first), each run
-as long as it takes alone: N devices, or one device N runs share without slowing each other (an optimistic
-bound there). It takes seconds to a minute: no run is trained.
+where the steps per epoch follow from the dataset's sizes (and the run's subset), a draw counts only where it holds
+up the step (a loader in the training process), and `fixed` is what a run does besides its epochs: starting the
+process and importing the training code, loading the data, building the models (all measured) and evaluating the
+teacher once (a distillation run). The figures after training are not counted. The wall time at `--jobs N`
+schedules the runs on N workers (teachers first), each run as long as it takes alone: N devices, or one device N
+runs share without slowing each other (an optimistic bound there). It takes seconds to a minute: no run is trained.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import time
 
 __all__ = ["TIMED_STEPS", "RunCost", "estimate_plan", "wall_time", "describe_total", "device_name"]
 
-TIMED_STEPS = 4  # training steps timed per configuration, after one untimed warm-up step
+TIMED_STEPS = 8  # training steps timed per configuration, after one untimed warm-up step
+SETTLING_BYTES = 32 * 2**20  # glibc's largest dynamic mmap threshold (`_settle_allocator`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,8 @@ def _timed_probe(params: dict) -> dict:
 
     cfg = RunConfig.from_params({k: v for k, v in params.items() if k != "alone"} | {"progress": False})
     device = _device(cfg.device)
+    data, draw_train, draw_valid = _data_times(cfg, device)  # first, as in a run: the steps then see its allocator
+    _settle_allocator()
     start = time.perf_counter()
     learn = probe_learner(cfg, device, arch=params.get("alone") or None, train_batches=TIMED_STEPS + 1,
                           valid_batches=2)
@@ -70,23 +73,51 @@ def _timed_probe(params: dict) -> dict:
     times = StepTimes()
     learn.fit(1, cbs=[times])
     peak = peak_bytes(cfg, device)
-    return {"train_s": statistics.median(times.train[1:]), "valid_s": times.valid[-1], "build_s": build,
-            "data_s": _load_time(cfg, device), "bytes": peak}
+    return {"train_s": statistics.median(times.train[1:]) + draw_train, "valid_s": times.valid[-1] + draw_valid,
+            "build_s": build, "data_s": data, "bytes": peak}
 
 
-def _load_time(cfg, device) -> float:
-    """Seconds to load the run's data (0 when it is not on disk yet: its download is not counted)."""
+def _settle_allocator() -> None:
+    """Free one block of SETTLING_BYTES, as loading a run's data does before its first step. glibc's malloc
+    serves every block over its mmap threshold (128 KiB at the start) with fresh pages, and raises the threshold
+    (up to 32 MiB) only once such a block is freed; until then each CPU step pays page faults for its activations,
+    and a probe in a fresh process timed steps a third slower than the run it stands for (benchmarks/results.md)."""
+    import torch
+    torch.empty(SETTLING_BYTES, dtype=torch.uint8).fill_(0)
+
+
+def _data_times(cfg, device) -> tuple[float, float, float]:
+    """Seconds to load the run's data, and to draw one training and one evaluation batch from its loaders where
+    the draw holds up the step (a loader in the training process: the device pipeline's crops and flips, a folder
+    read without workers); (0, 0, 0) when the data is not on disk yet (its download is not counted either)."""
     from .data import get_dataloaders
+    from .data.device import DeviceImageDL
+    from .run_models import loader_options
     try:
         if not cfg.data_spec.check_layout(cfg.data_dir):
-            return 0.0
+            return 0.0, 0.0, 0.0
     except ValueError:
-        return 0.0
+        return 0.0, 0.0, 0.0
     start = time.perf_counter()
-    get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset, num_workers=0, seed=cfg.seed,
-                    device=device, pipeline=cfg.data_pipeline, download=False, **cfg.data_options,
-                    **cfg.memory_options)
-    return time.perf_counter() - start
+    dls = get_dataloaders(cfg.dataset, cfg.data_dir, bs=cfg.batch_size, subset=cfg.subset,
+                          num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline,
+                          download=False, **loader_options(cfg), **cfg.memory_options)
+    load = time.perf_counter() - start
+    return load, _draw_time(dls.train, TIMED_STEPS + 1, DeviceImageDL), _draw_time(dls.valid, 2, DeviceImageDL)
+
+
+def _draw_time(loader, batches: int, in_process_type) -> float:
+    """Median seconds to draw a batch after the first (0 when worker processes draw them beside the steps)."""
+    workers = getattr(getattr(loader, "fake_l", loader), "num_workers", 0)  # fastai's are its `_FakeLoader`'s
+    if workers and not isinstance(loader, in_process_type):
+        return 0.0
+    times, batches_left = [], iter(loader)
+    for _ in range(batches):
+        start = time.perf_counter()
+        if next(batches_left, None) is None:
+            break
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) if len(times) > 1 else 0.0
 
 
 def _run_shape(run) -> tuple:

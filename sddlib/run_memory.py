@@ -29,7 +29,7 @@ CUDA_CONTEXT_BYTES = 512 * 2**20  # the CUDA context and cuDNN workspaces the al
 HEADROOM = 0.9                    # never plan more than this share of the free memory
 _PROBE_KEYS = ("dataset", "data_dir", "teacher", "student", "method", "M", "batch_size", "subset", "device", "pipeline",
                "channels_last", "precision", "compile", "imports", "image_size", "augment", "val_fraction",
-               "in_memory", "memory_budget", "teacher_kwargs", "student_kwargs")
+               "in_memory", "memory_budget", "teacher_kwargs", "student_kwargs", "num_workers")
 
 
 def _sizes(cfg) -> tuple:

@@ -58,3 +58,21 @@ def test_a_runs_estimate_is_its_fixed_cost_and_its_epochs_of_timed_steps(tmp_pat
     assert sd.fixed == pytest.approx(alone.fixed + 10 * 0.25)     # the teacher evaluated once
     assert teacher.epochs == 8                                    # the dataset's teacher protocol, batch 64
     assert teacher.seconds == pytest.approx(teacher.fixed + 8 * (1 * 0.5 + 2 * 0.25))
+
+
+def test_a_batch_draw_counts_only_where_it_holds_up_the_step():
+    """A loader in the training process (the device pipeline, a loader without workers) adds its draw to each
+    step; a loader whose workers draw beside the steps adds nothing (and is not even started)."""
+    import torch
+    from fastai.data.load import DataLoader
+
+    from sddlib.data.build import TensorImageDataset
+    from sddlib.data.device import DeviceImageDL
+    from sddlib.run_cost import _draw_time
+    data = TensorImageDataset(torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.zeros(64).long())
+    on_device = DeviceImageDL(data, bs=8, mean=(0.5,) * 3, std=(0.25,) * 3, padding=2, flip=True, shuffle=True)
+    assert _draw_time(on_device, 5, DeviceImageDL) > 0
+    assert _draw_time(DataLoader(data, bs=8, num_workers=0), 5, DeviceImageDL) > 0
+    with_workers = DataLoader(data, bs=8, num_workers=2)
+    with_workers.create_batches = None        # iterating it would fail: it must not be iterated at all
+    assert _draw_time(with_workers, 5, DeviceImageDL) == 0.0
