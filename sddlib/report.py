@@ -29,7 +29,7 @@ from .departures import YOUR_DATA, describe, teacher_description
 
 __all__ = ["PAPER_DATASETS", "title", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
            "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name", "load_runs", "table_datasets", "results_table",
-           "departures_table", "sd_gains", "GAIN_COLUMNS", "our_gains", "paper_has_numbers", "Table",
+           "departures_table", "sd_gains", "by_scales", "GAIN_COLUMNS", "our_gains", "paper_has_numbers", "Table",
            "dataset_tables", "run_summary", "format_table", "format_gains", "format_departures",
            "to_markdown", "legend", "write_table", "write_tables"]
 
@@ -170,6 +170,14 @@ def _stats(values: pd.Series) -> tuple[float, float]:
     return values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan
 
 
+def by_scales(runs: pd.DataFrame) -> list[pd.DataFrame]:
+    """`runs` split by their scales M, fewest scales first (a list holding `runs` itself when it is empty): the
+    rows of a method run at several M, which a mean over all of them would mix."""
+    if runs.empty or "scales" not in runs:
+        return [runs]
+    return [runs[runs["scales"] == m] for m in sorted(set(runs["scales"]), key=lambda m: (len(m), m))]
+
+
 def _separate_baselines(dataset: str) -> dict:
     """(teacher, student, method) -> the authors' plain config, for a dataset whose baseline rows are their own
     experiments (ImageNet); empty where a baseline is the SD config run with M=[1] (CIFAR-100, CUB-200)."""
@@ -216,7 +224,8 @@ def _paper_value(paper: pd.DataFrame, teacher, student, method, column="top1") -
 
 def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None = None,
                   published_only: bool = True) -> pd.DataFrame:
-    """The paper's table for `dataset` in long form: one row per (teacher, student) pair and method.
+    """The paper's table for `dataset` in long form: one row per (teacher, student) pair and method, and per M
+    where an SD method ran at several (each row's SD gain against the same plain row).
 
     Pairs come in the paper's order, then pairs only we ran. Per row: our best-epoch and last-epoch
     top-1 as mean and (sample) std over the runs (seeds), `n_runs`, the scales M we ran, the paper's
@@ -247,28 +256,31 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     for teacher, student in pairs:
         ours = distilled[(distilled["teacher"] == teacher) & (distilled["student"] == student)]
         alone = runs[(runs["variant"] == "alone") & (runs["student"] == student)]
-        by_method = {}
+        by_method, found = {}, []
         for method in _rows(ours["variant"]):
             # runs sharing one teacher checkpoint report it once (n counts distinct teacher accuracies)
             teachers = ours.drop_duplicates("teacher_top1")
-            sel = {"teacher": teachers, "student": alone}.get(method, ours[ours["variant"] == method])
-            best = _stats(sel["teacher_top1"] if method == "teacher" else sel["best_top1"])
-            last = (np.nan, np.nan) if method == "teacher" else _stats(sel["last_top1"])
-            row = {"teacher": teacher, "student": student, "method": method,
-                   "M": "" if method == "teacher" else "; ".join(sorted(set(sel["scales"]))),
-                   "teacher_from": "; ".join(sorted(set(sel["teacher_from"].dropna()))) if method == "teacher"
-                   else "",
-                   "n_runs": len(sel), "ours_best": best[0], "ours_best_std": best[1],
-                   "ours_last": last[0], "ours_last_std": last[1],
-                   "paper": _paper_value(paper, teacher, student, method)}
-            row["delta_vs_paper"] = row["ours_best"] - row["paper"]
-            if with_top5:
-                top5 = (np.nan, np.nan) if method == "teacher" else _stats(sel["best_top5"])
-                row.update(ours_best_top5=top5[0], ours_best_top5_std=top5[1],
-                           paper_top5=_paper_value(paper, teacher, student, method, "top5"))
-            by_method[method] = row
-        for method, row in by_method.items():
-            base = by_method.get(_sd_partner(method))
+            chosen = {"teacher": teachers, "student": alone}.get(method, ours[ours["variant"] == method])
+            at_each_m = [chosen] if method in ("teacher", "student") else by_scales(chosen)
+            for sel in at_each_m:  # an SD method run at several M: a row per M, never their average
+                best = _stats(sel["teacher_top1"] if method == "teacher" else sel["best_top1"])
+                last = (np.nan, np.nan) if method == "teacher" else _stats(sel["last_top1"])
+                row = {"teacher": teacher, "student": student, "method": method,
+                       "M": "" if method == "teacher" else "; ".join(sorted(set(sel["scales"]))),
+                       "teacher_from": "; ".join(sorted(set(sel["teacher_from"].dropna()))) if method == "teacher"
+                       else "",
+                       "n_runs": len(sel), "ours_best": best[0], "ours_best_std": best[1],
+                       "ours_last": last[0], "ours_last_std": last[1],
+                       "paper": _paper_value(paper, teacher, student, method)}
+                row["delta_vs_paper"] = row["ours_best"] - row["paper"]
+                if with_top5:
+                    top5 = (np.nan, np.nan) if method == "teacher" else _stats(sel["best_top5"])
+                    row.update(ours_best_top5=top5[0], ours_best_top5_std=top5[1],
+                               paper_top5=_paper_value(paper, teacher, student, method, "top5"))
+                by_method.setdefault(method, row)
+                found.append(row)
+        for row in found:
+            base = by_method.get(_sd_partner(row["method"]))
             row["sd_gain_ours"] = row["ours_best"] - base["ours_best"] if base else np.nan
             row["sd_gain_paper"] = row["paper"] - base["paper"] if base else np.nan
             if row["n_runs"] or not np.isnan(row["paper"]) or not np.isnan(row["ours_best"]):
@@ -281,13 +293,14 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
     return pd.DataFrame(rows, columns=columns).astype({"n_runs": int})
 
 
-GAIN_COLUMNS = ["teacher", "student", "method", "seeds_planned", "n_seeds", "plain_n", "sd_n", "plain_best",
+GAIN_COLUMNS = ["teacher", "student", "method", "M", "seeds_planned", "n_seeds", "plain_n", "sd_n", "plain_best",
                 "plain_best_std", "sd_best", "sd_best_std", "gain_best", "gain_best_std", "gain_last", "gain_last_std",
                 "sd_ahead", "missing"]
 
 
 def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> pd.DataFrame:
-    """The table that answers "does SD help here", one row per (teacher, student) pair and base method, computed
+    """The table that answers "does SD help here", one row per (teacher, student) pair, base method and SD scales M
+    (each M against the same plain runs), computed
     once for every notebook and the results page: the seeds planned (every seed any distillation run of the
     dataset was trained at) and `n_seeds`, those with both the plain and the SD run complete; mean and (sample)
     std of the plain and of the SD runs' best top-1 (`plain_n`, `sd_n` runs each); SD-X − X paired by seed (best
@@ -304,21 +317,23 @@ def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> p
         bases = {_sd_partner(v) or v for v in pair["variant"]}
         for method in sorted(bases, key=_order):
             plain = pair[pair["variant"] == method].drop_duplicates("seed", keep="last").set_index("seed")
-            sd = pair[pair["variant"] == f"sd_{method}"].drop_duplicates("seed", keep="last").set_index("seed")
-            seeds = sorted(set(plain.index) & set(sd.index))
-            best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
-            last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
-            (gain_best, gain_best_std), (gain_last, gain_last_std) = _stats(best), _stats(last)
-            missing = [f"{method_name(v)} seed{'s' if len(lack) > 1 else ''} {', '.join(map(str, lack))}"
-                       for v, have in ((method, plain), (f"sd_{method}", sd))
-                       if (lack := [s for s in planned if s not in have.index])]
-            rows.append({"teacher": teacher, "student": student, "method": method, "seeds_planned": len(planned),
-                         "n_seeds": len(seeds), "plain_n": len(plain), "sd_n": len(sd),
-                         **dict(zip(("plain_best", "plain_best_std"), _stats(plain["best_top1"]))),
-                         **dict(zip(("sd_best", "sd_best_std"), _stats(sd["best_top1"]))),
-                         "gain_best": gain_best, "gain_best_std": gain_best_std, "gain_last": gain_last,
-                         "gain_last_std": gain_last_std, "sd_ahead": int((best > 0).sum()),
-                         "missing": "; ".join(missing)})
+            for sd in by_scales(pair[pair["variant"] == f"sd_{method}"]):  # a row per M, each against the plain
+                sd = sd.drop_duplicates("seed", keep="last").set_index("seed")
+                seeds = sorted(set(plain.index) & set(sd.index))
+                best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
+                last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
+                (gain_best, gain_best_std), (gain_last, gain_last_std) = _stats(best), _stats(last)
+                missing = [f"{method_name(v)} seed{'s' if len(lack) > 1 else ''} {', '.join(map(str, lack))}"
+                           for v, have in ((method, plain), (f"sd_{method}", sd))
+                           if (lack := [s for s in planned if s not in have.index])]
+                rows.append({"teacher": teacher, "student": student, "method": method,
+                             "M": "; ".join(sorted(set(sd["scales"]))), "seeds_planned": len(planned),
+                             "n_seeds": len(seeds), "plain_n": len(plain), "sd_n": len(sd),
+                             **dict(zip(("plain_best", "plain_best_std"), _stats(plain["best_top1"]))),
+                             **dict(zip(("sd_best", "sd_best_std"), _stats(sd["best_top1"]))),
+                             "gain_best": gain_best, "gain_best_std": gain_best_std, "gain_last": gain_last,
+                             "gain_last_std": gain_last_std, "sd_ahead": int((best > 0).sum()),
+                             "missing": "; ".join(missing)})
     return pd.DataFrame(rows, columns=GAIN_COLUMNS)
 
 
@@ -403,7 +418,7 @@ def format_gains(df: pd.DataFrame) -> pd.DataFrame:
         return _num(mean, True) + ("" if pd.isna(std) else f" ± {std:.2f}")
     return pd.DataFrame({
         "Teacher": df["teacher"], "Student": df["student"],
-        "Method": [f"{method_name('sd_' + m)} − {method_name(m)}" for m in df["method"]],
+        "Method": [f"{method_name('sd_' + m)} − {method_name(m)}" for m in df["method"]], "M": df["M"],
         "Seeds": [f"{n} of {p}" for n, p in zip(df.n_seeds, df.seeds_planned)],
         "Plain best top-1": [_mean_std(m, s) for m, s in zip(df.plain_best, df.plain_best_std)],
         "SD best top-1": [_mean_std(m, s) for m, s in zip(df.sd_best, df.sd_best_std)],

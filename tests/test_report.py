@@ -285,6 +285,34 @@ def test_sd_gains_pair_runs_by_seed(tmp_path):
     assert report.sd_gains(runs.iloc[0:0], "cifar100").empty
 
 
+def test_an_sd_method_at_several_m_is_a_row_per_m_in_every_table(tmp_path):
+    """An M grid on one's own data (docs/choosing-m.md): each M its own row, paired by seed with the same plain
+    runs, in the gains, the results table and the tables every reader shows; never one mean over the M."""
+    root = tmp_path / "outputs"
+    for seed, (plain, sd12, sd124) in enumerate([(90.0, 91.0, 94.0), (91.0, 92.0, 90.0)]):
+        for scales, best in (((1,), plain), ((1, 2), sd12), ((1, 2, 4), sd124)):
+            write(root, metrics(dataset="digit_mosaic", teacher="resnet14", student="resnet8", method="kd",
+                                scales=scales, seed=seed, best=best, last=best))
+    runs = report.load_runs(root)
+    gains = report.sd_gains(runs, "digit_mosaic", published_only=False).set_index("M")
+    assert list(gains.index) == ["[1,2]", "[1,2,4]"] and list(gains.method) == ["kd", "kd"]
+    assert (gains.loc["[1,2]", "gain_best"], gains.loc["[1,2]", "sd_ahead"]) == (1.0, 2)
+    assert gains.loc["[1,2,4]", "gain_best"] == pytest.approx(1.5) and gains.loc["[1,2,4]", "sd_ahead"] == 1
+    assert gains.loc["[1,2,4]", "gain_best_std"] == pytest.approx(pd.Series([4.0, -1.0]).std())
+    table = report.results_table(runs, "digit_mosaic", published_only=False)
+    sd = table[table.method == "sd_kd"].set_index("M")
+    assert list(sd.index) == ["[1,2]", "[1,2,4]"] and list(sd.n_runs) == [2, 2]
+    assert sd.loc["[1,2]", "ours_best"] == 91.5 and sd.loc["[1,2,4]", "ours_best"] == 92.0
+    assert list(sd.sd_gain_ours) == [1.0, 1.5]                               # each against KD's 90.5
+    ours = next(t for t in report.dataset_tables(runs, "digit_mosaic") if t.key == "ours")
+    assert list(ours.shown["M"]) == ["[1,2]", "[1,2,4]"] and list(ours.shown["SD gain, best top-1"]) == [
+        "+1.00 ± 0.00", "+1.50 ± 3.54"]
+    from sddlib import viz
+    findings = viz.run_findings(runs, figures=False)
+    assert "**SD-KD at M=[1,2] − KD, last epoch: +1.00 ± 0.00 points**" in findings
+    assert "**SD-KD at M=[1,2,4] − KD, last epoch: +1.50 ± 3.54 points**" in findings
+
+
 def test_write_table_writes_the_numbers_and_the_shown_table(tmp_path):
     table = pd.DataFrame({"method": ["kd", "sd_kd"], "top1": [94.1234, 95.5]})
     shown = pd.DataFrame({"Method": ["KD", "SD-KD"], "Top-1": ["94.12", "95.50"]})

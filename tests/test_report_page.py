@@ -98,7 +98,7 @@ def test_the_page_holds_the_report_tables_and_links_every_run(outputs):
     assert all((outputs / h).exists() for h in page.hrefs if not h.startswith("#"))
 
     gains = report.format_gains(report.sd_gains(runs, "cifar100")).astype(str).values.tolist()
-    assert page.tables["cifar100-gains"][1:] == gains and gains[0][6] == "+1.10 ± 0.00"
+    assert page.tables["cifar100-gains"][1:] == gains and gains[0][7] == "+1.10 ± 0.00"
     departures = page.tables["cifar100-departures"]
     assert [row[:-1] for row in departures[1:]] == \
         report.format_departures(report.departures_table(runs, "cifar100")).astype(str).values.tolist()
@@ -144,12 +144,12 @@ def test_the_notebook_tables_and_the_page_show_the_same_paired_gains_and_name_ev
     page.feed(write_report(tmp_path).read_text())
     for dataset, key in (("cifar100", "gains"), ("digits", "ours")):
         shown = page.tables[f"{dataset}-{key}"]
-        assert len(shown) == 2 and shown[1][2:4] == ["SD-KD − KD", "3 of 3"] and shown[1][-2] == "2 of 3 seeds"
+        assert len(shown) == 2 and shown[1][2:5] == ["SD-KD − KD", "[1,2,4]", "3 of 3"] and shown[1][-2] == "2 of 3 seeds"
         markdown = (tmp_path / "tables" / f"{dataset}.md").read_text()
         assert report.to_markdown(pd.DataFrame(shown[1:], columns=shown[0])) in markdown   # the same rows
     assert tmp_path / "tables" / "digits-ours.csv" in tables
     ours = page.tables["cifar100-ours"]                          # our rows beside (not inside) the paper's
-    assert [row[2:4] + row[6:7] for row in ours[1:]] == [["SD-TTM − TTM", "1 of 1", "+1.50"]]
+    assert [row[2:5] + row[7:8] for row in ours[1:]] == [["SD-TTM − TTM", "[1,2,4]", "1 of 1", "+1.50"]]
     assert "SD-TTM − TTM" not in str(page.tables["cifar100-gains"])
     digits = [text for tag, text in page.headings if tag != "h4" and text.startswith("digits")]
     assert digits[0] == "digits: our runs (no paper numbers), SD gain paired by seed"    # the page leads with them
