@@ -15,6 +15,7 @@ import torch
 
 from fake_datasets import write_tiny_folder
 from sddlib import experiment, sweep
+from sddlib.__main__ import main as command_line
 from sddlib.config import ConfigError, RunConfig
 from sddlib.losses import LOSSES
 from sddlib.models import create_model
@@ -151,8 +152,8 @@ def test_a_submitit_job(work, monkeypatch):
 
 
 # --- the example of docs/losses.md ----------------------------------------------------------------------------------
-@pytest.mark.slow  # a command line run and a sweep of the folder notebook, one epoch each
-def test_the_example_module_runs_from_its_folder(tmp_path):
+@pytest.mark.slow  # a sweep of the folder notebook, one epoch each (the command line from a module's folder:
+def test_the_example_module_runs_from_its_folder(tmp_path):  # test_python_m_sddlib; the sweep checks every key)
     data = write_tiny_folder(tmp_path / "pets", n_train=(8, 8), n_val=(2, 2))
     teacher = tmp_path / "teacher.pth"
     torch.save({"model": create_model("resnet8", num_classes=2).state_dict()}, teacher)
@@ -161,14 +162,11 @@ def test_the_example_module_runs_from_its_folder(tmp_path):
              "-p", "epochs", "1", "-p", "batch_size", "8", "-p", "num_workers", "0", "-p", "device", "cpu",
              "-p", "figures", "false", "-p", "progress", "false"]
     examples = REPO / "examples"
-    cli = tmp_path / "cli"
-    sh([sys.executable, "-m", "sddlib", "-f", "l2.yaml", *small, "-p", "output_dir", str(cli)], cwd=examples)
     swept = tmp_path / "sweep"
     sh([sys.executable, "-m", "sddlib.sweep", "l2.yaml", *small, "-p", "output_dir", str(swept)], cwd=examples)
-    for out in (cli, swept):
-        metrics = experiment.load_metrics(out / "pets" / "resnet8-resnet8-sd_l2-M124-seed0" / "metrics.json")
-        assert metrics["method"] == "l2" and metrics["params"]["imports"] == ["my_losses"]
-        assert metrics["params"]["loss_params"] == {"scale": 0.5}
+    metrics = experiment.load_metrics(swept / "pets" / "resnet8-resnet8-sd_l2-M124-seed0" / "metrics.json")
+    assert metrics["method"] == "l2" and metrics["params"]["imports"] == ["my_losses"]
+    assert metrics["params"]["loss_params"] == {"scale": 0.5}
     assert (swept / "pets" / "resnet8-resnet8-l2-M1-seed0" / "metrics.json").is_file()   # the notebook's plain run
 
 
@@ -176,8 +174,8 @@ def test_the_example_module_runs_from_its_folder(tmp_path):
 JSD_RECIPE = {"ce_weight": 1.0, "kd_weight": 2.0, "warmup_epochs": 20, "T": 4.0}
 
 
-@pytest.mark.slow  # a command-line run and a sweep of notebooks/cifar100.ipynb, one epoch each on 32 images
-def test_the_cifar100_template_runs_from_its_folder(tmp_path, tiny_cifar100):
+@pytest.mark.slow  # a command-line run (in this process) and a sweep of notebooks/cifar100.ipynb, one epoch each
+def test_the_cifar100_template_runs_from_its_folder(tmp_path, tiny_cifar100, monkeypatch):
     """The template file runs from the command line; an authors' KD file run with `-p method jsd` through a sweep
     takes jsd's registered recipe in place of KD's, and the run's first output line says so."""
     teacher = tmp_path / "teacher.pth"
@@ -188,7 +186,10 @@ def test_the_cifar100_template_runs_from_its_folder(tmp_path, tiny_cifar100):
              "false"]
     examples = REPO / "examples"
     cli = tmp_path / "cli"
-    sh([sys.executable, "-m", "sddlib", "-f", "jsd_cifar100.yaml", *small, "-p", "output_dir", str(cli)], cwd=examples)
+    with monkeypatch.context() as started_there:   # as `python -m sddlib` started in examples/ (a fresh one:
+        started_there.chdir(examples)              # test_python_m_sddlib)
+        started_there.syspath_prepend(str(examples))
+        assert command_line(["-f", "jsd_cifar100.yaml", *small, "-p", "output_dir", str(cli)]) == 0
     swept = tmp_path / "sweep"
     sh([sys.executable, "-m", "sddlib.sweep", "../params/cifar100/resnet32x4-ShuffleV1-sd_kd.yaml", "-p", "imports",
         "[jsd_loss]", "-p", "method", "jsd", *small, "-p", "output_dir", str(swept)], cwd=examples)

@@ -156,10 +156,10 @@ def test_a_key_the_notebook_does_not_take_is_refused_before_any_run(setup, capsy
     failed = capsys.readouterr().err.splitlines()
     assert len(failed) == 2 and not out.exists()
     nb = tmp / "tiny.ipynb"
-    assert failed[0].endswith(f"wd.yaml: ConfigError: parameter 'weight_decay', 'lr' is not taken by notebook {nb} "
-                              "(its parameters cell does not set it; papermill would only warn and the run would "
-                              "ignore it): remove it from the params file and -p, or give a notebook that takes it "
-                              "with --notebook.")
+    assert failed[0].endswith(f"wd.yaml: ConfigError: parameters 'weight_decay', 'lr' are not taken by notebook {nb} "
+                              "(its parameters cell does not set them; papermill would only warn and the run would "
+                              "ignore them): remove them from the params file and -p, or give a notebook that takes "
+                              "them with --notebook.")
     assert failed[1].endswith(f"ok.yaml: ConfigError: parameter 'lr' is not taken by notebook {nb} (its parameters "
                               "cell does not set it; papermill would only warn and the run would ignore it): remove "
                               "it from the params file and -p, or give a notebook that takes it with --notebook.")
