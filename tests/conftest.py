@@ -66,10 +66,15 @@ def _refuse_training():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under xdist the slow tests go first (order kept within each group), so that the last minutes are not one
-    worker alone on a long notebook while the other has nothing left."""
+    """Under xdist the slow tests go first (order kept within each group), the modules of ONE_WORKER before them
+    in their file order (each one unit of a minute or more, the longest there are), so that the last minutes are
+    not one worker alone on a long notebook while the others have nothing left."""
+    def key(item):
+        if item.nodeid.split("::", 1)[0] in ONE_WORKER:
+            return (0, False)
+        return (1, item.get_closest_marker("slow") is None)
     if WORKER:
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+        items.sort(key=key)
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
