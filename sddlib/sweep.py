@@ -142,9 +142,8 @@ def check_notebook_takes(keys, notebook: Path, dataset: str) -> None:
     untaken = [key for key in keys if key not in taken]
     if not untaken:
         return
-    one = len(untaken) == 1
-    what = (f"parameter {untaken[0]!r} is" if one else f"parameters {', '.join(map(repr, untaken))} are")
-    it = "it" if one else "them"
+    it, what = ("it", f"parameter {untaken[0]!r} is") if len(untaken) == 1 else \
+        ("them", f"parameters {', '.join(map(repr, untaken))} are")
     why = f"its parameters cell does not set {it}" if cell is not None else "it has no cell tagged 'parameters'"
     raise ConfigError(f"{what} not taken by notebook {notebook} ({why}; papermill would only warn and the run would "
                       f"ignore {it}): remove {it} from the params file and -p, or give a notebook that takes "
