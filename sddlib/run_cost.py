@@ -13,7 +13,8 @@ up the step (a loader in the training process), and `fixed` is what a run does b
 process and importing the training code, loading the data, building the models (all measured) and evaluating the
 teacher once (a distillation run). The figures after training are not counted. The wall time at `--jobs N`
 schedules the runs on N workers (teachers first), each run as long as it takes alone: N devices, or one device N
-runs share without slowing each other (an optimistic bound there). It takes seconds to a minute: no run is trained.
+runs share without slowing each other (an optimistic bound there). It takes seconds to a few minutes (on a
+CPU, full-size models): no run is trained.
 """
 from __future__ import annotations
 
@@ -91,7 +92,6 @@ def _data_times(cfg, device) -> tuple[float, float, float]:
     the draw holds up the step (a loader in the training process: the device pipeline's crops and flips, a folder
     read without workers); (0, 0, 0) when the data is not on disk yet (its download is not counted either)."""
     from .data import get_dataloaders
-    from .data.device import DeviceImageDL
     from .run_models import loader_options
     try:
         if not cfg.data_spec.check_layout(cfg.data_dir):
@@ -103,13 +103,12 @@ def _data_times(cfg, device) -> tuple[float, float, float]:
                           num_workers=cfg.num_workers, seed=cfg.seed, device=device, pipeline=cfg.data_pipeline,
                           download=False, **loader_options(cfg), **cfg.memory_options)
     load = time.perf_counter() - start
-    return load, _draw_time(dls.train, TIMED_STEPS + 1, DeviceImageDL), _draw_time(dls.valid, 2, DeviceImageDL)
+    return load, _draw_time(dls.train, TIMED_STEPS + 1), _draw_time(dls.valid, 2)
 
 
-def _draw_time(loader, batches: int, in_process_type) -> float:
+def _draw_time(loader, batches: int) -> float:
     """Median seconds to draw a batch after the first (0 when worker processes draw them beside the steps)."""
-    workers = getattr(getattr(loader, "fake_l", loader), "num_workers", 0)  # fastai's are its `_FakeLoader`'s
-    if workers and not isinstance(loader, in_process_type):
+    if getattr(getattr(loader, "fake_l", loader), "num_workers", 0):   # fastai's count is its `_FakeLoader`'s
         return 0.0
     times, batches_left = [], iter(loader)
     for _ in range(batches):

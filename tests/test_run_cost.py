@@ -71,8 +71,8 @@ def test_a_batch_draw_counts_only_where_it_holds_up_the_step():
     from sddlib.run_cost import _draw_time
     data = TensorImageDataset(torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.zeros(64).long())
     on_device = DeviceImageDL(data, bs=8, mean=(0.5,) * 3, std=(0.25,) * 3, padding=2, flip=True, shuffle=True)
-    assert _draw_time(on_device, 5, DeviceImageDL) > 0
-    assert _draw_time(DataLoader(data, bs=8, num_workers=0), 5, DeviceImageDL) > 0
+    assert _draw_time(on_device, 5) > 0
+    assert _draw_time(DataLoader(data, bs=8, num_workers=0), 5) > 0
     with_workers = DataLoader(data, bs=8, num_workers=2)
     with_workers.create_batches = None        # iterating it would fail: it must not be iterated at all
-    assert _draw_time(with_workers, 5, DeviceImageDL) == 0.0
+    assert _draw_time(with_workers, 5) == 0.0
