@@ -257,9 +257,9 @@ def results_table(runs: pd.DataFrame, dataset: str, paper: pd.DataFrame | None =
         ours = distilled[(distilled["teacher"] == teacher) & (distilled["student"] == student)]
         alone = runs[(runs["variant"] == "alone") & (runs["student"] == student)]
         by_method, found = {}, []
+        # runs sharing one teacher checkpoint report it once (n counts distinct teacher accuracies)
+        teachers = ours.drop_duplicates("teacher_top1")
         for method in _rows(ours["variant"]):
-            # runs sharing one teacher checkpoint report it once (n counts distinct teacher accuracies)
-            teachers = ours.drop_duplicates("teacher_top1")
             chosen = {"teacher": teachers, "student": alone}.get(method, ours[ours["variant"] == method])
             at_each_m = [chosen] if method in ("teacher", "student") else by_scales(chosen)
             for sel in at_each_m:  # an SD method run at several M: a row per M, never their average
