@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from .startup import heavy_imports
+
 
 def add_run_parameters(ap: argparse.ArgumentParser) -> None:
     """`-f` and `-p`: a run's parameters as papermill's flags give them (`load_params` merges them)."""
@@ -91,12 +93,13 @@ def main(argv=None) -> int:
     if args.params:
         print_parameters()
         return 0
-    from . import distributed, experiment
-    from .checkpoints import CheckpointError
-    from .config import ConfigError, RunConfig
-    from .data import DatasetNotFoundError
-    from .locks import RunLockedError
-    from .training import RunFailedError, RunInterrupted
+    with heavy_imports():   # collected at no point while they load, frozen afterwards (sddlib.startup)
+        from . import distributed, experiment
+        from .checkpoints import CheckpointError
+        from .config import ConfigError, RunConfig
+        from .data import DatasetNotFoundError
+        from .locks import RunLockedError
+        from .training import RunFailedError, RunInterrupted
     try:
         params = load_params(args.parameters_file, args.parameter)
         with distributed.process_group(RunConfig.from_params(params).device) as device:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from .startup import freeze_imports
+
 __all__ = ["ExportError", "export_student", "main"]
 
 # The student file of a distillation run per `weights` choice (what `experiment.run` writes).
@@ -315,4 +317,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    freeze_imports()   # its modules, loaded above, out of the collector's reach (sddlib.startup)
     sys.exit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import report
+from .startup import freeze_imports
 
 __all__ = ["write_report", "THUMBNAIL_WIDTH"]
 
@@ -191,4 +192,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    freeze_imports()   # its modules, loaded above, out of the collector's reach (sddlib.startup)
     raise SystemExit(main())

@@ -68,10 +68,10 @@ import submitit
 import yaml
 
 from .locks import holder
-from .plan import FAILURE_FILE, PlannedRun, build_plan, read_params, run_state
 from .placement import run_placed, visible_devices
-from .plan import ROOT  # notebooks run in the repository root (a wheel: where the sweep starts)
+from .plan import FAILURE_FILE, ROOT, PlannedRun, build_plan, read_params, run_state  # ROOT: notebooks run there
 from .shipped import shipped_folder
+from .startup import freeze_imports
 from .sweep_status import job_alive, record_sweep, recorded_runs, status_lines
 from .validators import ConfigError
 
@@ -176,8 +176,7 @@ def _notebook(dataset: str) -> Path:
 
 
 def execute(job: dict, kernel=None) -> str | None:
-    """Run one planned job (its notebook, or a model trained alone); return None when it ran through, or a one-line
-    reason."""
+    """Run one planned job (its notebook, or a model trained alone): None when it ran through, else why, one line."""
     if "notebook" not in job:
         return _train_alone(job)
     import papermill
@@ -597,4 +596,5 @@ def _report(results, failures) -> tuple[int, int, int]:
 
 
 if __name__ == "__main__":
+    freeze_imports()   # its modules, loaded above, out of the collector's reach (sddlib.startup)
     sys.exit(main())

@@ -42,6 +42,7 @@ from .checkpoints import CheckpointError
 from .locks import RunLockedError, process_alive, run_lock
 from .config import ConfigError, RunConfig
 from .data import DatasetNotFoundError
+from .startup import freeze_imports
 from .training import RunFailedError, RunStopped
 from .tune_outputs import confirm, write_outputs
 from .tune_space import check_space, default_space, load_space, recipe_trial, suggest
@@ -258,4 +259,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    freeze_imports()   # its modules, loaded above, out of the collector's reach (sddlib.startup)
     sys.exit(main())
