@@ -4,10 +4,13 @@ built once per run all the same, in a folder the workers share, by the first wor
 the others wait and then read it). Tests only read them; a test that changes a run works on its own copy
 (`tiny_run_copy`).
 
-Also here: the tests of a module in ONE_WORKER on one worker, in order (they share what the first ones build); one
-torch thread per worker when the workers fill the cores (and in the processes a test starts), the slow tests sent
-out first so they overlap the quick ones, and `trains`: a test that fits a Learner without that
-marker (or `slow`) fails under `make test-fast`, which leaves both out and so trains nothing."""
+Also here: the modules the tests import (torch, fastai, ...) loaded with the garbage collector paused, then frozen
+out of its reach, as sddlib's own commands load them (sddlib.startup); the tests of a module in ONE_WORKER on one
+worker, in order (they share what the first ones build); one torch thread per worker when the workers fill the
+cores (and in the processes a test starts), the slow tests sent out first so they overlap the quick ones, and
+`trains`: a test that fits a Learner without that marker (or `slow`) fails under `make test-fast`, which leaves
+both out and so trains nothing."""
+import gc
 import json
 import os
 import shutil
@@ -18,6 +21,7 @@ from filelock import FileLock
 from xdist.scheduler import LoadScopeScheduling
 
 from fake_datasets import write_tiny_cifar100, write_tiny_cub200, write_tiny_imagenet
+from sddlib.startup import freeze_imports
 
 # Modules whose tests read what earlier tests in the same module built (a module-scoped folder of runs).
 ONE_WORKER = ("tests/test_notebooks.py",)
@@ -43,6 +47,7 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")          # "gw0", "gw1", ... unde
 
 
 def pytest_configure(config):
+    gc.disable()   # until the test modules are imported (pytest_collection_finish)
     if "not trains" in (config.getoption("markexpr") or ""):
         _refuse_training()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -52,6 +57,11 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = "1"
         import torch
         torch.set_num_threads(1)
+
+
+def pytest_collection_finish(session):
+    freeze_imports()
+    gc.enable()
 
 
 def _refuse_training():
