@@ -1,7 +1,8 @@
 """The `imports` run parameter (issue 31): a module the run names is imported before the parameters are checked, in
 every process that runs the experiment, so a loss it registers is a `method` everywhere: `experiment.run` in this
-process, `python -m sddlib`, a sweep's notebook kernel, torchrun's two workers, a submitit job; and the example module
-of docs/losses.md (examples/my_losses.py) runs from its folder. Kept out of the fingerprint, recorded in metrics.json;
+process, `python -m sddlib` (torchrun's two workers, and the CIFAR-100 template's command line), a sweep's notebook
+kernel (in a submitit job, and the example's sweep); and the example module of docs/losses.md (examples/my_losses.py)
+runs from its folder. Kept out of the fingerprint, recorded in metrics.json;
 a module that cannot be imported is one sentence."""
 import json
 import os
@@ -118,33 +119,18 @@ def test_in_process(work, monkeypatch):
     assert metrics == completed(params)
 
 
-@pytest.mark.slow  # a fresh interpreter trains one epoch
-def test_python_m_sddlib(work):
-    folder, params = work
-    sh([sys.executable, "-m", "sddlib", "-f", "run.yaml", "-p", "imports", f'["{MODULE}"]'], cwd=folder)
-    completed(params)
-
-
-@pytest.mark.slow  # a notebook kernel trains one epoch
-def test_a_sweep_runs_it_in_its_notebook_kernel(work, monkeypatch):
-    folder, params = work
-    monkeypatch.chdir(folder)   # the sweep starts here; its kernel starts in the repository root
-    assert sweep.main(["run.yaml", "--notebook", str(notebook(folder, params))]) == 0
-    completed(params)
-
-
-@pytest.mark.slow  # two training processes
+@pytest.mark.slow  # two training processes, each `python -m sddlib` in the module's folder
 def test_torchrun_workers(work):
     folder, params = work
     sh([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sddlib",
-        "-f", "run.yaml"], cwd=folder)
+        "-f", "run.yaml", "-p", "imports", f'["{MODULE}"]'], cwd=folder)
     assert completed(params)["distributed"]["world_size"] == 2
 
 
-@pytest.mark.slow  # a submitit job executes a notebook
+@pytest.mark.slow  # a submitit job executes a notebook: the sweep's notebook kernel, in a job
 def test_a_submitit_job(work, monkeypatch):
     folder, params = work
-    monkeypatch.chdir(folder)
+    monkeypatch.chdir(folder)   # the sweep starts here; its kernel starts in the repository root
     assert sweep.main(["run.yaml", "--notebook", str(notebook(folder, params)), "--executor", "local", "--jobs", "1",
                        "--gpus-per-job", "0", "--log-dir", str(folder / "logs")]) == 0
     completed(params)
@@ -152,7 +138,7 @@ def test_a_submitit_job(work, monkeypatch):
 
 # --- the example of docs/losses.md ----------------------------------------------------------------------------------
 @pytest.mark.slow  # a sweep of the folder notebook, one epoch each (the command line from a module's folder:
-def test_the_example_module_runs_from_its_folder(tmp_path):  # test_python_m_sddlib; the sweep checks every key)
+def test_the_example_module_runs_from_its_folder(tmp_path):  # test_torchrun_workers; the sweep checks every key)
     data = write_tiny_folder(tmp_path / "pets", n_train=(8, 8), n_val=(2, 2))
     teacher = tmp_path / "teacher.pth"
     torch.save({"model": create_model("resnet8", num_classes=2).state_dict()}, teacher)

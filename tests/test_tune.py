@@ -223,7 +223,9 @@ def test_two_tuners_on_one_study(mosaic_dir, tmp_path, storage):
         optuna.storages.journal.JournalFileBackend(url[len("journal:"):]))).trials
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) >= 4 and sorted(numbers) == list(range(len(numbers)))
-    assert sum(t.state.name == "COMPLETE" for t in trials) >= 4
+    # the total counts finished trials: which one the pruner stops after its first epoch depends on the two
+    # workers' order (a trial below the median of those before it), so a pruned trial is one of them
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) >= 4
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2
 
