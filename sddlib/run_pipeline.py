@@ -78,7 +78,8 @@ def train_and_record(cfg: RunConfig, out: Path, *, arch: str, variant: str, forc
             cbs = [cb for cb in (distill, tracker, *callbacks) if cb]
             learn = build_learner(dls, model, cfg, cbs=cbs)
             recorder = fit_resumable(learn, cfg, out, fingerprint, force, best_weights, distill)
-            metrics = _summary(cfg, recorder.rows, name=out.name, variant=variant, arch=arch, fingerprint=fingerprint)
+            metrics = _summary(cfg, recorder.rows, name=out.name, variant=variant, arch=arch, fingerprint=fingerprint,
+                               device=device)
             if distilling:
                 metrics.update(teacher_top1=teacher_top1, teacher_top5=teacher_top5, teacher_source=teacher_source)
             else:
@@ -252,7 +253,9 @@ def _baseline_student(cfg: RunConfig, num_classes: int):
     return load_run_models(base_dir, num_classes, cfg=cfg, role="baseline student")[0]
 
 
-def _environment() -> dict:
+def _environment(device: torch.device) -> dict:
+    """The machine, the versions and the commit; `hardware.gpu` is the GPU the run trained on (cuda:N's, not the
+    first one's), None on a CPU."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).parent).stdout.strip() or None
@@ -263,7 +266,7 @@ def _environment() -> dict:
     import fastai
 
     from . import __version__
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {"hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "gpu": gpu},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": version("torchvision"), "fastai": fastai.__version__,
@@ -272,7 +275,7 @@ def _environment() -> dict:
 
 
 def _summary(cfg: RunConfig, rows: list[dict], name: str, variant: str, fingerprint: dict,
-             arch: str | None = None) -> dict:
+             device: torch.device, arch: str | None = None) -> dict:
     """The metrics.json body shared by distillation and vanilla runs."""
     best = max(rows, key=lambda r: r["top1"])
     alone = variant in ("alone", "teacher")
@@ -287,5 +290,5 @@ def _summary(cfg: RunConfig, rows: list[dict], name: str, variant: str, fingerpr
         "teacher_top1": None, "teacher_top5": None,
         "params": cfg.to_params(), "fingerprint": fingerprint, "warnings": run_warnings(cfg), "history": rows,
         "wall_time_s": None,
-        "distributed": distributed.describe(cfg), **_environment(),
+        "distributed": distributed.describe(cfg), **_environment(device),
     }

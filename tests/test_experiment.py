@@ -97,6 +97,16 @@ def test_run_writes_complete_metrics_and_caches_the_teacher(tiny_run):
     assert teacher_run["params"]["batch_size"] == 64 and teacher_run["params"]["lr"] == 0.05
 
 
+def test_the_recorded_gpu_is_the_one_the_run_trained_on(monkeypatch):
+    """On a machine with several GPUs a run on cuda:1 records cuda:1's name (not the first GPU's); a run on the
+    CPU of a machine with GPUs records none."""
+    names = {0: "GPU zero", 1: "GPU one"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: names[torch.device(device).index or 0])
+    assert run_pipeline._environment(torch.device("cuda", 1))["hardware"]["gpu"] == "GPU one"
+    assert run_pipeline._environment(torch.device("cpu"))["hardware"]["gpu"] is None
+
+
 @pytest.mark.slow  # trains a teacher and a student (tiny_run)
 def test_a_run_records_its_warnings(tiny_run):
     assert tiny_run[1]["warnings"] == ["method kd does not read alpha=1.0; its loss takes T."]
