@@ -13,6 +13,7 @@ import sys
 import tarfile
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -210,3 +211,18 @@ def test_a_run_whose_disk_fills_fails_in_one_sentence_and_resumes(tmp_path, monk
     monkeypatch.undo()                                              # space freed: the same run is recorded
     metrics = experiment.run(params)
     assert [row["epoch"] for row in metrics["history"]] == [1, 2] and metrics["status"] == "complete"
+
+
+def test_a_figure_on_a_full_disk_keeps_the_previous_one_whole(tmp_path, monkeypatch):
+    """A run's figures are written as its other files are: the PNG and its CSV each whole or not at all."""
+    from sddlib.viz.style import csv_path, new_figure, save_figure
+    path = tmp_path / "figures" / "fig1_region_map.png"
+    fig = new_figure(2, 2)
+    save_figure(fig, pd.DataFrame({"region": [1]}), path)
+    before = path.read_bytes(), csv_path(path).read_bytes()
+    fig.suptitle("the next epoch's")
+    _full_disk_at(monkeypatch, path.name, 1)
+    with pytest.raises(DiskFullError, match=f"{path.name} could not be written"):
+        save_figure(fig, pd.DataFrame({"region": [2]}), path)
+    assert (path.read_bytes(), csv_path(path).read_bytes()) == before
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]

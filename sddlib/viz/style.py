@@ -11,6 +11,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from ..checkpoints import atomic_write
 from ..regions import CATEGORIES
 
 __all__ = ["CATEGORIES", "CATEGORY_COLORS", "CATEGORY_DEFINITION", "CATEGORY_HATCHES", "CATEGORY_LABELS", "DPI",
@@ -94,11 +95,14 @@ def csv_path(png_path) -> Path:
 
 
 def save_figure(fig: Figure, frame: pd.DataFrame, path) -> Figure:
-    """Write the figure as PNG at `path` and its tidy frame as CSV beside it (nothing when path is None)."""
+    """Write the figure at `path` (PNG, or the format its suffix names) and its tidy frame as CSV beside it (nothing
+    when path is None), each whole or not at all, as a run's other files (`atomic_write`: a full disk keeps the
+    previous one)."""
     if path is None:
         return fig
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    frame.to_csv(csv_path(path), index=False)
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix[1:] or "png", dpi=DPI, facecolor="white")
+    atomic_write(path, image.getvalue())
+    atomic_write(csv_path(path), frame.to_csv(index=False).encode())
     return fig
