@@ -27,11 +27,11 @@ import yaml
 from .data.spec import DATASETS, paper_datasets
 from .departures import YOUR_DATA, describe, teacher_description
 
-__all__ = ["PAPER_DATASETS", "title", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results", "authors_experiments",
-           "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name", "load_runs", "table_datasets", "results_table",
-           "departures_table", "sd_gains", "by_scales", "GAIN_COLUMNS", "our_gains", "paper_has_numbers", "Table",
-           "dataset_tables", "run_summary", "format_table", "format_gains", "format_departures",
-           "to_markdown", "legend", "write_table", "write_tables"]
+__all__ = ["PAPER_DATASETS", "title", "METHODS", "LOSS_VALUES", "SkippedRunWarning", "paper_results",
+           "authors_experiments", "imagenet_baselines", "authors_logged_runs", "ls_paper_results", "method_name",
+           "load_runs", "table_datasets", "results_table", "departures_table", "sd_gains", "by_scales", "seed_pairs",
+           "GAIN_COLUMNS", "our_gains", "paper_has_numbers", "Table", "dataset_tables", "run_summary", "format_table",
+           "format_gains", "format_departures", "to_markdown", "legend", "write_table", "write_tables"]
 
 PAPER_DATASETS = paper_datasets()  # the paper's table order
 METHODS = ("kd", "sd_kd", "dkd", "sd_dkd", "nkd", "sd_nkd")
@@ -178,6 +178,20 @@ def by_scales(runs: pd.DataFrame) -> list[pd.DataFrame]:
     return [runs[runs["scales"] == m] for m in sorted(set(runs["scales"]), key=lambda m: (len(m), m))]
 
 
+def seed_pairs(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFrame, list]]:
+    """One pair's plain and SD runs matched by seed, for every reader of an SD gain (`sd_gains`, the findings): per
+    base method (the paper's order) and per SD scales M (`by_scales`; a method without SD runs: one empty SD frame),
+    (method, plain, sd, seeds), each frame one run per seed (the last recorded) indexed by seed, and the seeds both
+    have."""
+    pairs = []
+    for method in sorted({_sd_partner(v) or v for v in runs["variant"]}, key=_order):
+        plain = runs[runs["variant"] == method].drop_duplicates("seed", keep="last").set_index("seed")
+        for sd in by_scales(runs[runs["variant"] == f"sd_{method}"]):
+            sd = sd.drop_duplicates("seed", keep="last").set_index("seed")
+            pairs.append((method, plain, sd, sorted(set(plain.index) & set(sd.index))))
+    return pairs
+
+
 def _separate_baselines(dataset: str) -> dict:
     """(teacher, student, method) -> the authors' plain config, for a dataset whose baseline rows are their own
     experiments (ImageNet); empty where a baseline is the SD config run with M=[1] (CIFAR-100, CUB-200)."""
@@ -314,26 +328,21 @@ def sd_gains(runs: pd.DataFrame, dataset: str, published_only: bool = True) -> p
     planned = sorted(set(runs["seed"]))
     rows = []
     for (teacher, student), pair in runs.groupby(["teacher", "student"], sort=False):
-        bases = {_sd_partner(v) or v for v in pair["variant"]}
-        for method in sorted(bases, key=_order):
-            plain = pair[pair["variant"] == method].drop_duplicates("seed", keep="last").set_index("seed")
-            for sd in by_scales(pair[pair["variant"] == f"sd_{method}"]):  # a row per M, each against the plain
-                sd = sd.drop_duplicates("seed", keep="last").set_index("seed")
-                seeds = sorted(set(plain.index) & set(sd.index))
-                best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
-                last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
-                (gain_best, gain_best_std), (gain_last, gain_last_std) = _stats(best), _stats(last)
-                missing = [f"{method_name(v)} seed{'s' if len(lack) > 1 else ''} {', '.join(map(str, lack))}"
-                           for v, have in ((method, plain), (f"sd_{method}", sd))
-                           if (lack := [s for s in planned if s not in have.index])]
-                rows.append({"teacher": teacher, "student": student, "method": method,
-                             "M": "; ".join(sorted(set(sd["scales"]))), "seeds_planned": len(planned),
-                             "n_seeds": len(seeds), "plain_n": len(plain), "sd_n": len(sd),
-                             **dict(zip(("plain_best", "plain_best_std"), _stats(plain["best_top1"]))),
-                             **dict(zip(("sd_best", "sd_best_std"), _stats(sd["best_top1"]))),
-                             "gain_best": gain_best, "gain_best_std": gain_best_std, "gain_last": gain_last,
-                             "gain_last_std": gain_last_std, "sd_ahead": int((best > 0).sum()),
-                             "missing": "; ".join(missing)})
+        for method, plain, sd, seeds in seed_pairs(pair):   # a row per M, each against the plain
+            best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
+            last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
+            (gain_best, gain_best_std), (gain_last, gain_last_std) = _stats(best), _stats(last)
+            missing = [f"{method_name(v)} seed{'s' if len(lack) > 1 else ''} {', '.join(map(str, lack))}"
+                       for v, have in ((method, plain), (f"sd_{method}", sd))
+                       if (lack := [s for s in planned if s not in have.index])]
+            rows.append({"teacher": teacher, "student": student, "method": method,
+                         "M": "; ".join(sorted(set(sd["scales"]))), "seeds_planned": len(planned),
+                         "n_seeds": len(seeds), "plain_n": len(plain), "sd_n": len(sd),
+                         **dict(zip(("plain_best", "plain_best_std"), _stats(plain["best_top1"]))),
+                         **dict(zip(("sd_best", "sd_best_std"), _stats(sd["best_top1"]))),
+                         "gain_best": gain_best, "gain_best_std": gain_best_std, "gain_last": gain_last,
+                         "gain_last_std": gain_last_std, "sd_ahead": int((best > 0).sum()),
+                         "missing": "; ".join(missing)})
     return pd.DataFrame(rows, columns=GAIN_COLUMNS)
 
 

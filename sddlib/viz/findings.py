@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..per_image import load_test_predictions
-from ..report import by_scales, method_name
+from ..report import method_name, seed_pairs
 from .frames import COVERS
 from .run_figures import CONTENTS_FILE, FIGURE_FILES
 from .style import csv_path
@@ -61,42 +61,37 @@ def _per_image(sd: pd.DataFrame, plain: pd.DataFrame, seeds) -> list[np.ndarray]
 
 def _gain_sentences(runs: pd.DataFrame) -> list[str]:
     out = []
-    plain_variants = sorted({v for v in runs.variant if f"sd_{v}" in set(runs.variant)})
-    for variant in plain_variants:
-        plain = runs[runs.variant == variant].drop_duplicates("seed", keep="last").set_index("seed")
-        groups = by_scales(runs[runs.variant == f"sd_{variant}"])
-        for sd in groups:   # an SD method run at several M: a sentence per M, each against the plain
-            sd = sd.drop_duplicates("seed", keep="last").set_index("seed")
-            seeds = sorted(set(plain.index) & set(sd.index))
-            if not seeds:
-                continue
-            last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
-            best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
-            name, plain_name = method_name(f"sd_{variant}"), method_name(variant)
-            if len(groups) > 1:
-                name += f" at M={sd['scales'].iloc[0]}"
-            images = _test_images(sd.loc[seeds[0], "path"])
-            in_images = f" (about {last.mean() * images / 100:+.0f} of {images:,} test images)" if images else ""
-            per_image = _per_image(sd, plain, seeds)
-            if per_image is not None:
-                low, high = paired_bootstrap(per_image)
-                net = np.mean([d.sum() for d in per_image])
-                in_images = (f" ({net:+.1f} of {len(per_image[0]):,} test images per seed; 95 % interval over seeds "
-                             f"and test images {low:+.2f} to {high:+.2f})")
-            spread = f" ± {last.std():.2f}" if len(seeds) > 1 else ""
-            text = (f"**{name} − {plain_name}, last epoch: {last.mean():+.2f}{spread} points**{in_images} over "
-                    f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}, {name} ahead in {int((last > 0).sum())} of "
-                    f"{len(seeds)}; at the best epoch (picked on the test split itself) {best.mean():+.2f}.")
-            if len(seeds) == 1:
-                text += " One seed measures no spread: this gain cannot be told from noise yet; run more seeds."
-            else:
-                noise = NOISE_FACTOR * plain.loc[seeds, "last_top1"].std()
-                verdict = ("larger than" if abs(last.mean()) >= noise else "within")
-                text += (f" The plain method's last top-1 moves {plain.loc[seeds, 'last_top1'].std():.2f} points "
-                         f"from seed to seed, so the gain is {verdict} the noise of the seeds "
-                         f"({NOISE_FACTOR:g}× that: "
-                         f"{noise:.2f})" + ("; add seeds before reading it." if verdict == "within" else "."))
-            out.append(text)
+    pairs = seed_pairs(runs)
+    for method, plain, sd, seeds in pairs:   # an SD method run at several M: a sentence per M, each against the plain
+        if not seeds:
+            continue
+        last = sd.loc[seeds, "last_top1"] - plain.loc[seeds, "last_top1"]
+        best = sd.loc[seeds, "best_top1"] - plain.loc[seeds, "best_top1"]
+        name, plain_name = method_name(f"sd_{method}"), method_name(method)
+        if sum(other == method for other, *_ in pairs) > 1:
+            name += f" at M={sd['scales'].iloc[0]}"
+        images = _test_images(sd.loc[seeds[0], "path"])
+        in_images = f" (about {last.mean() * images / 100:+.0f} of {images:,} test images)" if images else ""
+        per_image = _per_image(sd, plain, seeds)
+        if per_image is not None:
+            low, high = paired_bootstrap(per_image)
+            net = np.mean([d.sum() for d in per_image])
+            in_images = (f" ({net:+.1f} of {len(per_image[0]):,} test images per seed; 95 % interval over seeds "
+                         f"and test images {low:+.2f} to {high:+.2f})")
+        spread = f" ± {last.std():.2f}" if len(seeds) > 1 else ""
+        text = (f"**{name} − {plain_name}, last epoch: {last.mean():+.2f}{spread} points**{in_images} over "
+                f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}, {name} ahead in {int((last > 0).sum())} of "
+                f"{len(seeds)}; at the best epoch (picked on the test split itself) {best.mean():+.2f}.")
+        if len(seeds) == 1:
+            text += " One seed measures no spread: this gain cannot be told from noise yet; run more seeds."
+        else:
+            noise = NOISE_FACTOR * plain.loc[seeds, "last_top1"].std()
+            verdict = ("larger than" if abs(last.mean()) >= noise else "within")
+            text += (f" The plain method's last top-1 moves {plain.loc[seeds, 'last_top1'].std():.2f} points "
+                     f"from seed to seed, so the gain is {verdict} the noise of the seeds "
+                     f"({NOISE_FACTOR:g}× that: "
+                     f"{noise:.2f})" + ("; add seeds before reading it." if verdict == "within" else "."))
+        out.append(text)
     return out
 
 
