@@ -47,7 +47,6 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")          # "gw0", "gw1", ... unde
 
 
 def pytest_configure(config):
-    gc.disable()   # until the test modules are imported (pytest_collection_finish)
     if "not trains" in (config.getoption("markexpr") or ""):
         _refuse_training()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -59,9 +58,16 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-def pytest_collection_finish(session):
-    freeze_imports()
-    gc.enable()
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """The test modules imported with the collector paused, then frozen (under xdist the controller collects
+    nothing: it only pauses and resumes)."""
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        freeze_imports()
+        gc.enable()
 
 
 def _refuse_training():
