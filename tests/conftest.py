@@ -61,7 +61,7 @@ def pytest_configure(config):
 @pytest.hookimpl(wrapper=True)
 def pytest_collection(session):
     """The test modules imported with the collector paused, then frozen (under xdist the controller collects
-    nothing: it only pauses and resumes)."""
+    nothing: its pause is momentary)."""
     gc.disable()
     try:
         return (yield)
