@@ -17,7 +17,7 @@ unexport PYTHONDONTWRITEBYTECODE
 .PHONY: demo test test-fast report clean-venv
 
 # A recent pip first: the pip a new venv brings (23.2 with Python 3.11) takes ~45 s to resolve the ~230 packages
-# where pip 26 takes ~15 s (the same versions chosen; benchmarks/results.md, "Installing").
+# where pip 26 takes ~15 s (the same versions chosen; benchmarks/results.md, the fresh-clone table with a recent pip).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25"

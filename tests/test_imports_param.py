@@ -2,8 +2,8 @@
 every process that runs the experiment, so a loss it registers is a `method` everywhere: `experiment.run` in this
 process, `python -m sddlib` (torchrun's two workers, and the CIFAR-100 template's command line), a sweep's notebook
 kernel (in a submitit job, and the example's sweep); and the example module of docs/losses.md (examples/my_losses.py)
-runs from its folder. Kept out of the fingerprint, recorded in metrics.json;
-a module that cannot be imported is one sentence."""
+runs from its folder. Kept out of the fingerprint, recorded in metrics.json; a module that cannot be imported is one
+sentence."""
 import json
 import os
 import subprocess

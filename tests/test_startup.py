@@ -18,7 +18,7 @@ def test_a_fresh_process_loads_with_the_collector_paused_then_freezes(monkeypatc
     with heavy_imports():
         assert not gc.isenabled()
         monkeypatch.setitem(sys.modules, "torch", torch)
-        loaded = [object() for _ in range(10)]
+        loaded = [[] for _ in range(10)]   # objects the collector tracks, made while it is paused
     assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(loaded)
 
 
